@@ -1,0 +1,156 @@
+//! A fault-injecting [`Fs`] for tests: short writes, failed syncs and bit flips on read, switched
+//! on and off while a log runs on top of it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::fs::{Fs, SegmentFile};
+
+/// The switches of a [`FaultyFs`]; shared by every file it opened.
+#[derive(Debug, Default)]
+pub struct Faults {
+    fail_syncs: AtomicBool,
+    short_writes: AtomicBool,
+    flip_reads: AtomicBool,
+    syncs: AtomicU64,
+}
+
+impl Faults {
+    /// Every later `sync_data` and directory sync fails with `EIO` while on.
+    pub fn fail_syncs(&self, on: bool) {
+        self.fail_syncs.store(on, Ordering::SeqCst);
+    }
+
+    /// Every later segment write stores only its first half and then fails while on.
+    pub fn short_writes(&self, on: bool) {
+        self.short_writes.store(on, Ordering::SeqCst);
+    }
+
+    /// Every later segment read returns its bytes with one bit flipped while on.
+    pub fn flip_reads(&self, on: bool) {
+        self.flip_reads.store(on, Ordering::SeqCst);
+    }
+
+    /// Successful file and directory syncs so far.
+    #[must_use]
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::SeqCst)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        if self.fail_syncs.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// An [`Fs`] that passes calls to another and injects the faults switched on in [`Faults`].
+#[derive(Debug)]
+pub struct FaultyFs<F> {
+    inner: F,
+    faults: Arc<Faults>,
+}
+
+impl<F: Fs> FaultyFs<F> {
+    /// Wraps `inner` with every fault off.
+    pub fn new(inner: F) -> Self {
+        Self {
+            inner,
+            faults: Arc::default(),
+        }
+    }
+
+    /// The switches, to keep while the log owns the file system.
+    #[must_use]
+    pub fn faults(&self) -> Arc<Faults> {
+        Arc::clone(&self.faults)
+    }
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    inner: Arc<dyn SegmentFile>,
+    faults: Arc<Faults>,
+}
+
+impl SegmentFile for FaultyFile {
+    fn write_all_at(&self, parts: &[&[u8]], position: u64) -> io::Result<()> {
+        if !self.faults.short_writes.load(Ordering::SeqCst) {
+            return self.inner.write_all_at(parts, position);
+        }
+        let whole: Vec<u8> = parts.concat();
+        self.inner.write_all_at(&[&whole[..whole.len() / 2]], position)?;
+        Err(io::Error::other("injected short write"))
+    }
+
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        let read = self.inner.read_at(buf, position)?;
+        if read > 0 && self.faults.flip_reads.load(Ordering::SeqCst) {
+            buf[read / 2] ^= 0x04;
+        }
+        Ok(read)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.faults.sync()?;
+        self.inner.sync_data()
+    }
+
+    fn set_len(&self, length: u64) -> io::Result<()> {
+        self.inner.set_len(length)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+
+    fn preallocate(&self, length: u64) -> io::Result<()> {
+        self.inner.preallocate(length)
+    }
+
+    fn release_preallocation(&self, length: u64, reserved: u64) -> io::Result<()> {
+        self.inner.release_preallocation(length, reserved)
+    }
+
+    fn drop_cache(&self) -> io::Result<()> {
+        self.inner.drop_cache()
+    }
+}
+
+impl<F: Fs> Fs for FaultyFs<F> {
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
+        Ok(Arc::new(FaultyFile {
+            inner: self.inner.open(path)?,
+            faults: Arc::clone(&self.faults),
+        }))
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.inner.read(path)
+    }
+
+    fn write(&self, path: &Path, content: &[u8]) -> io::Result<()> {
+        self.inner.write(path, content)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove(path)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        self.inner.list(dir)
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.faults.sync()?;
+        self.inner.sync_dir(dir)
+    }
+}

@@ -1,0 +1,387 @@
+//! The durable log: a directory of segments, group-committed syncs, recovery on open.
+//!
+//! Write path (sync points in capitals): validate the batch → roll if the active segment is
+//! full or old (seal: index files written, preallocation released; new file created, the
+//! directory marked dirty) → `pwritev` the stamped base offset and the rest of the batch at the
+//! end of the active segment → index in memory → hand the file to the sync thread → the sync
+//! thread's FDATASYNC of every dirty file (and FSYNC of the directory when a file was created)
+//! → the append's ticket resolves.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use postino_types::{Clock, Offset, SystemClock};
+use tracing::{error, info};
+
+use crate::batch::{self, Batch, BatchError};
+use crate::config::{Durability, LogConfig, SegmentShape};
+use crate::error::LogError;
+use crate::fs::{Fs, RealFs};
+use crate::segment::{Segment, parse_log_name};
+use crate::sync::Syncer;
+use crate::{Appended, Log};
+
+/// What opening a log found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Segments found (or 1 for a new log).
+    pub segments: usize,
+    /// Bytes cut from the tail of the last segment (a torn or corrupt write).
+    pub truncated_bytes: u64,
+    /// Sealed segments whose index files were missing or inconsistent and were rebuilt.
+    pub rebuilt_indexes: usize,
+    /// Sealed segments holding corrupt data, with what is wrong; reads of it fail.
+    pub corrupt_segments: Vec<(PathBuf, String)>,
+    /// The next offset after recovery.
+    pub next_offset: u64,
+}
+
+/// A log stored in a directory of segment files.
+#[derive(Debug)]
+pub struct FileLog {
+    dir: PathBuf,
+    fs: Arc<dyn Fs>,
+    config: LogConfig,
+    clock: Arc<dyn Clock>,
+    /// Sorted by base offset; never empty; the last one takes appends.
+    segments: Vec<Segment>,
+    syncer: Syncer,
+    active_since_ms: i64,
+    report: OpenReport,
+    _lock: File,
+}
+
+impl FileLog {
+    /// Opens (or creates) the log in `dir` on the real file system and clock.
+    ///
+    /// # Errors
+    /// [`LogError::Config`] for unusable settings, [`LogError::Locked`] when another process has
+    /// the directory open, storage errors.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Self, LogError> {
+        Self::open_with(dir, config, Arc::new(RealFs), Arc::new(SystemClock))
+    }
+
+    /// Opens (or creates) the log in `dir` with the given file system and clock.
+    ///
+    /// # Errors
+    /// As [`FileLog::open`].
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        fs: Arc<dyn Fs>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, LogError> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        fs.create_dir_all(&dir)
+            .map_err(|source| LogError::io("create directory", &dir, source))?;
+        let lock = lock_dir(&dir)?;
+        let mut bases: Vec<u64> = fs
+            .list(&dir)
+            .map_err(|source| LogError::io("list", &dir, source))?
+            .iter()
+            .filter_map(|path| parse_log_name(path))
+            .collect();
+        bases.sort_unstable();
+        let interval = config.index_interval_bytes;
+        let reserve = config.preallocate.then_some(config.segment_bytes_max);
+        let mut report = OpenReport::default();
+        let mut segments = Vec::with_capacity(bases.len().max(1));
+        for pair in bases.windows(2) {
+            let (segment, rebuilt, problem) =
+                Segment::open_sealed(fs.as_ref(), &dir, pair[0], pair[1], interval)?;
+            report.rebuilt_indexes += usize::from(rebuilt);
+            if let Some(problem) = problem {
+                error!(path = %segment.path().display(), %problem, "sealed segment is corrupt; reads of the bad range will fail");
+                report.corrupt_segments.push((segment.path().to_path_buf(), problem));
+            }
+            segments.push(segment);
+        }
+        match bases.last() {
+            Some(&base) => {
+                let (mut active, cut) = Segment::recover(fs.as_ref(), &dir, base, interval)?;
+                if let Some(bytes) = reserve {
+                    active.reserve(bytes);
+                }
+                report.truncated_bytes = cut;
+                segments.push(active);
+            }
+            None => {
+                segments.push(Segment::create(fs.as_ref(), &dir, 0, interval, reserve)?);
+                fs.sync_dir(&dir)
+                    .map_err(|source| LogError::io("sync directory", &dir, source))?;
+            }
+        }
+        let next = segments.last().map_or(0, |segment| segment.next);
+        report.segments = segments.len();
+        report.next_offset = next;
+        let syncer = Syncer::start(config.durability, Arc::clone(&fs), dir.clone(), next)?;
+        let now = clock.now_ms();
+        let active_since_ms = segments
+            .last()
+            .and_then(|segment| segment.first_timestamp)
+            .map_or(now, |first| first.min(now));
+        info!(
+            dir = %dir.display(),
+            segments = report.segments,
+            next_offset = next,
+            truncated_bytes = report.truncated_bytes,
+            rebuilt_indexes = report.rebuilt_indexes,
+            durability = %config.durability,
+            "log opened"
+        );
+        Ok(Self {
+            dir,
+            fs,
+            config,
+            clock,
+            segments,
+            syncer,
+            active_since_ms,
+            report,
+            _lock: lock,
+        })
+    }
+
+    /// What opening found and repaired.
+    #[must_use]
+    pub fn report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// The directory holding the segments.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// File and directory syncs the group commit has completed since open.
+    #[must_use]
+    pub fn syncs(&self) -> u64 {
+        self.syncer.syncs()
+    }
+
+    /// Drops the segments' pages from the kernel's cache (to measure cold reads).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn drop_cache(&self) -> Result<(), LogError> {
+        self.segments.iter().try_for_each(|segment| {
+            segment
+                .file
+                .drop_cache()
+                .map_err(|source| LogError::io("drop cache of", segment.path(), source))
+        })
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("a log always has an active segment")
+    }
+
+    /// Marks the log failed with `error` and returns it.
+    fn fail(&self, error: LogError) -> LogError {
+        error!(dir = %self.dir.display(), %error, "log write failed, log stops accepting writes");
+        self.syncer.fail(&error.to_string());
+        error
+    }
+
+    fn roll(&mut self, now_ms: i64) -> Result<(), LogError> {
+        let fs = Arc::clone(&self.fs);
+        let active = self.segments.last_mut().expect("a log always has an active segment");
+        active.seal(fs.as_ref());
+        let reserve = self.config.preallocate.then_some(self.config.segment_bytes_max);
+        let next = active.next;
+        let segment = Segment::create(fs.as_ref(), &self.dir, next, self.config.index_interval_bytes, reserve)
+            .map_err(|error| self.fail(error))?;
+        self.segments.push(segment);
+        self.syncer.dir_changed();
+        self.active_since_ms = now_ms;
+        Ok(())
+    }
+
+    fn remove_front(&mut self) -> Result<(), LogError> {
+        let segment = self.segments.remove(0);
+        segment.remove(self.fs.as_ref()).map_err(|error| self.fail(error))?;
+        self.syncer.dir_changed();
+        Ok(())
+    }
+}
+
+/// Takes an exclusive lock on `dir/.lock` for as long as the returned file lives.
+fn lock_dir(dir: &Path) -> Result<File, LogError> {
+    let path = dir.join(".lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| LogError::io("open", &path, source))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(LogError::io("lock", &path, source)),
+    }
+}
+
+impl Log for FileLog {
+    fn append(&mut self, batch: &[u8]) -> Result<Appended, LogError> {
+        self.syncer.check_failed()?;
+        if batch.len() > self.config.batch_bytes_max {
+            return Err(LogError::BatchTooLarge {
+                size: batch.len(),
+                max: self.config.batch_bytes_max,
+            });
+        }
+        let header = batch::validate(batch)?;
+        if header.total_bytes() != batch.len() {
+            return Err(BatchError::BadLength {
+                length: header.length,
+            }
+            .into());
+        }
+        let base = self.next_offset().0;
+        let next = base + header.offset_span();
+        let now = self.clock.now_ms();
+        if self
+            .config
+            .must_roll(self.active().shape(), batch.len(), next, now, self.active_since_ms)
+        {
+            self.roll(now)?;
+        }
+        let active = self.segments.last_mut().expect("a log always has an active segment");
+        if let Err(source) = active.append(base, &header, batch) {
+            let error = LogError::io("append to", active.path(), source);
+            return Err(self.fail(error));
+        }
+        let durable = self.syncer.wrote(&active.file, next);
+        Ok(Appended {
+            base_offset: Offset(base),
+            last_offset: Offset(next - 1),
+            durable,
+        })
+    }
+
+    fn read(&self, from: Offset, max_bytes: usize) -> Result<Vec<Batch>, LogError> {
+        let (earliest, next) = (self.earliest_offset().0, self.next_offset().0);
+        if from.0 < earliest || from.0 > next {
+            return Err(LogError::OffsetOutOfRange {
+                requested: from.0,
+                earliest,
+                next,
+            });
+        }
+        let start = self
+            .segments
+            .partition_point(|segment| segment.base <= from.0)
+            .saturating_sub(1);
+        for segment in &self.segments[start..] {
+            let batches = segment.read(from.0, max_bytes)?;
+            if !batches.is_empty() {
+                return Ok(batches);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<Offset>, LogError> {
+        for segment in &self.segments {
+            if let Some(offset) = segment.find_timestamp(timestamp_ms)? {
+                return Ok(Some(Offset(offset)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn truncate(&mut self, to: Offset) -> Result<Offset, LogError> {
+        self.syncer.check_failed()?;
+        let to = to.0;
+        if to >= self.next_offset().0 {
+            return Ok(self.next_offset());
+        }
+        let fs = Arc::clone(&self.fs);
+        let reserve = self.config.preallocate.then_some(self.config.segment_bytes_max);
+        let interval = self.config.index_interval_bytes;
+        let outcome = (|| {
+            while self.segments.len() > 1 && self.active().base >= to {
+                let segment = self.segments.pop().expect("more than one segment");
+                segment.remove(fs.as_ref())?;
+            }
+            if self.active().base >= to {
+                let segment = self.segments.pop().expect("one segment");
+                segment.remove(fs.as_ref())?;
+                self.segments
+                    .push(Segment::create(fs.as_ref(), &self.dir, to, interval, reserve)?);
+            } else {
+                let active = self.segments.last_mut().expect("one segment");
+                active.truncate_to(to)?;
+                if let Some(bytes) = reserve {
+                    active.reserve(bytes);
+                }
+            }
+            fs.sync_dir(&self.dir)
+                .map_err(|source| LogError::io("sync directory", &self.dir, source))
+        })();
+        if let Err(error) = outcome {
+            return Err(self.fail(error));
+        }
+        let next = self.active().next;
+        self.syncer.reset(next);
+        let now = self.clock.now_ms();
+        self.active_since_ms = self.active().first_timestamp.map_or(now, |first| first.min(now));
+        Ok(Offset(next))
+    }
+
+    fn earliest_offset(&self) -> Offset {
+        Offset(self.segments.first().map_or(0, |segment| segment.base))
+    }
+
+    fn next_offset(&self) -> Offset {
+        Offset(self.active().next)
+    }
+
+    fn durable_offset(&self) -> Offset {
+        match self.config.durability {
+            Durability::Fsync => Offset(self.syncer.durable_next().min(self.active().next)),
+            Durability::Interval(_) | Durability::None => self.next_offset(),
+        }
+    }
+
+    fn delete_up_to(&mut self, offset: Offset) -> Result<usize, LogError> {
+        self.syncer.check_failed()?;
+        let mut removed = 0;
+        while self.segments.len() > 1 && self.segments[1].base <= offset.0 {
+            self.remove_front()?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    fn enforce_retention(&mut self) -> Result<usize, LogError> {
+        self.syncer.check_failed()?;
+        let shapes: Vec<SegmentShape> = self.segments.iter().map(Segment::shape).collect();
+        let expired = self.config.expired_segments(&shapes, self.clock.now_ms());
+        for _ in 0..expired {
+            self.remove_front()?;
+        }
+        Ok(expired)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|segment| segment.size).sum()
+    }
+
+    fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn close(mut self) -> Result<(), LogError> {
+        self.syncer.stop();
+        self.syncer.dir_changed();
+        self.syncer.sync_now()?;
+        info!(dir = %self.dir.display(), next_offset = self.active().next, "log closed");
+        Ok(())
+    }
+}
