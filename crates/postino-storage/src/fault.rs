@@ -3,8 +3,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use crate::fs::{Fs, SegmentFile};
 
@@ -14,6 +14,9 @@ pub struct Faults {
     fail_syncs: AtomicBool,
     short_writes: AtomicBool,
     flip_reads: AtomicBool,
+    held: Mutex<bool>,
+    released: Condvar,
+    syncs_started: AtomicU64,
     syncs: AtomicU64,
 }
 
@@ -33,6 +36,19 @@ impl Faults {
         self.flip_reads.store(on, Ordering::SeqCst);
     }
 
+    /// While on, every sync waits at its start until switched off again: a test can make
+    /// appends arrive while a sync is running.
+    pub fn hold_syncs(&self, on: bool) {
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = on;
+        self.released.notify_all();
+    }
+
+    /// File and directory syncs begun so far (held ones included).
+    #[must_use]
+    pub fn syncs_started(&self) -> u64 {
+        self.syncs_started.load(Ordering::SeqCst)
+    }
+
     /// Successful file and directory syncs so far.
     #[must_use]
     pub fn syncs(&self) -> u64 {
@@ -40,6 +56,12 @@ impl Faults {
     }
 
     fn sync(&self) -> io::Result<()> {
+        self.syncs_started.fetch_add(1, Ordering::SeqCst);
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        while *held {
+            held = self.released.wait(held).unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(held);
         if self.fail_syncs.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected fsync failure"));
         }
