@@ -1,1 +1,137 @@
+//! Benchmarks of postino, run by `postino bench <target>`: each prints a human table, or with
+//! `--json` one JSON object per scenario, and always sets postino's figure beside a reference
+//! measured in the same run (a raw-file ceiling, or the established broker of a protocol).
+//!
+//! Benchmarks report; they never assert on time.
 
+pub mod storage;
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// One row of a benchmark report: named figures in insertion order.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    fields: Map<String, Value>,
+}
+
+impl Row {
+    /// A row for `scenario`.
+    #[must_use]
+    pub fn new(scenario: &str) -> Self {
+        let mut row = Self::default();
+        row.fields
+            .insert("scenario".to_owned(), Value::from(scenario));
+        row
+    }
+
+    /// Adds a figure.
+    #[must_use]
+    pub fn with(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.fields.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Adds a floating-point figure rounded to `decimals` places.
+    #[must_use]
+    pub fn with_rounded(self, name: &str, value: f64, decimals: i32) -> Self {
+        let scale = 10f64.powi(decimals);
+        self.with(name, (value * scale).round() / scale)
+    }
+
+    /// The row as one line of JSON.
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        Value::Object(self.fields.clone()).to_string()
+    }
+
+    /// The value of a field, as the table shows it.
+    #[must_use]
+    pub fn cell(&self, name: &str) -> String {
+        match self.fields.get(name) {
+            Some(Value::String(text)) => text.clone(),
+            Some(other) => other.to_string(),
+            None => "-".to_owned(),
+        }
+    }
+}
+
+/// Prints rows as they are measured: JSON lines, or a table whose header is printed once.
+#[derive(Debug)]
+pub struct Printer {
+    json: bool,
+    columns: Vec<&'static str>,
+    printed_header: bool,
+}
+
+impl Printer {
+    /// A printer for tables with `columns` (ignored in JSON mode, which prints every field).
+    #[must_use]
+    pub fn new(json: bool, columns: Vec<&'static str>) -> Self {
+        Self {
+            json,
+            columns,
+            printed_header: false,
+        }
+    }
+
+    /// Prints one row.
+    pub fn print(&mut self, row: &Row) {
+        if self.json {
+            println!("{}", row.to_json());
+            return;
+        }
+        if !self.printed_header {
+            let header: Vec<String> = self
+                .columns
+                .iter()
+                .map(|column| format!("{column:>16}"))
+                .collect();
+            println!("{}", header.join(" "));
+            self.printed_header = true;
+        }
+        let cells: Vec<String> = self
+            .columns
+            .iter()
+            .map(|column| format!("{:>16}", row.cell(column)))
+            .collect();
+        println!("{}", cells.join(" "));
+    }
+}
+
+/// CPU time this process has used so far.
+#[must_use]
+pub fn process_cpu() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(now.tv_sec.unsigned_abs(), now.tv_nsec as u32)
+}
+
+/// The 1-minute load average, to print beside figures from a shared machine.
+#[must_use]
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_keep_their_fields_in_order() {
+        let row = Row::new("append")
+            .with("msg_size", 100)
+            .with_rounded("ratio", 0.98765, 2);
+        assert_eq!(
+            row.to_json(),
+            r#"{"scenario":"append","msg_size":100,"ratio":0.99}"#
+        );
+        assert_eq!(row.cell("missing"), "-");
+        assert_eq!(row.cell("scenario"), "append");
+    }
+}

@@ -644,10 +644,7 @@ mod tests {
         bytes[CRC_AT..ATTRIBUTES_AT].copy_from_slice(&crc.to_be_bytes());
         let batch = Batch::from_bytes(Bytes::from(bytes)).expect("valid");
         assert_eq!(batch.header().compression(), 3);
-        assert_eq!(
-            batch.records(),
-            Err(BatchError::Compressed { codec: 3 })
-        );
+        assert_eq!(batch.records(), Err(BatchError::Compressed { codec: 3 }));
     }
 
     proptest! {

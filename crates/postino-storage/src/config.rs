@@ -109,7 +109,9 @@ impl LogConfig {
                 reason: format!("{} is outside 1024..={max_segment}", self.segment_bytes_max),
             });
         }
-        if self.batch_bytes_max < HEADER_BYTES || self.batch_bytes_max as u64 > self.segment_bytes_max {
+        if self.batch_bytes_max < HEADER_BYTES
+            || self.batch_bytes_max as u64 > self.segment_bytes_max
+        {
             return Err(LogError::Config {
                 key: "batch_bytes_max",
                 reason: format!(
@@ -124,13 +126,13 @@ impl LogConfig {
                 reason: "must be positive".to_owned(),
             });
         }
-        if let Durability::Interval(every) = self.durability {
-            if every.is_zero() {
-                return Err(LogError::Config {
-                    key: "durability",
-                    reason: "interval must be positive".to_owned(),
-                });
-            }
+        if let Durability::Interval(every) = self.durability
+            && every.is_zero()
+        {
+            return Err(LogError::Config {
+                key: "durability",
+                reason: "interval must be positive".to_owned(),
+            });
         }
         Ok(())
     }
@@ -216,7 +218,10 @@ mod tests {
         };
         assert!(matches!(
             config.validate(),
-            Err(LogError::Config { key: "batch_bytes_max", .. })
+            Err(LogError::Config {
+                key: "batch_bytes_max",
+                ..
+            })
         ));
         assert!(LogConfig::default().validate().is_ok());
     }

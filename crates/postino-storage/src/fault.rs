@@ -59,7 +59,10 @@ impl Faults {
         self.syncs_started.fetch_add(1, Ordering::SeqCst);
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         while *held {
-            held = self.released.wait(held).unwrap_or_else(PoisonError::into_inner);
+            held = self
+                .released
+                .wait(held)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         drop(held);
         if self.fail_syncs.load(Ordering::SeqCst) {
@@ -105,7 +108,8 @@ impl SegmentFile for FaultyFile {
             return self.inner.write_all_at(parts, position);
         }
         let whole: Vec<u8> = parts.concat();
-        self.inner.write_all_at(&[&whole[..whole.len() / 2]], position)?;
+        self.inner
+            .write_all_at(&[&whole[..whole.len() / 2]], position)?;
         Err(io::Error::other("injected short write"))
     }
 
@@ -126,8 +130,8 @@ impl SegmentFile for FaultyFile {
         self.inner.set_len(length)
     }
 
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
+    fn byte_len(&self) -> io::Result<u64> {
+        self.inner.byte_len()
     }
 
     fn preallocate(&self, length: u64) -> io::Result<()> {

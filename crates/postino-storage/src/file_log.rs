@@ -94,7 +94,9 @@ impl FileLog {
             report.rebuilt_indexes += usize::from(rebuilt);
             if let Some(problem) = problem {
                 error!(path = %segment.path().display(), %problem, "sealed segment is corrupt; reads of the bad range will fail");
-                report.corrupt_segments.push((segment.path().to_path_buf(), problem));
+                report
+                    .corrupt_segments
+                    .push((segment.path().to_path_buf(), problem));
             }
             segments.push(segment);
         }
@@ -176,7 +178,9 @@ impl FileLog {
     }
 
     fn active(&self) -> &Segment {
-        self.segments.last().expect("a log always has an active segment")
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
     }
 
     /// Marks the log failed with `error` and returns it.
@@ -188,12 +192,24 @@ impl FileLog {
 
     fn roll(&mut self, now_ms: i64) -> Result<(), LogError> {
         let fs = Arc::clone(&self.fs);
-        let active = self.segments.last_mut().expect("a log always has an active segment");
+        let active = self
+            .segments
+            .last_mut()
+            .expect("a log always has an active segment");
         active.seal(fs.as_ref());
-        let reserve = self.config.preallocate.then_some(self.config.segment_bytes_max);
+        let reserve = self
+            .config
+            .preallocate
+            .then_some(self.config.segment_bytes_max);
         let next = active.next;
-        let segment = Segment::create(fs.as_ref(), &self.dir, next, self.config.index_interval_bytes, reserve)
-            .map_err(|error| self.fail(error))?;
+        let segment = Segment::create(
+            fs.as_ref(),
+            &self.dir,
+            next,
+            self.config.index_interval_bytes,
+            reserve,
+        )
+        .map_err(|error| self.fail(error))?;
         self.segments.push(segment);
         self.syncer.dir_changed();
         self.active_since_ms = now_ms;
@@ -202,7 +218,9 @@ impl FileLog {
 
     fn remove_front(&mut self) -> Result<(), LogError> {
         let segment = self.segments.remove(0);
-        segment.remove(self.fs.as_ref()).map_err(|error| self.fail(error))?;
+        segment
+            .remove(self.fs.as_ref())
+            .map_err(|error| self.fail(error))?;
         self.syncer.dir_changed();
         Ok(())
     }
@@ -245,13 +263,19 @@ impl Log for FileLog {
         let base = self.next_offset().0;
         let next = base + header.offset_span();
         let now = self.clock.now_ms();
-        if self
-            .config
-            .must_roll(self.active().shape(), batch.len(), next, now, self.active_since_ms)
-        {
+        if self.config.must_roll(
+            self.active().shape(),
+            batch.len(),
+            next,
+            now,
+            self.active_since_ms,
+        ) {
             self.roll(now)?;
         }
-        let active = self.segments.last_mut().expect("a log always has an active segment");
+        let active = self
+            .segments
+            .last_mut()
+            .expect("a log always has an active segment");
         if let Err(source) = active.append(base, &header, batch) {
             let error = LogError::io("append to", active.path(), source);
             return Err(self.fail(error));
@@ -302,7 +326,10 @@ impl Log for FileLog {
             return Ok(self.next_offset());
         }
         let fs = Arc::clone(&self.fs);
-        let reserve = self.config.preallocate.then_some(self.config.segment_bytes_max);
+        let reserve = self
+            .config
+            .preallocate
+            .then_some(self.config.segment_bytes_max);
         let interval = self.config.index_interval_bytes;
         let outcome = (|| {
             while self.segments.len() > 1 && self.active().base >= to {
@@ -312,8 +339,13 @@ impl Log for FileLog {
             if self.active().base >= to {
                 let segment = self.segments.pop().expect("one segment");
                 segment.remove(fs.as_ref())?;
-                self.segments
-                    .push(Segment::create(fs.as_ref(), &self.dir, to, interval, reserve)?);
+                self.segments.push(Segment::create(
+                    fs.as_ref(),
+                    &self.dir,
+                    to,
+                    interval,
+                    reserve,
+                )?);
             } else {
                 let active = self.segments.last_mut().expect("one segment");
                 active.truncate_to(to)?;
@@ -330,7 +362,10 @@ impl Log for FileLog {
         let next = self.active().next;
         self.syncer.reset(next);
         let now = self.clock.now_ms();
-        self.active_since_ms = self.active().first_timestamp.map_or(now, |first| first.min(now));
+        self.active_since_ms = self
+            .active()
+            .first_timestamp
+            .map_or(now, |first| first.min(now));
         Ok(Offset(next))
     }
 

@@ -36,7 +36,7 @@ pub trait SegmentFile: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// The operating system's error.
-    fn len(&self) -> io::Result<u64>;
+    fn byte_len(&self) -> io::Result<u64>;
     /// Reserves blocks up to `length` so later writes do not allocate; best effort.
     ///
     /// # Errors
@@ -115,7 +115,10 @@ impl SegmentFile for RealFile {
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
         let mut filled = 0;
         while filled < buf.len() {
-            match self.file.read_at(&mut buf[filled..], position + filled as u64) {
+            match self
+                .file
+                .read_at(&mut buf[filled..], position + filled as u64)
+            {
                 Ok(0) => break,
                 Ok(read) => filled += read,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
@@ -133,7 +136,7 @@ impl SegmentFile for RealFile {
         self.file.set_len(length)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn byte_len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 
@@ -147,8 +150,7 @@ impl SegmentFile for RealFile {
             return Ok(());
         }
         let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
-        rustix::fs::fallocate(&self.file, flags, length, reserved - length)
-            .map_err(io::Error::from)
+        rustix::fs::fallocate(&self.file, flags, length, reserved - length).map_err(io::Error::from)
     }
 
     fn drop_cache(&self) -> io::Result<()> {
@@ -159,7 +161,8 @@ impl SegmentFile for RealFile {
 
 /// `pwritev` until every part is written (a short write continues where it stopped).
 fn write_vectored_at(file: &File, parts: &[&[u8]], mut position: u64) -> io::Result<()> {
-    let mut slices: Vec<io::IoSlice<'_>> = parts.iter().map(|part| io::IoSlice::new(part)).collect();
+    let mut slices: Vec<io::IoSlice<'_>> =
+        parts.iter().map(|part| io::IoSlice::new(part)).collect();
     let mut remaining: &mut [io::IoSlice<'_>] = &mut slices;
     while !remaining.is_empty() {
         match rustix::io::pwritev(file, remaining, position) {

@@ -13,14 +13,22 @@ pub(crate) struct OffsetIndex {
 
 impl OffsetIndex {
     pub(crate) fn push(&mut self, relative_offset: u32, position: u32) {
-        debug_assert!(self.entries.last().is_none_or(|last| last.0 < relative_offset && last.1 < position));
+        debug_assert!(
+            self.entries
+                .last()
+                .is_none_or(|last| last.0 < relative_offset && last.1 < position)
+        );
         self.entries.push((relative_offset, position));
     }
 
     /// The greatest entry at or below `relative_offset`, or the segment start.
     pub(crate) fn lookup(&self, relative_offset: u32) -> (u32, u32) {
-        let after = self.entries.partition_point(|entry| entry.0 <= relative_offset);
-        after.checked_sub(1).map_or((0, 0), |index| self.entries[index])
+        let after = self
+            .entries
+            .partition_point(|entry| entry.0 <= relative_offset);
+        after
+            .checked_sub(1)
+            .map_or((0, 0), |index| self.entries[index])
     }
 
     pub(crate) fn last(&self) -> Option<(u32, u32)> {
@@ -39,7 +47,7 @@ impl OffsetIndex {
     /// Parses an index file of a segment of `segment_bytes`; `None` when it does not hold
     /// together (odd length, unsorted, or pointing past the segment).
     pub(crate) fn decode(bytes: &[u8], segment_bytes: u64) -> Option<Self> {
-        if bytes.len() % 8 != 0 {
+        if !bytes.len().is_multiple_of(8) {
             return None;
         }
         let mut index = Self::default();
@@ -82,7 +90,9 @@ impl TimeIndex {
     /// to it holds a record at or after `timestamp`.
     pub(crate) fn start_for(&self, timestamp: i64) -> u32 {
         let after = self.entries.partition_point(|entry| entry.0 < timestamp);
-        after.checked_sub(1).map_or(0, |index| self.entries[index].1)
+        after
+            .checked_sub(1)
+            .map_or(0, |index| self.entries[index].1)
     }
 
     pub(crate) fn max_timestamp(&self) -> Option<i64> {
@@ -101,7 +111,7 @@ impl TimeIndex {
     /// Parses a time index of a segment spanning `offset_span` offsets; `None` when it does not
     /// hold together.
     pub(crate) fn decode(bytes: &[u8], offset_span: u64) -> Option<Self> {
-        if bytes.len() % 12 != 0 {
+        if !bytes.len().is_multiple_of(12) {
             return None;
         }
         let mut index = Self::default();

@@ -45,7 +45,8 @@ impl MemSegment {
         self.size += batch.bytes().len() as u64;
         self.next = batch.last_offset() + 1;
         self.max_timestamp = self.max_timestamp.max(batch.header().max_timestamp);
-        self.first_timestamp.get_or_insert(batch.header().max_timestamp);
+        self.first_timestamp
+            .get_or_insert(batch.header().max_timestamp);
         self.batches.push(batch);
     }
 }
@@ -82,7 +83,11 @@ impl MemLog {
     ///
     /// # Errors
     /// [`LogError::Config`] for unusable settings.
-    pub fn open(store: &MemStore, config: LogConfig, clock: Arc<dyn Clock>) -> Result<Self, LogError> {
+    pub fn open(
+        store: &MemStore,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, LogError> {
         config.validate()?;
         let now = clock.now_ms();
         let mut segments = store.lock();
@@ -159,7 +164,11 @@ impl Log for MemLog {
         for segment in &segments[start..] {
             let mut taken = 0usize;
             let mut out = Vec::new();
-            for batch in segment.batches.iter().filter(|batch| batch.last_offset() >= from.0) {
+            for batch in segment
+                .batches
+                .iter()
+                .filter(|batch| batch.last_offset() >= from.0)
+            {
                 let length = batch.bytes().len();
                 if !out.is_empty() && taken + length > max_bytes {
                     break;

@@ -87,7 +87,10 @@ fn walk(
             position >= chunk_position && position + length <= chunk_position + chunk.len() as u64
         };
         if remaining < HEADER_BYTES as u64 {
-            return Ok(invalid(position, format!("{remaining} bytes left, less than a batch header")));
+            return Ok(invalid(
+                position,
+                format!("{remaining} bytes left, less than a batch header"),
+            ));
         }
         if !holds(&chunk, chunk_position, HEADER_BYTES as u64) {
             let length = remaining.min(chunk_bytes.max(HEADER_BYTES) as u64) as usize;
@@ -104,11 +107,17 @@ fn walk(
         };
         let total = header.total_bytes() as u64;
         if total > remaining {
-            return Ok(invalid(position, format!("batch of {total} bytes runs past the end")));
+            return Ok(invalid(
+                position,
+                format!("batch of {total} bytes runs past the end"),
+            ));
         }
         if header.base_offset != expected as i64 {
             let found = header.base_offset;
-            return Ok(invalid(position, format!("batch at offset {found} where {expected} was expected")));
+            return Ok(invalid(
+                position,
+                format!("batch at offset {found} where {expected} was expected"),
+            ));
         }
         if !holds(&chunk, chunk_position, total) {
             let length = remaining.min(total.max(chunk_bytes as u64)) as usize;
@@ -139,7 +148,11 @@ fn walk(
 fn describe_problem(walked: &Walked, segment: &Segment, next_base: u64) -> Option<String> {
     let mut problem = String::new();
     if let WalkEnd::Invalid { reason } = &walked.end {
-        let _ = write!(problem, "invalid batch at position {}: {reason}; ", walked.position);
+        let _ = write!(
+            problem,
+            "invalid batch at position {}: {reason}; ",
+            walked.position
+        );
     }
     if segment.next != next_base {
         let _ = write!(
@@ -177,12 +190,7 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    fn new(
-        file: Arc<dyn SegmentFile>,
-        dir: &Path,
-        base: u64,
-        index_interval_bytes: u32,
-    ) -> Self {
+    fn new(file: Arc<dyn SegmentFile>, dir: &Path, base: u64, index_interval_bytes: u32) -> Self {
         let path = dir.join(log_name(base));
         Self {
             base,
@@ -236,14 +244,17 @@ impl Segment {
         reserve_bytes: Option<u64>,
     ) -> Result<Self, LogError> {
         let path = dir.join(log_name(base));
-        let file = fs.open(&path).map_err(|source| LogError::io("create", &path, source))?;
+        let file = fs
+            .open(&path)
+            .map_err(|source| LogError::io("create", &path, source))?;
         let mut segment = Self::new(file, dir, base, index_interval_bytes);
         segment
             .file
             .set_len(0)
             .map_err(|source| segment.io("empty", source))?;
         for stale in [&segment.index_path, &segment.time_index_path] {
-            fs.remove(stale).map_err(|source| LogError::io("remove", stale, source))?;
+            fs.remove(stale)
+                .map_err(|source| LogError::io("remove", stale, source))?;
         }
         if let Some(bytes) = reserve_bytes {
             segment.reserve(bytes);
@@ -255,7 +266,9 @@ impl Segment {
     pub(crate) fn reserve(&mut self, bytes: u64) {
         match self.file.preallocate(bytes) {
             Ok(()) => self.reserved_bytes = bytes,
-            Err(error) => debug!(path = %self.path.display(), %error, "preallocation not available"),
+            Err(error) => {
+                debug!(path = %self.path.display(), %error, "preallocation not available")
+            }
         }
     }
 
@@ -285,14 +298,26 @@ impl Segment {
         index_interval_bytes: u32,
     ) -> Result<(Self, u64), LogError> {
         let path = dir.join(log_name(base));
-        let file = fs.open(&path).map_err(|source| LogError::io("open", &path, source))?;
+        let file = fs
+            .open(&path)
+            .map_err(|source| LogError::io("open", &path, source))?;
         let mut segment = Self::new(file, dir, base, index_interval_bytes);
-        let length = segment.file.len().map_err(|source| segment.io("stat", source))?;
+        let length = segment
+            .file
+            .byte_len()
+            .map_err(|source| segment.io("stat", source))?;
         let file = Arc::clone(&segment.file);
-        let walked = walk(file.as_ref(), 0, length, base, SCAN_CHUNK_BYTES, |position, header, _| {
-            segment.index_batch(position, header);
-            ControlFlow::Continue(())
-        })
+        let walked = walk(
+            file.as_ref(),
+            0,
+            length,
+            base,
+            SCAN_CHUNK_BYTES,
+            |position, header, _| {
+                segment.index_batch(position, header);
+                ControlFlow::Continue(())
+            },
+        )
         .map_err(|source| segment.io("scan", source))?;
         let cut = length - walked.position;
         if let WalkEnd::Invalid { reason } = walked.end {
@@ -328,9 +353,14 @@ impl Segment {
         index_interval_bytes: u32,
     ) -> Result<(Self, bool, Option<String>), LogError> {
         let path = dir.join(log_name(base));
-        let file = fs.open(&path).map_err(|source| LogError::io("open", &path, source))?;
+        let file = fs
+            .open(&path)
+            .map_err(|source| LogError::io("open", &path, source))?;
         let mut segment = Self::new(file, dir, base, index_interval_bytes);
-        let length = segment.file.len().map_err(|source| segment.io("stat", source))?;
+        let length = segment
+            .file
+            .byte_len()
+            .map_err(|source| segment.io("stat", source))?;
         let span = next_base.saturating_sub(base);
         let loaded = fs
             .read(&segment.index_path)
@@ -395,10 +425,17 @@ impl Segment {
         next_base: u64,
     ) -> Result<(Self, bool, Option<String>), LogError> {
         let file = Arc::clone(&segment.file);
-        let walked = walk(file.as_ref(), 0, length, segment.base, SCAN_CHUNK_BYTES, |position, header, _| {
-            segment.index_batch(position, header);
-            ControlFlow::Continue(())
-        })
+        let walked = walk(
+            file.as_ref(),
+            0,
+            length,
+            segment.base,
+            SCAN_CHUNK_BYTES,
+            |position, header, _| {
+                segment.index_batch(position, header);
+                ControlFlow::Continue(())
+            },
+        )
         .map_err(|source| segment.io("scan", source))?;
         segment.size = length;
         let problem = describe_problem(&walked, &segment, next_base);
@@ -407,9 +444,15 @@ impl Segment {
     }
 
     /// Writes a batch whose header was checked, stamping `base_offset`.
-    pub(crate) fn append(&mut self, base_offset: u64, header: &BatchHeader, batch: &[u8]) -> io::Result<()> {
+    pub(crate) fn append(
+        &mut self,
+        base_offset: u64,
+        header: &BatchHeader,
+        batch: &[u8],
+    ) -> io::Result<()> {
         let base_bytes = base_offset.to_be_bytes();
-        self.file.write_all_at(&[&base_bytes, &batch[8..]], self.size)?;
+        self.file
+            .write_all_at(&[&base_bytes, &batch[8..]], self.size)?;
         let header = BatchHeader {
             base_offset: base_offset as i64,
             ..*header
@@ -455,7 +498,9 @@ impl Segment {
         )
         .map_err(|source| self.io("read", source))?;
         match walked.end {
-            WalkEnd::Invalid { reason } if batches.is_empty() => Err(self.corrupt(walked.position, reason)),
+            WalkEnd::Invalid { reason } if batches.is_empty() => {
+                Err(self.corrupt(walked.position, reason))
+            }
             _ => Ok(batches),
         }
     }
@@ -466,7 +511,9 @@ impl Segment {
         if self.max_timestamp < timestamp {
             return Ok(None);
         }
-        let (entry, position) = self.offset_index.lookup(self.time_index.start_for(timestamp));
+        let (entry, position) = self
+            .offset_index
+            .lookup(self.time_index.start_for(timestamp));
         let mut found = None;
         let mut failure = None;
         let walked = walk(
@@ -500,7 +547,9 @@ impl Segment {
             return Err(self.corrupt(walked.position, reason));
         }
         match walked.end {
-            WalkEnd::Invalid { reason } if found.is_none() => Err(self.corrupt(walked.position, reason)),
+            WalkEnd::Invalid { reason } if found.is_none() => {
+                Err(self.corrupt(walked.position, reason))
+            }
             _ => Ok(found),
         }
     }
@@ -516,19 +565,30 @@ impl Segment {
         self.bytes_since_index = 0;
         self.size = 0;
         self.next = self.base;
-        let walked = walk(file.as_ref(), 0, old_size, self.base, SCAN_CHUNK_BYTES, |position, header, _| {
-            if header.base_offset as u64 + header.offset_span() > offset {
-                return ControlFlow::Break(());
-            }
-            self.index_batch(position, header);
-            ControlFlow::Continue(())
-        })
+        let walked = walk(
+            file.as_ref(),
+            0,
+            old_size,
+            self.base,
+            SCAN_CHUNK_BYTES,
+            |position, header, _| {
+                if header.base_offset as u64 + header.offset_span() > offset {
+                    return ControlFlow::Break(());
+                }
+                self.index_batch(position, header);
+                ControlFlow::Continue(())
+            },
+        )
         .map_err(|source| self.io("scan", source))?;
         if let WalkEnd::Invalid { reason } = walked.end {
             return Err(self.corrupt(walked.position, reason));
         }
-        self.file.set_len(self.size).map_err(|source| self.io("truncate", source))?;
-        self.file.sync_data().map_err(|source| self.io("sync", source))
+        self.file
+            .set_len(self.size)
+            .map_err(|source| self.io("truncate", source))?;
+        self.file
+            .sync_data()
+            .map_err(|source| self.io("sync", source))
     }
 
     /// Writes the index files (not synced: recovery checks them).
@@ -543,9 +603,13 @@ impl Segment {
 
     /// Finishes the segment before a new one starts after it.
     pub(crate) fn seal(&mut self, fs: &dyn Fs) {
-        self.time_index.push(self.max_timestamp, self.last_batch_relative);
+        self.time_index
+            .push(self.max_timestamp, self.last_batch_relative);
         self.write_indexes(fs);
-        if let Err(error) = self.file.release_preallocation(self.size, self.reserved_bytes) {
+        if let Err(error) = self
+            .file
+            .release_preallocation(self.size, self.reserved_bytes)
+        {
             debug!(path = %self.path.display(), %error, "could not release preallocated blocks");
         }
         self.reserved_bytes = 0;
@@ -554,7 +618,8 @@ impl Segment {
     /// Deletes the segment's files.
     pub(crate) fn remove(&self, fs: &dyn Fs) -> Result<(), LogError> {
         for path in [&self.path, &self.index_path, &self.time_index_path] {
-            fs.remove(path).map_err(|source| LogError::io("remove", path, source))?;
+            fs.remove(path)
+                .map_err(|source| LogError::io("remove", path, source))?;
         }
         Ok(())
     }

@@ -60,7 +60,10 @@ impl Shared {
 
     /// Syncs one snapshot of dirty files; returns false when nothing was dirty.
     fn sync_once(&self) -> bool {
-        let _order = self.sync_order.lock().unwrap_or_else(PoisonError::into_inner);
+        let _order = self
+            .sync_order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let (target, files, dir_dirty, epoch) = {
             let mut state = self.lock();
             if state.failure.is_some() || (state.dirty.is_empty() && !state.dir_dirty) {
@@ -78,7 +81,8 @@ impl Shared {
         match result {
             Err(source) => {
                 error!(dir = %self.dir.display(), %source, "fsync failed, log stops accepting writes");
-                state.failure = Some(format!("fsync of {} failed: {source}", self.dir.display()).into());
+                state.failure =
+                    Some(format!("fsync of {} failed: {source}", self.dir.display()).into());
                 wake_all(&mut state);
             }
             Ok(()) => {
@@ -124,7 +128,10 @@ impl Shared {
                 _ => {
                     while !state.stop && state.dirty.is_empty() && !state.dir_dirty {
                         state.thread_waiting = true;
-                        state = self.work.wait(state).unwrap_or_else(PoisonError::into_inner);
+                        state = self
+                            .work
+                            .wait(state)
+                            .unwrap_or_else(PoisonError::into_inner);
                     }
                 }
             }
@@ -219,7 +226,10 @@ impl Syncer {
     pub(crate) fn wrote(&self, file: &Arc<dyn SegmentFile>, next: u64) -> Durable {
         let mut state = self.shared.lock();
         state.written_next = next;
-        let known = state.dirty.last().is_some_and(|last| Arc::ptr_eq(last, file));
+        let known = state
+            .dirty
+            .last()
+            .is_some_and(|last| Arc::ptr_eq(last, file));
         if !known {
             state.dirty.push(Arc::clone(file));
         }
@@ -301,10 +311,10 @@ impl Syncer {
     pub(crate) fn stop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.work.notify_one();
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                self.fail("sync thread panicked");
-            }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            self.fail("sync thread panicked");
         }
     }
 }
@@ -340,7 +350,10 @@ impl Durable {
             return Ok(true);
         };
         let state = shared.lock();
-        shared.check(&state, *target, *epoch).transpose().map(|done| done.is_some())
+        shared
+            .check(&state, *target, *epoch)
+            .transpose()
+            .map(|done| done.is_some())
     }
 
     /// Blocks the calling thread until the append is durable.
@@ -356,7 +369,10 @@ impl Durable {
             if let Some(outcome) = shared.check(&state, *target, *epoch) {
                 return outcome;
             }
-            state = shared.done.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state = shared
+                .done
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 }

@@ -50,13 +50,28 @@ fn appends_get_dense_offsets_and_read_back(store: &impl Store) {
     let first = log.append(&batch(1, 3, 1_000)).expect("append");
     let second = log.append(&batch(2, 1, 2_000)).expect("append");
     let third = log.append(&batch(3, 5, 3_000)).expect("append");
-    assert_eq!((first.base_offset, first.last_offset), (Offset(0), Offset(2)), "{}", store.name());
-    assert_eq!((second.base_offset, second.last_offset), (Offset(3), Offset(3)));
-    assert_eq!((third.base_offset, third.last_offset), (Offset(4), Offset(8)));
+    assert_eq!(
+        (first.base_offset, first.last_offset),
+        (Offset(0), Offset(2)),
+        "{}",
+        store.name()
+    );
+    assert_eq!(
+        (second.base_offset, second.last_offset),
+        (Offset(3), Offset(3))
+    );
+    assert_eq!(
+        (third.base_offset, third.last_offset),
+        (Offset(4), Offset(8))
+    );
     assert_eq!(log.next_offset(), Offset(9));
     assert_eq!(log.earliest_offset(), Offset(0));
     let from_middle = log.read(Offset(5), 1 << 20).expect("read");
-    assert_eq!(from_middle.len(), 1, "the batch holding offset 5 is returned whole");
+    assert_eq!(
+        from_middle.len(),
+        1,
+        "the batch holding offset 5 is returned whole"
+    );
     assert_eq!(from_middle[0].base_offset(), 4);
     let all = read_all(&log);
     assert_eq!(all.len(), 3);
@@ -75,7 +90,11 @@ fn reads_stop_at_max_bytes_but_return_one_whole_batch(store: &impl Store) {
         log.append(&sized_batch(tag, 200, 1)).expect("append");
     }
     let one = log.read(Offset(0), 1).expect("read");
-    assert_eq!(one.len(), 1, "a budget smaller than a batch still returns the first batch");
+    assert_eq!(
+        one.len(),
+        1,
+        "a budget smaller than a batch still returns the first batch"
+    );
     let size = one[0].bytes().len();
     let three = log.read(Offset(2), size * 3 + size / 2).expect("read");
     assert_eq!(three.len(), 3);
@@ -92,7 +111,11 @@ fn reads_outside_the_log_are_refused(store: &impl Store) {
     }
     assert!(matches!(
         log.read(Offset(21), 100),
-        Err(LogError::OffsetOutOfRange { requested: 21, next: 20, .. })
+        Err(LogError::OffsetOutOfRange {
+            requested: 21,
+            next: 20,
+            ..
+        })
     ));
     let removed = log.delete_up_to(Offset(10)).expect("delete");
     assert!(removed > 0);
@@ -102,7 +125,10 @@ fn reads_outside_the_log_are_refused(store: &impl Store) {
         log.read(Offset(earliest.0 - 1), 100),
         Err(LogError::OffsetOutOfRange { .. })
     ));
-    assert_eq!(log.read(earliest, 1).expect("read")[0].base_offset(), earliest.0);
+    assert_eq!(
+        log.read(earliest, 1).expect("read")[0].base_offset(),
+        earliest.0
+    );
 }
 
 fn append_after_reopen_continues_offsets(store: &impl Store) {
@@ -120,7 +146,10 @@ fn append_after_reopen_continues_offsets(store: &impl Store) {
     assert_eq!(read_all(&log), before);
     let appended = log.append(&batch(99, 1, 100)).expect("append");
     assert_eq!(appended.base_offset, Offset(24));
-    assert_eq!(values(&log.read(Offset(24), 100).expect("read")), ["batch 99 record 0"]);
+    assert_eq!(
+        values(&log.read(Offset(24), 100).expect("read")),
+        ["batch 99 record 0"]
+    );
 }
 
 fn segments_roll_by_size_and_reads_cross_them(store: &impl Store) {
@@ -157,7 +186,11 @@ fn segments_roll_by_age(store: &impl Store) {
     assert_eq!(log.segment_count(), 1);
     clock.advance_ms(31_000);
     log.append(&batch(3, 1, now + 61_000)).expect("append");
-    assert_eq!(log.segment_count(), 2, "a segment older than the limit rolls");
+    assert_eq!(
+        log.segment_count(),
+        2,
+        "a segment older than the limit rolls"
+    );
     log.close().expect("close");
     clock.advance_ms(60_000);
     let mut log = store.open(config, &clock);
@@ -174,7 +207,11 @@ fn truncate_removes_the_batch_holding_the_offset_and_everything_after(store: &im
     let segments = log.segment_count();
     assert!(segments > 2);
     let next = log.truncate(Offset(31)).expect("truncate");
-    assert_eq!(next, Offset(30), "the batch holding 31 (30..=32) goes whole");
+    assert_eq!(
+        next,
+        Offset(30),
+        "the batch holding 31 (30..=32) goes whole"
+    );
     assert_eq!(log.next_offset(), Offset(30));
     assert!(log.segment_count() < segments);
     assert_eq!(log.truncate(Offset(100)).expect("no-op"), Offset(30));
@@ -199,12 +236,21 @@ fn truncate_below_the_earliest_offset_restarts_the_log(store: &impl Store) {
     let earliest = log.earliest_offset();
     assert!(earliest > Offset(2));
     assert_eq!(log.truncate(Offset(2)).expect("truncate"), Offset(2));
-    assert_eq!((log.earliest_offset(), log.next_offset()), (Offset(2), Offset(2)));
+    assert_eq!(
+        (log.earliest_offset(), log.next_offset()),
+        (Offset(2), Offset(2))
+    );
     assert_eq!(log.segment_count(), 1);
-    assert_eq!(log.append(&batch(5, 1, 1)).expect("append").base_offset, Offset(2));
+    assert_eq!(
+        log.append(&batch(5, 1, 1)).expect("append").base_offset,
+        Offset(2)
+    );
     log.close().expect("close");
     let log = store.open(small_segments(), &clock);
-    assert_eq!((log.earliest_offset(), log.next_offset()), (Offset(2), Offset(3)));
+    assert_eq!(
+        (log.earliest_offset(), log.next_offset()),
+        (Offset(2), Offset(3))
+    );
 }
 
 fn delete_up_to_removes_only_whole_sealed_segments(store: &impl Store) {
@@ -217,7 +263,10 @@ fn delete_up_to_removes_only_whole_sealed_segments(store: &impl Store) {
     assert_eq!(log.delete_up_to(Offset(0)).expect("delete"), 0);
     let removed = log.delete_up_to(Offset(7)).expect("delete");
     assert!(removed >= 1);
-    assert!(log.earliest_offset() <= Offset(7), "offset 7 is still readable");
+    assert!(
+        log.earliest_offset() <= Offset(7),
+        "offset 7 is still readable"
+    );
     assert!(!log.read(Offset(7), 1).expect("read").is_empty());
     let removed_all = log.delete_up_to(Offset(1_000)).expect("delete");
     assert_eq!(log.segment_count(), 1, "the active segment stays");
@@ -238,7 +287,10 @@ fn retention_by_bytes_keeps_the_newest_segments(store: &impl Store) {
     let before = log.size_bytes();
     let removed = log.enforce_retention().expect("retention");
     assert!(removed > 0);
-    assert!(log.size_bytes() >= 2048, "retention keeps at least the limit");
+    assert!(
+        log.size_bytes() >= 2048,
+        "retention keeps at least the limit"
+    );
     assert!(log.size_bytes() < before);
     assert_eq!(log.next_offset(), Offset(40));
     assert_eq!(log.enforce_retention().expect("retention again"), 0);
@@ -253,7 +305,8 @@ fn retention_by_time_deletes_old_sealed_segments(store: &impl Store) {
     };
     let mut log = store.open(config, &clock);
     for tag in 0..10 {
-        log.append(&sized_batch(tag, 300, now - 7_200_000)).expect("append");
+        log.append(&sized_batch(tag, 300, now - 7_200_000))
+            .expect("append");
     }
     for tag in 10..20 {
         log.append(&sized_batch(tag, 300, now)).expect("append");
@@ -261,28 +314,54 @@ fn retention_by_time_deletes_old_sealed_segments(store: &impl Store) {
     let removed = log.enforce_retention().expect("retention");
     assert!(removed >= 2);
     let all = read_all(&log);
-    assert!(all.iter().all(|batch| batch.base_offset() >= 8), "old segments went");
+    assert!(
+        all.iter().all(|batch| batch.base_offset() >= 8),
+        "old segments went"
+    );
     assert!(all.iter().any(|batch| batch.base_offset() == 10));
     clock.advance_ms(7_200_000);
     log.enforce_retention().expect("retention");
-    assert_eq!(log.segment_count(), 1, "everything sealed expired; the active segment stays");
+    assert_eq!(
+        log.segment_count(),
+        1,
+        "everything sealed expired; the active segment stays"
+    );
 }
 
 fn offset_for_timestamp_finds_the_first_record_at_or_after(store: &impl Store) {
     let clock = clock();
     let mut log = store.open(small_segments(), &clock);
     for tag in 0..30 {
-        log.append(&batch(tag, 3, 1_000 + tag as i64 * 10)).expect("append");
+        log.append(&batch(tag, 3, 1_000 + tag as i64 * 10))
+            .expect("append");
     }
-    assert_eq!(log.offset_for_timestamp(0).expect("lookup"), Some(Offset(0)));
-    assert_eq!(log.offset_for_timestamp(1_001).expect("lookup"), Some(Offset(1)));
-    assert_eq!(log.offset_for_timestamp(1_003).expect("lookup"), Some(Offset(3)));
-    assert_eq!(log.offset_for_timestamp(1_152).expect("lookup"), Some(Offset(47)));
-    assert_eq!(log.offset_for_timestamp(1_290).expect("lookup"), Some(Offset(87)));
+    assert_eq!(
+        log.offset_for_timestamp(0).expect("lookup"),
+        Some(Offset(0))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(1_001).expect("lookup"),
+        Some(Offset(1))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(1_003).expect("lookup"),
+        Some(Offset(3))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(1_152).expect("lookup"),
+        Some(Offset(47))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(1_290).expect("lookup"),
+        Some(Offset(87))
+    );
     assert_eq!(log.offset_for_timestamp(1_293).expect("lookup"), None);
     log.close().expect("close");
     let log = store.open(small_segments(), &clock);
-    assert_eq!(log.offset_for_timestamp(1_152).expect("lookup"), Some(Offset(47)));
+    assert_eq!(
+        log.offset_for_timestamp(1_152).expect("lookup"),
+        Some(Offset(47))
+    );
 }
 
 fn bad_batches_are_refused_and_leave_the_log_unchanged(store: &impl Store) {
@@ -295,8 +374,18 @@ fn bad_batches_are_refused_and_leave_the_log_unchanged(store: &impl Store) {
     flipped[last] ^= 1;
     let mut trailing = good.clone();
     trailing.push(0);
-    for bad in [&flipped[..], &good[..good.len() - 1], &trailing[..], &[][..], &[0u8; 70][..]] {
-        assert!(matches!(log.append(bad), Err(LogError::InvalidBatch(_))), "{}", store.name());
+    for bad in [
+        &flipped[..],
+        &good[..good.len() - 1],
+        &trailing[..],
+        &[][..],
+        &[0u8; 70][..],
+    ] {
+        assert!(
+            matches!(log.append(bad), Err(LogError::InvalidBatch(_))),
+            "{}",
+            store.name()
+        );
     }
     assert_eq!(log.next_offset(), Offset(2));
     assert_eq!(log.append(&good).expect("append").base_offset, Offset(2));
@@ -308,11 +397,19 @@ fn control_batches_and_producer_fields_are_kept(store: &impl Store) {
     let mut builder = BatchBuilder::new().producer(42, 3, 17).transactional();
     builder.push(5, Some(b"key"), Some(b"value"), &[]);
     log.append(&builder.build()).expect("append");
-    log.append(&control_batch(ControlKind::Abort, 42, 3, 9, 6)).expect("append");
+    log.append(&control_batch(ControlKind::Abort, 42, 3, 9, 6))
+        .expect("append");
     let batches = log.read(Offset(0), 1 << 20).expect("read");
     assert_eq!(batches.len(), 2);
     let header = batches[0].header();
-    assert_eq!((header.producer_id, header.producer_epoch, header.base_sequence), (42, 3, 17));
+    assert_eq!(
+        (
+            header.producer_id,
+            header.producer_epoch,
+            header.base_sequence
+        ),
+        (42, 3, 17)
+    );
     assert!(header.is_transactional() && !header.is_control());
     assert!(batches[1].header().is_control());
     let marker = &batches[1].records().expect("records")[0];

@@ -11,7 +11,10 @@ use postino_storage::fs::RealFs;
 use postino_storage::{FileLog, Log, LogConfig, LogError, Offset};
 use postino_types::SystemClock;
 
-fn open(dir: &std::path::Path, config: LogConfig) -> (FileLog, Arc<postino_storage::fault::Faults>) {
+fn open(
+    dir: &std::path::Path,
+    config: LogConfig,
+) -> (FileLog, Arc<postino_storage::fault::Faults>) {
     let fs = FaultyFs::new(RealFs);
     let faults = fs.faults();
     let log = FileLog::open_with(dir, config, Arc::new(fs), Arc::new(SystemClock)).expect("open");
@@ -25,13 +28,21 @@ fn a_failed_fsync_reaches_the_appender_and_stops_the_log() {
     let first = log.append(&batch(1, 1, 1)).expect("append");
     first.durable.wait().expect("durable before the fault");
     faults.fail_syncs(true);
-    let second = log.append(&batch(2, 1, 1)).expect("the write itself succeeds");
-    assert!(matches!(second.durable.wait(), Err(LogError::Failed { .. })));
+    let second = log
+        .append(&batch(2, 1, 1))
+        .expect("the write itself succeeds");
+    assert!(matches!(
+        second.durable.wait(),
+        Err(LogError::Failed { .. })
+    ));
     assert!(
         matches!(log.append(&batch(3, 1, 1)), Err(LogError::Failed { .. })),
         "no append is accepted after a failed sync"
     );
-    assert!(matches!(log.truncate(Offset(0)), Err(LogError::Failed { .. })));
+    assert!(matches!(
+        log.truncate(Offset(0)),
+        Err(LogError::Failed { .. })
+    ));
     faults.fail_syncs(false);
     assert!(
         matches!(log.append(&batch(4, 1, 1)), Err(LogError::Failed { .. })),
@@ -39,7 +50,10 @@ fn a_failed_fsync_reaches_the_appender_and_stops_the_log() {
     );
     drop(log);
     let (log, _) = open(dir.path(), LogConfig::default());
-    assert!(log.next_offset() >= Offset(1), "the confirmed append survives");
+    assert!(
+        log.next_offset() >= Offset(1),
+        "the confirmed append survives"
+    );
     assert_eq!(read_all(&log)[0].base_offset(), 0);
 }
 
@@ -58,17 +72,33 @@ fn a_short_write_fails_the_append_and_reopen_cuts_the_torn_batch() {
     let dir = tempfile::tempdir().expect("dir");
     let (mut log, faults) = open(dir.path(), small_segments());
     for tag in 0..5 {
-        log.append(&batch(tag, 2, 1)).expect("append").durable.wait().expect("durable");
+        log.append(&batch(tag, 2, 1))
+            .expect("append")
+            .durable
+            .wait()
+            .expect("durable");
     }
     faults.short_writes(true);
-    assert!(matches!(log.append(&batch(9, 2, 1)), Err(LogError::Io { .. })));
+    assert!(matches!(
+        log.append(&batch(9, 2, 1)),
+        Err(LogError::Io { .. })
+    ));
     faults.short_writes(false);
-    assert!(matches!(log.append(&batch(10, 2, 1)), Err(LogError::Failed { .. })));
+    assert!(matches!(
+        log.append(&batch(10, 2, 1)),
+        Err(LogError::Failed { .. })
+    ));
     drop(log);
     let (mut log, _) = open(dir.path(), small_segments());
-    assert!(log.report().truncated_bytes > 0, "the half-written batch is cut");
+    assert!(
+        log.report().truncated_bytes > 0,
+        "the half-written batch is cut"
+    );
     assert_eq!(log.next_offset(), Offset(10));
-    assert_eq!(log.append(&batch(11, 1, 1)).expect("append").base_offset, Offset(10));
+    assert_eq!(
+        log.append(&batch(11, 1, 1)).expect("append").base_offset,
+        Offset(10)
+    );
 }
 
 #[test]

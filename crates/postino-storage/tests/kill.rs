@@ -47,7 +47,11 @@ fn kill_child_writer() {
         assert_eq!(appended.base_offset, Offset(offset));
         pending.push_back(appended);
         // Keep a window of appends in flight so that syncs are group-committed.
-        while pending.len() > 32 || pending.front().is_some_and(|a| a.durable.is_durable().unwrap_or(false)) {
+        while pending.len() > 32
+            || pending
+                .front()
+                .is_some_and(|a| a.durable.is_durable().unwrap_or(false))
+        {
             let confirmed = pending.pop_front().expect("non-empty");
             confirmed.durable.wait().expect("durable");
             writeln!(stdout, "{}", confirmed.base_offset).expect("report");
@@ -63,7 +67,13 @@ fn kill_minus_nine_never_loses_a_confirmed_append() {
     let mut total_confirmed = 0usize;
     for cycle in 0..8u64 {
         let mut child = Command::new(&exe)
-            .args(["kill_child_writer", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "kill_child_writer",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DIR, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -74,10 +84,10 @@ fn kill_minus_nine_never_loses_a_confirmed_append() {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(offset) = line.trim().parse::<u64>() {
-                    if tx.send(offset).is_err() {
-                        break;
-                    }
+                if let Ok(offset) = line.trim().parse::<u64>()
+                    && tx.send(offset).is_err()
+                {
+                    break;
                 }
             }
         });
@@ -105,7 +115,9 @@ fn kill_minus_nine_never_loses_a_confirmed_append() {
         );
         let mut from = Offset(0);
         while from < log.next_offset() {
-            let batches = log.read(from, 1 << 20).expect("every stored batch reads back");
+            let batches = log
+                .read(from, 1 << 20)
+                .expect("every stored batch reads back");
             for batch in &batches {
                 let record = &batch.records().expect("records")[0];
                 assert_eq!(record.value.as_deref(), Some(&body(record.offset)[..]));

@@ -1,1 +1,86 @@
-fn main(){}
+//! The `postino` binary: wiring only. `postino server` runs the broker; `postino bench` runs the
+//! benchmarks. Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
+
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "postino",
+    version,
+    about = "A message broker: queues, pub/sub and streams on one log"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker.
+    Server(server::ServerArgs),
+    /// Run a benchmark and print its figures.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// What to measure.
+    target: BenchTarget,
+    /// One JSON object per scenario instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// A short run (seconds) instead of the full one (minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Where scratch data goes (a directory on the disk to measure).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BenchTarget {
+    /// The log: appends per durability policy, cold reads, recovery.
+    Storage,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server(args) => server::run(args),
+        Command::Bench(args) => bench(&args),
+    }
+}
+
+fn bench(args: &BenchArgs) -> ExitCode {
+    match args.target {
+        BenchTarget::Storage => {
+            let size = if args.quick {
+                postino_bench::storage::Size::Quick
+            } else {
+                postino_bench::storage::Size::Full
+            };
+            let mut printer =
+                postino_bench::Printer::new(args.json, postino_bench::storage::columns());
+            if !args.json {
+                let load = postino_bench::load_average()
+                    .map_or("unknown".to_owned(), |load| format!("{load:.2}"));
+                println!(
+                    "storage benchmark in {} (load average {load})",
+                    args.dir.display()
+                );
+            }
+            match postino_bench::storage::run(&args.dir, size, &mut printer) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("postino bench storage: {error:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

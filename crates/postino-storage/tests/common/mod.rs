@@ -38,8 +38,13 @@ impl Store for FileStore {
 
     fn open(&self, config: LogConfig, clock: &ManualClock) -> FileLog {
         let clock: Arc<dyn Clock> = Arc::new(clock.clone());
-        FileLog::open_with(self.path(), config, Arc::new(postino_storage::fs::RealFs), clock)
-            .expect("open file log")
+        FileLog::open_with(
+            self.path(),
+            config,
+            Arc::new(postino_storage::fs::RealFs),
+            clock,
+        )
+        .expect("open file log")
     }
 
     fn name(&self) -> &'static str {
@@ -105,7 +110,11 @@ pub fn read_all(log: &impl Log) -> Vec<Batch> {
     let mut from = log.earliest_offset();
     while from < log.next_offset() {
         let batches = log.read(from, 1 << 20).expect("read");
-        assert!(!batches.is_empty(), "no batch at offset {from} below next {}", log.next_offset());
+        assert!(
+            !batches.is_empty(),
+            "no batch at offset {from} below next {}",
+            log.next_offset()
+        );
         from = postino_types::Offset(batches.last().expect("non-empty").last_offset() + 1);
         out.extend(batches);
     }

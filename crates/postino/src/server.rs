@@ -1,0 +1,99 @@
+//! `postino server`: opens the data directory and runs until SIGINT or SIGTERM.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use tracing::{error, info};
+
+/// Flags of `postino server`.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Where the broker keeps its data.
+    #[arg(
+        long,
+        env = "POSTINO_SERVER_DATA_DIR",
+        default_value = "./postino-data"
+    )]
+    data_dir: PathBuf,
+    /// Log line format.
+    #[arg(long, env = "POSTINO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Runs the server; the exit code follows `docs/operations.md`.
+pub fn run(args: ServerArgs) -> ExitCode {
+    init_tracing(args.log_format);
+    match serve(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            error!(error = format!("{error:#}"), "server stopped");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTINO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(args: &ServerArgs) -> Result<()> {
+    let data_dir = open_data_dir(&args.data_dir)?;
+    let path = fs::canonicalize(&args.data_dir).context("resolve the data directory")?;
+    info!(path = %path.display(), version = env!("CARGO_PKG_VERSION"), "data directory ready");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("start the runtime")?;
+    let signal = runtime.block_on(shutdown_signal())?;
+    info!(signal, "shutting down");
+    drop(data_dir);
+    info!("stopped");
+    Ok(())
+}
+
+/// Creates the data directory if needed and locks it, so that two servers never share one.
+fn open_data_dir(dir: &Path) -> Result<File> {
+    fs::create_dir_all(dir).with_context(|| format!("create data directory {}", dir.display()))?;
+    let path = dir.join(".lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    lock.try_lock().with_context(|| {
+        format!(
+            "data directory {} is in use by another postino",
+            dir.display()
+        )
+    })?;
+    Ok(lock)
+}
+
+async fn shutdown_signal() -> Result<&'static str> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.map(|()| "SIGINT").context("wait for SIGINT"),
+        _ = terminate.recv() => Ok("SIGTERM"),
+    }
+}

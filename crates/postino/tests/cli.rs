@@ -1,0 +1,118 @@
+//! The `postino` binary as a user runs it: server start and stop, exit codes, the storage
+//! benchmark's output.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn postino() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_postino"))
+}
+
+#[test]
+fn server_opens_its_data_directory_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data_dir = dir.path().join("data");
+    let mut server = postino()
+        .args(["server", "--data-dir"])
+        .arg(&data_dir)
+        .env_remove("POSTINO_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the server");
+    let mut lines = BufReader::new(server.stderr.take().expect("stderr")).lines();
+    let ready = lines
+        .by_ref()
+        .map(|line| line.expect("log line"))
+        .find(|line| line.contains("data directory ready"))
+        .expect("the server logs where its data is");
+    let canonical = std::fs::canonicalize(&data_dir).expect("data directory exists");
+    assert!(
+        ready.contains(&format!("path={}", canonical.display())),
+        "{ready}"
+    );
+
+    let second = postino()
+        .args(["server", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .expect("run a second server");
+    assert_eq!(
+        second.status.code(),
+        Some(1),
+        "a second server on the same directory fails"
+    );
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another postino"));
+
+    let pid = rustix::process::Pid::from_raw(server.id() as i32).expect("a child pid is positive");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("send SIGTERM");
+    let rest: Vec<String> = lines.map(|line| line.expect("log line")).collect();
+    assert!(
+        rest.iter().any(|line| line.contains("signal=\"SIGTERM\"")),
+        "{rest:?}"
+    );
+    assert_eq!(server.wait().expect("exit").code(), Some(0));
+}
+
+#[test]
+fn bad_usage_exits_with_code_two() {
+    let unknown = postino()
+        .args(["server", "--no-such-flag"])
+        .output()
+        .expect("run");
+    assert_eq!(unknown.status.code(), Some(2));
+    let format = postino()
+        .args(["server", "--log-format", "xml"])
+        .output()
+        .expect("run");
+    assert_eq!(format.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&format.stderr).contains("--log-format"));
+}
+
+#[test]
+fn storage_bench_prints_one_json_object_per_scenario() {
+    let dir = tempfile::tempdir().expect("dir");
+    let output = postino()
+        .args(["bench", "storage", "--quick", "--json", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run the benchmark");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let appends: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|row| row["scenario"] == "append")
+        .collect();
+    assert_eq!(appends.len(), 27, "3 policies x 3 sizes x 3 batch sizes");
+    for row in &appends {
+        for field in [
+            "msg_size",
+            "msgs_per_s",
+            "mb_per_s",
+            "p50_us",
+            "p99_us",
+            "p999_us",
+            "ceiling_mb_per_s",
+            "ratio",
+        ] {
+            assert!(row[field].is_number(), "{field} missing in {row}");
+        }
+        assert!(row["msgs_per_s"].as_f64().expect("number") > 0.0);
+    }
+    for scenario in ["read_cold", "recover_cold"] {
+        let row = rows
+            .iter()
+            .find(|row| row["scenario"] == scenario)
+            .expect(scenario);
+        assert!(row["ratio"].as_f64().expect("ratio") > 0.0, "{row}");
+    }
+    let leftovers = std::fs::read_dir(dir.path()).expect("list").count();
+    assert_eq!(leftovers, 0, "the benchmark cleans up its scratch data");
+}
