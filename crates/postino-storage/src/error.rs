@@ -53,6 +53,18 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// `OffsetOutOfRange` unless `earliest <= requested <= next`.
+    pub(crate) fn check_range(requested: u64, earliest: u64, next: u64) -> Result<(), Self> {
+        if requested < earliest || requested > next {
+            return Err(LogError::OffsetOutOfRange {
+                requested,
+                earliest,
+                next,
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         LogError::Io {
             op,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use postino_types::{Clock, Offset, SystemClock};
 use tracing::{error, info};
 
-use crate::batch::{self, Batch, BatchError};
+use crate::batch::Batch;
 use crate::config::{Durability, LogConfig, SegmentShape};
 use crate::error::LogError;
 use crate::fs::{Fs, RealFs};
@@ -85,7 +85,6 @@ impl FileLog {
             .collect();
         bases.sort_unstable();
         let interval = config.index_interval_bytes;
-        let reserve = config.preallocate.then_some(config.segment_bytes_max);
         let mut report = OpenReport::default();
         let mut segments = Vec::with_capacity(bases.len().max(1));
         for pair in bases.windows(2) {
@@ -102,18 +101,18 @@ impl FileLog {
         }
         match bases.last() {
             Some(&base) => {
-                let (mut active, cut) = Segment::recover(fs.as_ref(), &dir, base, interval)?;
-                if let Some(bytes) = reserve {
-                    active.reserve(bytes);
-                }
+                let (active, cut) = Segment::recover(fs.as_ref(), &dir, base, interval)?;
                 report.truncated_bytes = cut;
                 segments.push(active);
             }
             None => {
-                segments.push(Segment::create(fs.as_ref(), &dir, 0, interval, reserve)?);
+                segments.push(Segment::create(fs.as_ref(), &dir, 0, interval)?);
                 fs.sync_dir(&dir)
                     .map_err(|source| LogError::io("sync directory", &dir, source))?;
             }
+        }
+        if let Some(active) = segments.last_mut() {
+            active.reserve_ahead(config.preallocate_bytes, config.segment_bytes_max);
         }
         let next = segments.last().map_or(0, |segment| segment.next);
         report.segments = segments.len();
@@ -197,19 +196,15 @@ impl FileLog {
             .last_mut()
             .expect("a log always has an active segment");
         active.seal(fs.as_ref());
-        let reserve = self
-            .config
-            .preallocate
-            .then_some(self.config.segment_bytes_max);
         let next = active.next;
-        let segment = Segment::create(
+        let mut segment = Segment::create(
             fs.as_ref(),
             &self.dir,
             next,
             self.config.index_interval_bytes,
-            reserve,
         )
         .map_err(|error| self.fail(error))?;
+        segment.reserve_ahead(self.config.preallocate_bytes, self.config.segment_bytes_max);
         self.segments.push(segment);
         self.syncer.dir_changed();
         self.active_since_ms = now_ms;
@@ -247,19 +242,7 @@ fn lock_dir(dir: &Path) -> Result<File, LogError> {
 impl Log for FileLog {
     fn append(&mut self, batch: &[u8]) -> Result<Appended, LogError> {
         self.syncer.check_failed()?;
-        if batch.len() > self.config.batch_bytes_max {
-            return Err(LogError::BatchTooLarge {
-                size: batch.len(),
-                max: self.config.batch_bytes_max,
-            });
-        }
-        let header = batch::validate(batch)?;
-        if header.total_bytes() != batch.len() {
-            return Err(BatchError::BadLength {
-                length: header.length,
-            }
-            .into());
-        }
+        let header = self.config.check_batch(batch)?;
         let base = self.next_offset().0;
         let next = base + header.offset_span();
         let now = self.clock.now_ms();
@@ -289,14 +272,7 @@ impl Log for FileLog {
     }
 
     fn read(&self, from: Offset, max_bytes: usize) -> Result<Vec<Batch>, LogError> {
-        let (earliest, next) = (self.earliest_offset().0, self.next_offset().0);
-        if from.0 < earliest || from.0 > next {
-            return Err(LogError::OffsetOutOfRange {
-                requested: from.0,
-                earliest,
-                next,
-            });
-        }
+        LogError::check_range(from.0, self.earliest_offset().0, self.next_offset().0)?;
         let start = self
             .segments
             .partition_point(|segment| segment.base <= from.0)
@@ -326,10 +302,6 @@ impl Log for FileLog {
             return Ok(self.next_offset());
         }
         let fs = Arc::clone(&self.fs);
-        let reserve = self
-            .config
-            .preallocate
-            .then_some(self.config.segment_bytes_max);
         let interval = self.config.index_interval_bytes;
         let outcome = (|| {
             while self.segments.len() > 1 && self.active().base >= to {
@@ -339,20 +311,19 @@ impl Log for FileLog {
             if self.active().base >= to {
                 let segment = self.segments.pop().expect("one segment");
                 segment.remove(fs.as_ref())?;
-                self.segments.push(Segment::create(
-                    fs.as_ref(),
-                    &self.dir,
-                    to,
-                    interval,
-                    reserve,
-                )?);
+                self.segments
+                    .push(Segment::create(fs.as_ref(), &self.dir, to, interval)?);
             } else {
-                let active = self.segments.last_mut().expect("one segment");
-                active.truncate_to(to)?;
-                if let Some(bytes) = reserve {
-                    active.reserve(bytes);
-                }
+                self.segments
+                    .last_mut()
+                    .expect("one segment")
+                    .truncate_to(to)?;
             }
+            let (step, limit) = (self.config.preallocate_bytes, self.config.segment_bytes_max);
+            self.segments
+                .last_mut()
+                .expect("one segment")
+                .reserve_ahead(step, limit);
             fs.sync_dir(&self.dir)
                 .map_err(|source| LogError::io("sync directory", &self.dir, source))
         })();

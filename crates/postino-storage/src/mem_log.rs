@@ -114,19 +114,7 @@ impl MemLog {
 
 impl Log for MemLog {
     fn append(&mut self, batch: &[u8]) -> Result<Appended, LogError> {
-        if batch.len() > self.config.batch_bytes_max {
-            return Err(LogError::BatchTooLarge {
-                size: batch.len(),
-                max: self.config.batch_bytes_max,
-            });
-        }
-        let header = batch::validate(batch)?;
-        if header.total_bytes() != batch.len() {
-            return Err(BatchError::BadLength {
-                length: header.length,
-            }
-            .into());
-        }
+        let header = self.config.check_batch(batch)?;
         let now = self.clock.now_ms();
         let config = &self.config;
         let mut segments = self.store.lock();
@@ -149,14 +137,7 @@ impl Log for MemLog {
     }
 
     fn read(&self, from: Offset, max_bytes: usize) -> Result<Vec<Batch>, LogError> {
-        let (earliest, next) = (self.earliest_offset().0, self.next_offset().0);
-        if from.0 < earliest || from.0 > next {
-            return Err(LogError::OffsetOutOfRange {
-                requested: from.0,
-                earliest,
-                next,
-            });
-        }
+        LogError::check_range(from.0, self.earliest_offset().0, self.next_offset().0)?;
         let segments = self.segments();
         let start = segments
             .partition_point(|segment| segment.base <= from.0)

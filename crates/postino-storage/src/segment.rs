@@ -186,7 +186,12 @@ pub(crate) struct Segment {
     bytes_since_index: u64,
     last_batch_relative: u32,
     index_interval_bytes: u64,
+    /// Blocks reserved with `fallocate` so far (the file length does not include them).
     reserved_bytes: u64,
+    /// Reserve this many bytes ahead of the write position at a time (0: never).
+    reserve_step_bytes: u64,
+    /// Never reserve past this (the segment size limit).
+    reserve_limit_bytes: u64,
 }
 
 impl Segment {
@@ -208,6 +213,8 @@ impl Segment {
             last_batch_relative: 0,
             index_interval_bytes: u64::from(index_interval_bytes),
             reserved_bytes: 0,
+            reserve_step_bytes: 0,
+            reserve_limit_bytes: 0,
         }
     }
 
@@ -241,13 +248,12 @@ impl Segment {
         dir: &Path,
         base: u64,
         index_interval_bytes: u32,
-        reserve_bytes: Option<u64>,
     ) -> Result<Self, LogError> {
         let path = dir.join(log_name(base));
         let file = fs
             .open(&path)
             .map_err(|source| LogError::io("create", &path, source))?;
-        let mut segment = Self::new(file, dir, base, index_interval_bytes);
+        let segment = Self::new(file, dir, base, index_interval_bytes);
         segment
             .file
             .set_len(0)
@@ -256,18 +262,28 @@ impl Segment {
             fs.remove(stale)
                 .map_err(|source| LogError::io("remove", stale, source))?;
         }
-        if let Some(bytes) = reserve_bytes {
-            segment.reserve(bytes);
-        }
         Ok(segment)
     }
 
-    /// Reserves blocks for appends; a file system without `fallocate` just goes without.
-    pub(crate) fn reserve(&mut self, bytes: u64) {
-        match self.file.preallocate(bytes) {
-            Ok(()) => self.reserved_bytes = bytes,
+    /// Makes appends reserve blocks `step_bytes` ahead of the write position, up to
+    /// `limit_bytes`; 0 turns reservation off.
+    pub(crate) fn reserve_ahead(&mut self, step_bytes: u64, limit_bytes: u64) {
+        self.reserve_step_bytes = step_bytes;
+        self.reserve_limit_bytes = limit_bytes;
+    }
+
+    /// Reserves blocks for an append that ends at `end`; a file system without `fallocate`
+    /// just goes without (reservation is an optimisation, never needed for correctness).
+    fn reserve_for(&mut self, end: u64) {
+        if self.reserve_step_bytes == 0 || end <= self.reserved_bytes {
+            return;
+        }
+        let target = (end + self.reserve_step_bytes).min(self.reserve_limit_bytes.max(end));
+        match self.file.preallocate(target) {
+            Ok(()) => self.reserved_bytes = target,
             Err(error) => {
-                debug!(path = %self.path.display(), %error, "preallocation not available")
+                debug!(path = %self.path.display(), %error, "preallocation not available");
+                self.reserve_step_bytes = 0;
             }
         }
     }
@@ -289,9 +305,8 @@ impl Segment {
         self.next = header.base_offset as u64 + header.offset_span();
     }
 
-    /// Opens the last segment of a log: scans it whole and cuts it after its last valid batch.
-    /// Returns the segment and how many bytes were cut.
-    pub(crate) fn recover(
+    /// Opens a segment file that exists, with empty indexes; returns it and the file length.
+    fn open_existing(
         fs: &dyn Fs,
         dir: &Path,
         base: u64,
@@ -301,11 +316,23 @@ impl Segment {
         let file = fs
             .open(&path)
             .map_err(|source| LogError::io("open", &path, source))?;
-        let mut segment = Self::new(file, dir, base, index_interval_bytes);
+        let segment = Self::new(file, dir, base, index_interval_bytes);
         let length = segment
             .file
             .byte_len()
             .map_err(|source| segment.io("stat", source))?;
+        Ok((segment, length))
+    }
+
+    /// Opens the last segment of a log: scans it whole and cuts it after its last valid batch.
+    /// Returns the segment and how many bytes were cut.
+    pub(crate) fn recover(
+        fs: &dyn Fs,
+        dir: &Path,
+        base: u64,
+        index_interval_bytes: u32,
+    ) -> Result<(Self, u64), LogError> {
+        let (mut segment, length) = Self::open_existing(fs, dir, base, index_interval_bytes)?;
         let file = Arc::clone(&segment.file);
         let walked = walk(
             file.as_ref(),
@@ -352,15 +379,7 @@ impl Segment {
         next_base: u64,
         index_interval_bytes: u32,
     ) -> Result<(Self, bool, Option<String>), LogError> {
-        let path = dir.join(log_name(base));
-        let file = fs
-            .open(&path)
-            .map_err(|source| LogError::io("open", &path, source))?;
-        let mut segment = Self::new(file, dir, base, index_interval_bytes);
-        let length = segment
-            .file
-            .byte_len()
-            .map_err(|source| segment.io("stat", source))?;
+        let (mut segment, length) = Self::open_existing(fs, dir, base, index_interval_bytes)?;
         let span = next_base.saturating_sub(base);
         let loaded = fs
             .read(&segment.index_path)
@@ -450,6 +469,8 @@ impl Segment {
         header: &BatchHeader,
         batch: &[u8],
     ) -> io::Result<()> {
+        self.reserve_for(self.size + batch.len() as u64);
+        self.reserve_for(self.size + batch.len() as u64);
         let base_bytes = base_offset.to_be_bytes();
         self.file
             .write_all_at(&[&base_bytes, &batch[8..]], self.size)?;
@@ -586,6 +607,8 @@ impl Segment {
         self.file
             .set_len(self.size)
             .map_err(|source| self.io("truncate", source))?;
+        // Truncation frees every block past the new length, reserved ones included.
+        self.reserved_bytes = 0;
         self.file
             .sync_data()
             .map_err(|source| self.io("sync", source))
