@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
+use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use postino_storage::batch::BatchBuilder;
 use postino_storage::{Durability, FileLog, Log, LogConfig, Offset};
@@ -28,6 +28,11 @@ use crate::{Printer, Row, process_cpu};
 
 /// Appends awaiting durability at once.
 const WINDOW: usize = 128;
+/// One append in this many has its latency measured, so that reading the clock does not weigh
+/// on the figures of small appends.
+const LATENCY_SAMPLE: u64 = 8;
+/// The run's time limit is checked every this many appends.
+const CLOCK_EVERY: u64 = 64;
 
 /// How much work each scenario does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,16 +81,22 @@ impl Size {
     }
 }
 
-/// Runs every storage scenario in a fresh directory under `parent`, printing rows as they come.
+/// Runs the storage scenarios whose label contains `filter` (all when empty) in a fresh
+/// directory under `parent`, printing rows as they come. Labels: `append/POLICY/SIZE/BATCH`
+/// (e.g. `append/fsync/1024/16`), `read_cold`, `recover_cold`.
 ///
 /// # Errors
 /// Any storage or file-system error.
-pub fn run(parent: &Path, size: Size, printer: &mut Printer) -> Result<Vec<Row>> {
+pub fn run(parent: &Path, size: Size, filter: &str, printer: &mut Printer) -> Result<Vec<Row>> {
     let scratch = tempfile::Builder::new()
         .prefix("postino-bench-")
         .tempdir_in(parent)
         .with_context(|| format!("create a scratch directory in {}", parent.display()))?;
     let mut rows = Vec::new();
+    let mut emit = |row: Row| {
+        printer.print(&row);
+        rows.push(row);
+    };
     let policies = [
         Durability::None,
         Durability::Interval(Duration::from_millis(100)),
@@ -94,18 +105,18 @@ pub fn run(parent: &Path, size: Size, printer: &mut Printer) -> Result<Vec<Row>>
     for durability in policies {
         for msg_size in [100usize, 1024, 16 * 1024] {
             for batch in [1usize, 16, 256] {
-                let row = append(scratch.path(), durability, msg_size, batch, size)?;
-                printer.print(&row);
-                rows.push(row);
+                if format!("append/{durability}/{msg_size}/{batch}").contains(filter) {
+                    emit(append(scratch.path(), durability, msg_size, batch, size)?);
+                }
             }
         }
     }
-    let row = read_cold(scratch.path(), size)?;
-    printer.print(&row);
-    rows.push(row);
-    let row = recover_cold(scratch.path(), size)?;
-    printer.print(&row);
-    rows.push(row);
+    if "read_cold".contains(filter) {
+        emit(read_cold(scratch.path(), size)?);
+    }
+    if "recover_cold".contains(filter) {
+        emit(recover_cold(scratch.path(), size)?);
+    }
     Ok(rows)
 }
 
@@ -128,7 +139,7 @@ pub fn columns() -> Vec<&'static str> {
     ]
 }
 
-fn sample_batch(msg_size: usize, count: usize) -> Bytes {
+fn sample_batch(msg_size: usize, count: usize) -> BytesMut {
     let value = vec![b'p'; msg_size];
     let mut builder = BatchBuilder::new();
     for _ in 0..count {
@@ -156,7 +167,7 @@ struct AppendRun {
 fn append_once(
     dir: &Path,
     config: &LogConfig,
-    bytes: &[u8],
+    bytes: &mut [u8],
     size: Size,
     latencies: &mut Histogram<u64>,
 ) -> Result<AppendRun> {
@@ -166,8 +177,15 @@ fn append_once(
     let cpu_before = process_cpu();
     let started = Instant::now();
     let mut appends = 0u64;
-    while appends < appends_max && started.elapsed() < size.append_time() {
-        let at = Instant::now();
+    let record = |latencies: &mut Histogram<u64>, at: Option<Instant>| {
+        if let Some(at) = at {
+            latencies.saturating_record(at.elapsed().as_micros() as u64);
+        }
+    };
+    while appends < appends_max
+        && (!appends.is_multiple_of(CLOCK_EVERY) || started.elapsed() < size.append_time())
+    {
+        let at = appends.is_multiple_of(LATENCY_SAMPLE).then(Instant::now);
         let appended = log.append(bytes).context("append")?;
         pending.push_back((at, appended.durable));
         appends += 1;
@@ -178,12 +196,12 @@ fn append_once(
         {
             let (at, durable) = pending.pop_front().expect("non-empty");
             durable.wait().context("durability")?;
-            latencies.saturating_record(at.elapsed().as_micros() as u64);
+            record(latencies, at);
         }
     }
     for (at, durable) in pending.drain(..) {
         durable.wait().context("durability")?;
-        latencies.saturating_record(at.elapsed().as_micros() as u64);
+        record(latencies, at);
     }
     let elapsed = started.elapsed();
     let cpu = process_cpu() - cpu_before;
@@ -216,7 +234,7 @@ fn append(
         durability,
         ..LogConfig::default()
     };
-    let bytes = sample_batch(msg_size, batch);
+    let mut bytes = sample_batch(msg_size, batch);
     let mut latencies =
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")?;
     let (mut log_rates, mut ceiling_rates, mut cpu_per_msg, mut syncs) =
@@ -225,7 +243,7 @@ fn append(
     // neither inherits the other's writeback.
     for _ in 0..size.repeats() {
         rustix::fs::sync();
-        let run = append_once(&dir, &config, &bytes, size, &mut latencies)?;
+        let run = append_once(&dir, &config, &mut bytes, size, &mut latencies)?;
         let written = (run.appends * bytes.len() as u64) as f64;
         log_rates.push(written / run.elapsed.as_secs_f64());
         cpu_per_msg.push(run.cpu.as_secs_f64() * 1e6 / (run.appends * batch as u64) as f64);
@@ -287,14 +305,14 @@ fn raw_append(
 
 /// Writes a log of about `total` bytes of 1 KB records, 16 to a batch, and closes it.
 fn fill(dir: &Path, total: u64) -> Result<u64> {
-    let bytes = sample_batch(1024, 16);
+    let mut bytes = sample_batch(1024, 16);
     let config = LogConfig {
         durability: Durability::None,
         ..LogConfig::default()
     };
     let mut log = FileLog::open(dir, config).context("open the log")?;
     while log.size_bytes() < total {
-        log.append(&bytes).context("append")?;
+        log.append(&mut bytes).context("append")?;
     }
     let size = log.size_bytes();
     log.close().context("close")?;

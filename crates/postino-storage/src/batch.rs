@@ -292,7 +292,7 @@ pub enum ControlKind {
 /// use postino_storage::batch::{Batch, BatchBuilder};
 /// let mut builder = BatchBuilder::new();
 /// builder.push(1_700_000_000_000, Some(b"k"), Some(b"hello"), &[(b"h", Some(b"v"))]);
-/// let batch = Batch::from_bytes(builder.build()).unwrap();
+/// let batch = Batch::from_bytes(builder.build().freeze()).unwrap();
 /// assert_eq!(batch.records().unwrap()[0].value.as_deref(), Some(&b"hello"[..]));
 /// ```
 #[derive(Debug, Clone)]
@@ -393,9 +393,10 @@ impl BatchBuilder {
         self.count += 1;
     }
 
-    /// The finished batch, base offset 0, CRC computed.
+    /// The finished batch, base offset 0, CRC computed; mutable so that a log can stamp its
+    /// base offset in place.
     #[must_use]
-    pub fn build(self) -> Bytes {
+    pub fn build(self) -> BytesMut {
         let total = HEADER_BYTES + self.records.len();
         let mut buf = BytesMut::with_capacity(total);
         buf.put_i64(0);
@@ -414,7 +415,7 @@ impl BatchBuilder {
         buf.put_slice(&self.records);
         let crc = batch_crc(&buf);
         buf[CRC_AT..ATTRIBUTES_AT].copy_from_slice(&crc.to_be_bytes());
-        buf.freeze()
+        buf
     }
 }
 
@@ -426,7 +427,7 @@ pub fn control_batch(
     producer_epoch: i16,
     coordinator_epoch: i32,
     timestamp_ms: i64,
-) -> Bytes {
+) -> BytesMut {
     let mut key = Vec::with_capacity(4);
     key.extend_from_slice(&0i16.to_be_bytes());
     key.extend_from_slice(&(kind as i16).to_be_bytes());
@@ -589,7 +590,7 @@ mod tests {
         let mut builder = BatchBuilder::new().producer(7, 1, 100);
         builder.push(1_000, Some(b"key"), Some(b"value"), &[(b"h1", Some(b"v1"))]);
         builder.push(1_005, None, None, &[(b"h2", None)]);
-        builder.build()
+        builder.build().freeze()
     }
 
     #[test]
@@ -628,7 +629,7 @@ mod tests {
 
     #[test]
     fn control_batches_carry_their_marker() {
-        let batch = Batch::from_bytes(control_batch(ControlKind::Commit, 9, 2, 5, 77))
+        let batch = Batch::from_bytes(control_batch(ControlKind::Commit, 9, 2, 5, 77).freeze())
             .expect("valid control batch");
         assert!(batch.header().is_control());
         assert!(batch.header().is_transactional());
@@ -665,7 +666,7 @@ mod tests {
             for (ts, key, value) in &records {
                 builder.push(*ts, key.as_deref(), value.as_deref(), &[]);
             }
-            let batch = Batch::from_bytes(builder.build()).expect("valid");
+            let batch = Batch::from_bytes(builder.build().freeze()).expect("valid");
             let decoded = batch.records().expect("records");
             prop_assert_eq!(decoded.len(), records.len());
             for (i, (record, (ts, key, value))) in decoded.iter().zip(&records).enumerate() {

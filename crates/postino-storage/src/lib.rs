@@ -48,13 +48,14 @@ pub struct Appended {
 ///
 /// Both stores behave the same, as one conformance suite checks (`tests/conformance.rs`).
 pub trait Log: Send {
-    /// Appends one whole RecordBatch v2 (its base offset field is ignored and stamped with the
-    /// next offset) and returns the offsets it was given.
+    /// Appends one whole RecordBatch v2 and returns the offsets it was given. The log stamps
+    /// the batch's base offset field in place (the field is outside the CRC), so that the
+    /// bytes go to disk with one write and no copy.
     ///
     /// # Errors
     /// [`LogError::InvalidBatch`] or [`LogError::BatchTooLarge`] for bad input (the log is
     /// unchanged); [`LogError::Io`] or [`LogError::Failed`] when storage failed (the log stops).
-    fn append(&mut self, batch: &[u8]) -> Result<Appended, LogError>;
+    fn append(&mut self, batch: &mut [u8]) -> Result<Appended, LogError>;
 
     /// The batches from the one holding `from` onwards, within one segment, stopping before a
     /// batch that would take the total past `max_bytes` (the first batch is always returned

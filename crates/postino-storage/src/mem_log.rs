@@ -113,7 +113,7 @@ impl MemLog {
 }
 
 impl Log for MemLog {
-    fn append(&mut self, batch: &[u8]) -> Result<Appended, LogError> {
+    fn append(&mut self, batch: &mut [u8]) -> Result<Appended, LogError> {
         let header = self.config.check_batch(batch)?;
         let now = self.clock.now_ms();
         let config = &self.config;
@@ -125,9 +125,8 @@ impl Log for MemLog {
             segments.push(MemSegment::new(base));
             self.active_since_ms = now;
         }
-        let mut stamped = batch.to_vec();
-        batch::stamp_base_offset(&mut stamped, base);
-        let stored = Batch::from_bytes(Bytes::from(stamped))?;
+        batch::stamp_base_offset(batch, base);
+        let stored = Batch::from_bytes(Bytes::copy_from_slice(batch))?;
         segments.last_mut().expect("active segment").push(stored);
         Ok(Appended {
             base_offset: Offset(base),

@@ -462,18 +462,16 @@ impl Segment {
         Ok((segment, true, problem))
     }
 
-    /// Writes a batch whose header was checked, stamping `base_offset`.
+    /// Stamps `base_offset` into a batch whose header was checked and writes it at the end.
     pub(crate) fn append(
         &mut self,
         base_offset: u64,
         header: &BatchHeader,
-        batch: &[u8],
+        batch: &mut [u8],
     ) -> io::Result<()> {
         self.reserve_for(self.size + batch.len() as u64);
-        self.reserve_for(self.size + batch.len() as u64);
-        let base_bytes = base_offset.to_be_bytes();
-        self.file
-            .write_all_at(&[&base_bytes, &batch[8..]], self.size)?;
+        batch::stamp_base_offset(batch, base_offset);
+        self.file.write_all_at(&[batch], self.size)?;
         let header = BatchHeader {
             base_offset: base_offset as i64,
             ..*header
@@ -629,6 +627,11 @@ impl Segment {
         self.time_index
             .push(self.max_timestamp, self.last_batch_relative);
         self.write_indexes(fs);
+        self.release_reserved();
+    }
+
+    /// Gives back the blocks reserved past the data (a sealed or closed segment).
+    pub(crate) fn release_reserved(&mut self) {
         if let Err(error) = self
             .file
             .release_preallocation(self.size, self.reserved_bytes)

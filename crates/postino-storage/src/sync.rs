@@ -13,6 +13,7 @@ use std::future::Future;
 use std::mem;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -46,6 +47,8 @@ struct SyncState {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<SyncState>,
+    /// Mirrors `state.failure.is_some()`, so that appends check it without the lock.
+    failed: AtomicBool,
     sync_order: Mutex<()>,
     work: Condvar,
     done: Condvar,
@@ -83,6 +86,7 @@ impl Shared {
                 error!(dir = %self.dir.display(), %source, "fsync failed, log stops accepting writes");
                 state.failure =
                     Some(format!("fsync of {} failed: {source}", self.dir.display()).into());
+                self.failed.store(true, Ordering::Release);
                 wake_all(&mut state);
             }
             Ok(()) => {
@@ -190,6 +194,7 @@ impl Syncer {
                 durable_next: next,
                 ..SyncState::default()
             }),
+            failed: AtomicBool::new(false),
             sync_order: Mutex::new(()),
             work: Condvar::new(),
             done: Condvar::new(),
@@ -222,8 +227,12 @@ impl Syncer {
         })
     }
 
-    /// Records a write that reached `next` in `file`; returns the append's ticket.
+    /// Records a write that reached `next` in `file`; returns the append's ticket. Under
+    /// `none` nothing is tracked: the owner syncs its segments on close.
     pub(crate) fn wrote(&self, file: &Arc<dyn SegmentFile>, next: u64) -> Durable {
+        if self.policy == Durability::None {
+            return Durable::ready();
+        }
         let mut state = self.shared.lock();
         state.written_next = next;
         let known = state
@@ -258,6 +267,9 @@ impl Syncer {
 
     /// Fails if an earlier sync failed.
     pub(crate) fn check_failed(&self) -> Result<(), LogError> {
+        if !self.shared.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &self.shared.lock().failure {
             Some(reason) => Err(LogError::Failed {
                 reason: Arc::clone(reason),
@@ -271,6 +283,7 @@ impl Syncer {
         let mut state = self.shared.lock();
         if state.failure.is_none() {
             state.failure = Some(reason.into());
+            self.shared.failed.store(true, Ordering::Release);
         }
         wake_all(&mut state);
         drop(state);

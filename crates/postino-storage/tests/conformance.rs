@@ -47,9 +47,9 @@ fn appends_get_dense_offsets_and_read_back(store: &impl Store) {
     let clock = clock();
     let mut log = store.open(LogConfig::default(), &clock);
     assert_eq!(log.next_offset(), Offset(0));
-    let first = log.append(&batch(1, 3, 1_000)).expect("append");
-    let second = log.append(&batch(2, 1, 2_000)).expect("append");
-    let third = log.append(&batch(3, 5, 3_000)).expect("append");
+    let first = log.append(&mut batch(1, 3, 1_000)).expect("append");
+    let second = log.append(&mut batch(2, 1, 2_000)).expect("append");
+    let third = log.append(&mut batch(3, 5, 3_000)).expect("append");
     assert_eq!(
         (first.base_offset, first.last_offset),
         (Offset(0), Offset(2)),
@@ -87,7 +87,7 @@ fn reads_stop_at_max_bytes_but_return_one_whole_batch(store: &impl Store) {
     let clock = clock();
     let mut log = store.open(LogConfig::default(), &clock);
     for tag in 0..10 {
-        log.append(&sized_batch(tag, 200, 1)).expect("append");
+        log.append(&mut sized_batch(tag, 200, 1)).expect("append");
     }
     let one = log.read(Offset(0), 1).expect("read");
     assert_eq!(
@@ -107,7 +107,7 @@ fn reads_outside_the_log_are_refused(store: &impl Store) {
     let clock = clock();
     let mut log = store.open(small_segments(), &clock);
     for tag in 0..20 {
-        log.append(&sized_batch(tag, 300, 1)).expect("append");
+        log.append(&mut sized_batch(tag, 300, 1)).expect("append");
     }
     assert!(matches!(
         log.read(Offset(21), 100),
@@ -135,7 +135,7 @@ fn append_after_reopen_continues_offsets(store: &impl Store) {
     let clock = clock();
     let mut log = store.open(small_segments(), &clock);
     for tag in 0..12 {
-        log.append(&batch(tag, 2, 100)).expect("append");
+        log.append(&mut batch(tag, 2, 100)).expect("append");
     }
     let before = read_all(&log);
     let segments = log.segment_count();
@@ -144,7 +144,7 @@ fn append_after_reopen_continues_offsets(store: &impl Store) {
     assert_eq!(log.next_offset(), Offset(24));
     assert_eq!(log.segment_count(), segments);
     assert_eq!(read_all(&log), before);
-    let appended = log.append(&batch(99, 1, 100)).expect("append");
+    let appended = log.append(&mut batch(99, 1, 100)).expect("append");
     assert_eq!(appended.base_offset, Offset(24));
     assert_eq!(
         values(&log.read(Offset(24), 100).expect("read")),
@@ -156,7 +156,7 @@ fn segments_roll_by_size_and_reads_cross_them(store: &impl Store) {
     let clock = clock();
     let mut log = store.open(small_segments(), &clock);
     for tag in 0..30 {
-        log.append(&sized_batch(tag, 150, 1)).expect("append");
+        log.append(&mut sized_batch(tag, 150, 1)).expect("append");
     }
     assert!(log.segment_count() >= 5, "{} segments", log.segment_count());
     let all = read_all(&log);
@@ -165,9 +165,9 @@ fn segments_roll_by_size_and_reads_cross_them(store: &impl Store) {
         assert_eq!(batch.base_offset(), index as u64);
     }
     assert!(log.size_bytes() >= 30 * 150);
-    let oversized = sized_batch(99, 2000, 1);
+    let mut oversized = sized_batch(99, 2000, 1);
     assert!(matches!(
-        log.append(&oversized),
+        log.append(&mut oversized),
         Err(LogError::BatchTooLarge { max: 1024, .. })
     ));
 }
@@ -180,12 +180,12 @@ fn segments_roll_by_age(store: &impl Store) {
     };
     let now = 1_700_000_000_000;
     let mut log = store.open(config.clone(), &clock);
-    log.append(&batch(1, 1, now)).expect("append");
+    log.append(&mut batch(1, 1, now)).expect("append");
     clock.advance_ms(30_000);
-    log.append(&batch(2, 1, now + 30_000)).expect("append");
+    log.append(&mut batch(2, 1, now + 30_000)).expect("append");
     assert_eq!(log.segment_count(), 1);
     clock.advance_ms(31_000);
-    log.append(&batch(3, 1, now + 61_000)).expect("append");
+    log.append(&mut batch(3, 1, now + 61_000)).expect("append");
     assert_eq!(
         log.segment_count(),
         2,
@@ -194,7 +194,7 @@ fn segments_roll_by_age(store: &impl Store) {
     log.close().expect("close");
     clock.advance_ms(60_000);
     let mut log = store.open(config, &clock);
-    log.append(&batch(4, 1, now + 121_000)).expect("append");
+    log.append(&mut batch(4, 1, now + 121_000)).expect("append");
     assert_eq!(log.segment_count(), 3, "age counts across a reopen");
 }
 
@@ -202,7 +202,7 @@ fn truncate_removes_the_batch_holding_the_offset_and_everything_after(store: &im
     let clock = clock();
     let mut log = store.open(small_segments(), &clock);
     for tag in 0..20 {
-        log.append(&batch(tag, 3, 1)).expect("append");
+        log.append(&mut batch(tag, 3, 1)).expect("append");
     }
     let segments = log.segment_count();
     assert!(segments > 2);
@@ -215,7 +215,7 @@ fn truncate_removes_the_batch_holding_the_offset_and_everything_after(store: &im
     assert_eq!(log.next_offset(), Offset(30));
     assert!(log.segment_count() < segments);
     assert_eq!(log.truncate(Offset(100)).expect("no-op"), Offset(30));
-    let appended = log.append(&batch(77, 1, 1)).expect("append");
+    let appended = log.append(&mut batch(77, 1, 1)).expect("append");
     assert_eq!(appended.base_offset, Offset(30));
     log.close().expect("close");
     let log = store.open(small_segments(), &clock);
@@ -230,7 +230,7 @@ fn truncate_below_the_earliest_offset_restarts_the_log(store: &impl Store) {
     let clock = clock();
     let mut log = store.open(small_segments(), &clock);
     for tag in 0..20 {
-        log.append(&sized_batch(tag, 200, 1)).expect("append");
+        log.append(&mut sized_batch(tag, 200, 1)).expect("append");
     }
     log.delete_up_to(Offset(10)).expect("delete");
     let earliest = log.earliest_offset();
@@ -242,7 +242,7 @@ fn truncate_below_the_earliest_offset_restarts_the_log(store: &impl Store) {
     );
     assert_eq!(log.segment_count(), 1);
     assert_eq!(
-        log.append(&batch(5, 1, 1)).expect("append").base_offset,
+        log.append(&mut batch(5, 1, 1)).expect("append").base_offset,
         Offset(2)
     );
     log.close().expect("close");
@@ -257,7 +257,7 @@ fn delete_up_to_removes_only_whole_sealed_segments(store: &impl Store) {
     let clock = clock();
     let mut log = store.open(small_segments(), &clock);
     for tag in 0..20 {
-        log.append(&sized_batch(tag, 300, 1)).expect("append");
+        log.append(&mut sized_batch(tag, 300, 1)).expect("append");
     }
     let segments = log.segment_count();
     assert_eq!(log.delete_up_to(Offset(0)).expect("delete"), 0);
@@ -282,7 +282,7 @@ fn retention_by_bytes_keeps_the_newest_segments(store: &impl Store) {
     };
     let mut log = store.open(config, &clock);
     for tag in 0..40 {
-        log.append(&sized_batch(tag, 200, 1)).expect("append");
+        log.append(&mut sized_batch(tag, 200, 1)).expect("append");
     }
     let before = log.size_bytes();
     let removed = log.enforce_retention().expect("retention");
@@ -305,11 +305,11 @@ fn retention_by_time_deletes_old_sealed_segments(store: &impl Store) {
     };
     let mut log = store.open(config, &clock);
     for tag in 0..10 {
-        log.append(&sized_batch(tag, 300, now - 7_200_000))
+        log.append(&mut sized_batch(tag, 300, now - 7_200_000))
             .expect("append");
     }
     for tag in 10..20 {
-        log.append(&sized_batch(tag, 300, now)).expect("append");
+        log.append(&mut sized_batch(tag, 300, now)).expect("append");
     }
     let removed = log.enforce_retention().expect("retention");
     assert!(removed >= 2);
@@ -332,7 +332,7 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after(store: &impl Store) {
     let clock = clock();
     let mut log = store.open(small_segments(), &clock);
     for tag in 0..30 {
-        log.append(&batch(tag, 3, 1_000 + tag as i64 * 10))
+        log.append(&mut batch(tag, 3, 1_000 + tag as i64 * 10))
             .expect("append");
     }
     assert_eq!(
@@ -367,28 +367,27 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after(store: &impl Store) {
 fn bad_batches_are_refused_and_leave_the_log_unchanged(store: &impl Store) {
     let clock = clock();
     let mut log = store.open(LogConfig::default(), &clock);
-    log.append(&batch(1, 2, 1)).expect("append");
-    let good = batch(2, 2, 1).to_vec();
+    log.append(&mut batch(1, 2, 1)).expect("append");
+    let mut good = batch(2, 2, 1).to_vec();
     let mut flipped = good.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
     let mut trailing = good.clone();
     trailing.push(0);
-    for bad in [
-        &flipped[..],
-        &good[..good.len() - 1],
-        &trailing[..],
-        &[][..],
-        &[0u8; 70][..],
-    ] {
+    let short = good[..good.len() - 1].to_vec();
+    for bad in [flipped, short, trailing, vec![], vec![0u8; 70]] {
+        let mut bad = bad;
         assert!(
-            matches!(log.append(bad), Err(LogError::InvalidBatch(_))),
+            matches!(log.append(&mut bad), Err(LogError::InvalidBatch(_))),
             "{}",
             store.name()
         );
     }
     assert_eq!(log.next_offset(), Offset(2));
-    assert_eq!(log.append(&good).expect("append").base_offset, Offset(2));
+    assert_eq!(
+        log.append(&mut good).expect("append").base_offset,
+        Offset(2)
+    );
 }
 
 fn control_batches_and_producer_fields_are_kept(store: &impl Store) {
@@ -396,8 +395,8 @@ fn control_batches_and_producer_fields_are_kept(store: &impl Store) {
     let mut log = store.open(LogConfig::default(), &clock);
     let mut builder = BatchBuilder::new().producer(42, 3, 17).transactional();
     builder.push(5, Some(b"key"), Some(b"value"), &[]);
-    log.append(&builder.build()).expect("append");
-    log.append(&control_batch(ControlKind::Abort, 42, 3, 9, 6))
+    log.append(&mut builder.build()).expect("append");
+    log.append(&mut control_batch(ControlKind::Abort, 42, 3, 9, 6))
         .expect("append");
     let batches = log.read(Offset(0), 1 << 20).expect("read");
     assert_eq!(batches.len(), 2);
@@ -431,7 +430,7 @@ fn durable_tickets_resolve_under_every_policy(store: &impl Store) {
         let mut log = store.open(config, &clock);
         let start = log.next_offset();
         let tickets: Vec<_> = (0..50)
-            .map(|tag| log.append(&batch(tag, 2, 1)).expect("append"))
+            .map(|tag| log.append(&mut batch(tag, 2, 1)).expect("append"))
             .collect();
         for appended in &tickets {
             appended.durable.wait().expect("durable");

@@ -25,18 +25,21 @@ fn open(
 fn a_failed_fsync_reaches_the_appender_and_stops_the_log() {
     let dir = tempfile::tempdir().expect("dir");
     let (mut log, faults) = open(dir.path(), LogConfig::default());
-    let first = log.append(&batch(1, 1, 1)).expect("append");
+    let first = log.append(&mut batch(1, 1, 1)).expect("append");
     first.durable.wait().expect("durable before the fault");
     faults.fail_syncs(true);
     let second = log
-        .append(&batch(2, 1, 1))
+        .append(&mut batch(2, 1, 1))
         .expect("the write itself succeeds");
     assert!(matches!(
         second.durable.wait(),
         Err(LogError::Failed { .. })
     ));
     assert!(
-        matches!(log.append(&batch(3, 1, 1)), Err(LogError::Failed { .. })),
+        matches!(
+            log.append(&mut batch(3, 1, 1)),
+            Err(LogError::Failed { .. })
+        ),
         "no append is accepted after a failed sync"
     );
     assert!(matches!(
@@ -45,7 +48,10 @@ fn a_failed_fsync_reaches_the_appender_and_stops_the_log() {
     ));
     faults.fail_syncs(false);
     assert!(
-        matches!(log.append(&batch(4, 1, 1)), Err(LogError::Failed { .. })),
+        matches!(
+            log.append(&mut batch(4, 1, 1)),
+            Err(LogError::Failed { .. })
+        ),
         "a later successful sync does not revive the log"
     );
     drop(log);
@@ -62,7 +68,7 @@ fn an_async_waiter_sees_the_fsync_failure() {
     let dir = tempfile::tempdir().expect("dir");
     let (mut log, faults) = open(dir.path(), LogConfig::default());
     faults.fail_syncs(true);
-    let appended = log.append(&batch(1, 1, 1)).expect("append");
+    let appended = log.append(&mut batch(1, 1, 1)).expect("append");
     let outcome = block_on(appended.durable.clone());
     assert!(matches!(outcome, Err(LogError::Failed { .. })));
 }
@@ -72,7 +78,7 @@ fn a_short_write_fails_the_append_and_reopen_cuts_the_torn_batch() {
     let dir = tempfile::tempdir().expect("dir");
     let (mut log, faults) = open(dir.path(), small_segments());
     for tag in 0..5 {
-        log.append(&batch(tag, 2, 1))
+        log.append(&mut batch(tag, 2, 1))
             .expect("append")
             .durable
             .wait()
@@ -80,12 +86,12 @@ fn a_short_write_fails_the_append_and_reopen_cuts_the_torn_batch() {
     }
     faults.short_writes(true);
     assert!(matches!(
-        log.append(&batch(9, 2, 1)),
+        log.append(&mut batch(9, 2, 1)),
         Err(LogError::Io { .. })
     ));
     faults.short_writes(false);
     assert!(matches!(
-        log.append(&batch(10, 2, 1)),
+        log.append(&mut batch(10, 2, 1)),
         Err(LogError::Failed { .. })
     ));
     drop(log);
@@ -96,7 +102,9 @@ fn a_short_write_fails_the_append_and_reopen_cuts_the_torn_batch() {
     );
     assert_eq!(log.next_offset(), Offset(10));
     assert_eq!(
-        log.append(&batch(11, 1, 1)).expect("append").base_offset,
+        log.append(&mut batch(11, 1, 1))
+            .expect("append")
+            .base_offset,
         Offset(10)
     );
 }
@@ -106,7 +114,7 @@ fn bit_flips_on_read_are_errors_never_data() {
     let dir = tempfile::tempdir().expect("dir");
     let (mut log, faults) = open(dir.path(), LogConfig::default());
     for tag in 0..10 {
-        log.append(&batch(tag, 3, 1)).expect("append");
+        log.append(&mut batch(tag, 3, 1)).expect("append");
     }
     let originals = read_all(&log);
     faults.flip_reads(true);
@@ -165,14 +173,14 @@ fn appends_that_arrive_during_a_sync_share_the_next_one() {
     let (mut log, faults) = open(dir.path(), LogConfig::default());
     faults.hold_syncs(true);
     let started = faults.syncs_started();
-    let first = log.append(&batch(0, 1, 1)).expect("append");
+    let first = log.append(&mut batch(0, 1, 1)).expect("append");
     // The sync thread picks the first append up and blocks inside its sync.
     while faults.syncs_started() == started {
         std::thread::yield_now();
     }
     let before = faults.syncs();
     let later: Vec<_> = (1..=100)
-        .map(|tag| log.append(&batch(tag, 1, 1)).expect("append"))
+        .map(|tag| log.append(&mut batch(tag, 1, 1)).expect("append"))
         .collect();
     assert!(!first.durable.is_durable().expect("pending"));
     assert!(!later[99].durable.is_durable().expect("pending"));

@@ -43,7 +43,7 @@ fn kill_child_writer() {
         let offset = log.next_offset().0;
         let mut builder = BatchBuilder::new();
         builder.push(1_000, None, Some(&body(offset)), &[]);
-        let appended = log.append(&builder.build()).expect("append");
+        let appended = log.append(&mut builder.build()).expect("append");
         assert_eq!(appended.base_offset, Offset(offset));
         pending.push_back(appended);
         // Keep a window of appends in flight so that syncs are group-committed.

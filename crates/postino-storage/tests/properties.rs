@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use common::{FileStore, MemoryStore, Store, read_all};
 use postino_storage::batch::{Batch, BatchBuilder};
 use postino_storage::{Log, LogConfig, LogError, Offset};
@@ -73,7 +73,7 @@ fn config() -> LogConfig {
 }
 
 /// Batch number `tag`: its values name it, so a stray batch cannot pass for another.
-fn make_batch(tag: u64, records: usize, value_bytes: usize, timestamp_ms: i64) -> Bytes {
+fn make_batch(tag: u64, records: usize, value_bytes: usize, timestamp_ms: i64) -> BytesMut {
     let mut builder = BatchBuilder::new();
     for index in 0..records {
         let mut value = format!("{tag}/{index}:").into_bytes();
@@ -161,15 +161,15 @@ fn run_history(
                     timestamp_step,
                 } => {
                     tag += 1;
-                    let batch =
+                    let mut batch =
                         make_batch(tag, records, value_bytes, clock.now_ms() + timestamp_step);
                     let a = outcome(
-                        file.append(&batch)
+                        file.append(&mut batch)
                             .map(|appended| (appended.base_offset, appended.last_offset)),
                     );
                     let b = outcome(
                         memory
-                            .append(&batch)
+                            .append(&mut batch)
                             .map(|appended| (appended.base_offset, appended.last_offset)),
                     );
                     prop_assert_eq!(a, b);
@@ -237,8 +237,8 @@ proptest! {
         let mut log = store.open(config_without_retention(), &clock);
         let mut appended = Vec::new();
         for (tag, (records, value_bytes)) in batches.iter().enumerate() {
-            let batch = make_batch(tag as u64, *records, *value_bytes, 1_000);
-            appended.push((log.append(&batch).expect("append"), batch));
+            let mut batch = make_batch(tag as u64, *records, *value_bytes, 1_000);
+            appended.push((log.append(&mut batch).expect("append"), batch));
         }
         let confirmed = ((appended.len() as f64) * confirmed_share) as usize;
         if let Some((last, _)) = appended[..confirmed].last() {
@@ -282,8 +282,8 @@ proptest! {
         let mut log = store.open(config_without_retention(), &clock);
         let mut appended = Vec::new();
         for (tag, (records, value_bytes)) in batches.iter().enumerate() {
-            let batch = make_batch(tag as u64, *records, *value_bytes, 1_000);
-            let offsets = log.append(&batch).expect("append");
+            let mut batch = make_batch(tag as u64, *records, *value_bytes, 1_000);
+            let offsets = log.append(&mut batch).expect("append");
             appended.push((offsets.base_offset.0, batch));
         }
         log.close().expect("close");
@@ -361,7 +361,7 @@ fn garbage_or_missing_indexes_are_rebuilt_without_loss() {
     let store = FileStore::new();
     let mut log = store.open(config_without_retention(), &clock);
     for tag in 0..60 {
-        log.append(&make_batch(tag, 2, 100, 1_000 + tag as i64))
+        log.append(&mut make_batch(tag, 2, 100, 1_000 + tag as i64))
             .expect("append");
     }
     let before = read_all(&log);
@@ -399,7 +399,8 @@ fn a_corrupt_batch_in_a_sealed_segment_fails_its_reads_only() {
     let mut batches = Vec::new();
     for tag in 0..40 {
         batches.push(make_batch(tag, 1, 200, 1_000));
-        log.append(batches.last().expect("batch")).expect("append");
+        log.append(batches.last_mut().expect("batch"))
+            .expect("append");
     }
     log.close().expect("close");
     let first = sorted_files(&store.path())

@@ -40,6 +40,9 @@ struct BenchArgs {
     /// Where scratch data goes (a directory on the disk to measure).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
+    /// Only the scenarios whose label contains this (e.g. `append/fsync`, `recover_cold`).
+    #[arg(long, default_value = "")]
+    filter: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -74,7 +77,7 @@ fn bench(args: &BenchArgs) -> ExitCode {
                     args.dir.display()
                 );
             }
-            match postino_bench::storage::run(&args.dir, size, &mut printer) {
+            match postino_bench::storage::run(&args.dir, size, &args.filter, &mut printer) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("postino bench storage: {error:#}");

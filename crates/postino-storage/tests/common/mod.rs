@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use postino_storage::batch::{Batch, BatchBuilder};
 use postino_storage::{FileLog, Log, LogConfig, MemLog, MemStore};
 use postino_types::{Clock, ManualClock};
@@ -71,7 +71,7 @@ impl Store for MemoryStore {
 
 /// A batch of `count` records whose values name the batch (`tag`) and the record index, all
 /// stamped `timestamp_ms` plus the record index.
-pub fn batch(tag: u64, count: usize, timestamp_ms: i64) -> Bytes {
+pub fn batch(tag: u64, count: usize, timestamp_ms: i64) -> BytesMut {
     let mut builder = BatchBuilder::new();
     for index in 0..count {
         let value = format!("batch {tag} record {index}");
@@ -87,7 +87,7 @@ pub fn batch(tag: u64, count: usize, timestamp_ms: i64) -> Bytes {
 }
 
 /// A batch whose single record has a value of exactly `value_bytes` bytes.
-pub fn sized_batch(tag: u64, value_bytes: usize, timestamp_ms: i64) -> Bytes {
+pub fn sized_batch(tag: u64, value_bytes: usize, timestamp_ms: i64) -> BytesMut {
     let mut value = format!("batch {tag} ").into_bytes();
     value.resize(value_bytes.max(value.len()), b'x');
     let mut builder = BatchBuilder::new();
