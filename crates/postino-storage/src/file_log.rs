@@ -9,7 +9,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
 
 use postino_types::{Clock, Offset, SystemClock};
 use tracing::{error, info};
@@ -49,6 +51,8 @@ pub struct FileLog {
     syncer: Syncer,
     active_since_ms: i64,
     report: OpenReport,
+    /// The buffer of the last read, reused by the next once its batches are dropped.
+    read_spare: Mutex<Option<Bytes>>,
     _lock: File,
 }
 
@@ -141,6 +145,7 @@ impl FileLog {
             syncer,
             active_since_ms,
             report,
+            read_spare: Mutex::new(None),
             _lock: lock,
         })
     }
@@ -291,8 +296,12 @@ impl Log for FileLog {
             .segments
             .partition_point(|segment| segment.base <= from.0)
             .saturating_sub(1);
+        let mut spare = self
+            .read_spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for segment in &self.segments[start..] {
-            let batches = segment.read(from.0, max_bytes)?;
+            let batches = segment.read(from.0, max_bytes, &mut spare)?;
             if !batches.is_empty() {
                 return Ok(batches);
             }

@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::batch::{self, Batch, BatchHeader, HEADER_BYTES};
@@ -53,11 +53,26 @@ struct Walked {
     end: WalkEnd,
 }
 
-fn read_chunk(file: &dyn SegmentFile, position: u64, length: usize) -> io::Result<Bytes> {
-    let mut buf = BytesMut::zeroed(length);
+/// Reads `length` bytes at `position` into a buffer taken back from `spare` when nobody holds
+/// it any more (a fresh allocation of a large buffer costs a page fault per 4 KiB), and leaves a
+/// handle to the new buffer in `spare` for the next read.
+fn read_chunk(
+    file: &dyn SegmentFile,
+    position: u64,
+    length: usize,
+    spare: &mut Option<Bytes>,
+) -> io::Result<Bytes> {
+    let mut buf = spare
+        .take()
+        .and_then(|bytes| bytes.try_into_mut().ok())
+        .unwrap_or_default();
+    buf.clear();
+    buf.resize(length, 0);
     let read = file.read_at(&mut buf, position)?;
     buf.truncate(read);
-    Ok(buf.freeze())
+    let chunk = buf.freeze();
+    *spare = Some(chunk.clone());
+    Ok(chunk)
 }
 
 /// Visits every valid batch from `position` up to `end`, starting at offset `expected`.
@@ -67,6 +82,7 @@ fn walk(
     end: u64,
     mut expected: u64,
     chunk_bytes: usize,
+    spare: &mut Option<Bytes>,
     mut visit: impl FnMut(u64, &BatchHeader, Bytes) -> ControlFlow<()>,
 ) -> io::Result<Walked> {
     let mut chunk = Bytes::new();
@@ -94,7 +110,9 @@ fn walk(
         }
         if !holds(&chunk, chunk_position, HEADER_BYTES as u64) {
             let length = remaining.min(chunk_bytes.max(HEADER_BYTES) as u64) as usize;
-            chunk = read_chunk(file, position, length)?;
+            // Let go of the old chunk first, so that its buffer can be reused.
+            drop(std::mem::take(&mut chunk));
+            chunk = read_chunk(file, position, length, spare)?;
             chunk_position = position;
             if chunk.len() < HEADER_BYTES {
                 return Ok(invalid(position, "file shorter than expected".to_owned()));
@@ -121,7 +139,9 @@ fn walk(
         }
         if !holds(&chunk, chunk_position, total) {
             let length = remaining.min(total.max(chunk_bytes as u64)) as usize;
-            chunk = read_chunk(file, position, length)?;
+            // Let go of the old chunk first, so that its buffer can be reused.
+            drop(std::mem::take(&mut chunk));
+            chunk = read_chunk(file, position, length, spare)?;
             chunk_position = position;
             if (chunk.len() as u64) < total {
                 return Ok(invalid(position, "file shorter than expected".to_owned()));
@@ -340,6 +360,7 @@ impl Segment {
             length,
             base,
             SCAN_CHUNK_BYTES,
+            &mut None,
             |position, header, _| {
                 segment.index_batch(position, header);
                 ControlFlow::Continue(())
@@ -408,6 +429,7 @@ impl Segment {
             length,
             base + u64::from(relative),
             SCAN_CHUNK_BYTES,
+            &mut None,
             |position, header, _| {
                 if rebuilt {
                     segment.index_batch(position, header);
@@ -450,6 +472,7 @@ impl Segment {
             length,
             segment.base,
             SCAN_CHUNK_BYTES,
+            &mut None,
             |position, header, _| {
                 segment.index_batch(position, header);
                 ControlFlow::Continue(())
@@ -481,7 +504,13 @@ impl Segment {
     }
 
     /// Batches from the one holding `from`, up to `max_bytes` (always at least one batch).
-    pub(crate) fn read(&self, from: u64, max_bytes: usize) -> Result<Vec<Batch>, LogError> {
+    /// `spare` is a read buffer to reuse, kept by the caller between reads.
+    pub(crate) fn read(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        spare: &mut Option<Bytes>,
+    ) -> Result<Vec<Batch>, LogError> {
         if from >= self.next {
             return Ok(Vec::new());
         }
@@ -498,6 +527,7 @@ impl Segment {
             self.size,
             self.base + u64::from(entry),
             chunk,
+            spare,
             |_, header, bytes| {
                 let last = header.base_offset as u64 + header.offset_span() - 1;
                 if last < from {
@@ -541,6 +571,7 @@ impl Segment {
             self.size,
             self.base + u64::from(entry),
             SCAN_CHUNK_BYTES,
+            &mut None,
             |_, header, bytes| {
                 if header.max_timestamp < timestamp {
                     return ControlFlow::Continue(());
@@ -590,6 +621,7 @@ impl Segment {
             old_size,
             self.base,
             SCAN_CHUNK_BYTES,
+            &mut None,
             |position, header, _| {
                 if header.base_offset as u64 + header.offset_span() > offset {
                     return ControlFlow::Break(());

@@ -37,6 +37,7 @@ conformance!(
     bad_batches_are_refused_and_leave_the_log_unchanged,
     control_batches_and_producer_fields_are_kept,
     durable_tickets_resolve_under_every_policy,
+    batches_held_by_a_reader_survive_later_reads,
 );
 
 fn clock() -> ManualClock {
@@ -439,4 +440,29 @@ fn durable_tickets_resolve_under_every_policy(store: &impl Store) {
         assert_eq!(log.durable_offset(), start.plus(100), "{durability}");
         log.close().expect("close");
     }
+}
+
+fn batches_held_by_a_reader_survive_later_reads(store: &impl Store) {
+    let clock = clock();
+    let mut log = store.open(LogConfig::default(), &clock);
+    for tag in 0..64 {
+        log.append(&mut sized_batch(tag, 4000, 1)).expect("append");
+    }
+    let held = log.read(Offset(0), 20_000).expect("read");
+    let copies: Vec<Vec<u8>> = held.iter().map(|batch| batch.bytes().to_vec()).collect();
+    for from in (0..64).step_by(3) {
+        let later = log.read(Offset(from), 20_000).expect("read");
+        assert_eq!(later[0].base_offset(), from);
+        drop(later);
+    }
+    for (batch, copy) in held.iter().zip(&copies) {
+        assert_eq!(
+            batch.bytes().as_ref(),
+            copy.as_slice(),
+            "a held batch changed under its reader"
+        );
+    }
+    drop(held);
+    let again = log.read(Offset(5), 1).expect("read after release");
+    assert_eq!(values(&again)[0].len(), 4000);
 }
