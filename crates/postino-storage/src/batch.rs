@@ -442,6 +442,19 @@ pub fn control_batch(
     builder.build()
 }
 
+/// A control batch holding one record whose key is `version 0, kind` and whose value is
+/// `value`: postino's own control records (queue settlements) use kinds from 100 up, apart from
+/// Kafka's transaction markers (0 and 1).
+#[must_use]
+pub fn control_record(kind: i16, value: &[u8], timestamp_ms: i64) -> BytesMut {
+    let mut key = [0u8; 4];
+    key[2..].copy_from_slice(&kind.to_be_bytes());
+    let mut builder = BatchBuilder::new();
+    builder.attributes |= CONTROL_BIT;
+    builder.push(timestamp_ms, Some(&key), Some(value), &[]);
+    builder.build()
+}
+
 /// The transaction marker of a control record's key, if it is one postino knows.
 #[must_use]
 pub fn control_kind(record: &Record) -> Option<ControlKind> {

@@ -1,9 +1,16 @@
 //! Shared vocabulary of postino: the types every layer names.
 //!
-//! Main types: [`Offset`], the position of a record in a log, and [`Clock`], the one way any
-//! layer below the binary learns the time (so tests and simulations control it).
+//! Main types: [`Offset`], the position of a record in a log; [`Clock`], the one way any layer
+//! below the binary learns the time (so tests and simulations control it); [`Message`], the
+//! protocol-neutral message with its [`Properties`] and broker [`Annotations`].
 //!
 //! This crate does no I/O, spawns nothing and knows no protocol.
+
+mod message;
+
+pub use message::{
+    Annotations, Death, DeathReason, DeliveryMode, HeaderValue, Headers, Message, Properties,
+};
 
 use std::fmt;
 use std::sync::Arc;

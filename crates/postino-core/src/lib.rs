@@ -1,0 +1,26 @@
+//! The broker core: routing (exchanges and bindings of a virtual host) and queues (a log plus a
+//! shared cursor), protocol-neutral.
+//!
+//! Main types: [`Topology`] (exchanges, bindings, `route`), [`QueueEngine`] (publish, consume,
+//! get, settle, leases, recovery from its log), [`OffsetSet`], [`CoreError`]; [`record`] maps a
+//! [`postino_types::Message`] onto a log record.
+//!
+//! Invariants: the core never sees protocol types and never reads the wall clock (every call
+//! takes `now_ms`); each queue is mutated by one owner; a message is settled for good only after
+//! its settlement record is appended to the queue's log.
+//!
+//! What it must not know: sockets, frames, protocol error codes.
+
+pub mod error;
+pub mod offsets;
+pub mod queue;
+pub mod record;
+pub mod topology;
+
+pub use error::CoreError;
+pub use offsets::OffsetSet;
+pub use queue::{
+    ConsumerId, ConsumerSpec, Delivery, GetOutcome, GetSpec, Outcome, Published, Push, QueueEngine,
+    QueueStats, WaiterId,
+};
+pub use topology::{Binding, Destination, ExchangeKind, ExchangeSpec, Topology, topic_matches};

@@ -1,0 +1,375 @@
+//! The queue engine, driven directly: deliveries, credit, settlement, leases, pull, restart.
+
+use std::sync::Arc;
+
+use postino_core::{ConsumerSpec, CoreError, GetOutcome, GetSpec, Outcome, Push, QueueEngine};
+use postino_storage::{FileLog, Log, LogConfig, MemLog, MemStore};
+use postino_types::{HeaderValue, ManualClock, Message};
+
+fn memory_queue() -> QueueEngine<MemLog> {
+    let log = MemLog::open(
+        &MemStore::new(),
+        LogConfig::default(),
+        Arc::new(ManualClock::new(0)),
+    )
+    .expect("open");
+    QueueEngine::open("q", log).expect("queue")
+}
+
+fn message(text: &str) -> Message {
+    Message::new(text.as_bytes().to_vec()).persistent()
+}
+
+fn body(push: &Push) -> String {
+    let delivery = match push {
+        Push::Consumer { delivery, .. } | Push::Waiter { delivery, .. } => delivery,
+    };
+    String::from_utf8(delivery.message.body.to_vec()).expect("utf-8")
+}
+
+fn consumer_of(push: &Push) -> u64 {
+    match push {
+        Push::Consumer { consumer, .. } => *consumer,
+        Push::Waiter { .. } => panic!("expected a consumer delivery"),
+    }
+}
+
+fn id_of(push: &Push) -> u64 {
+    match push {
+        Push::Consumer { delivery, .. } | Push::Waiter { delivery, .. } => delivery.id,
+    }
+}
+
+fn prefetch(count: u32) -> ConsumerSpec {
+    ConsumerSpec {
+        prefetch_count: count,
+        ..ConsumerSpec::default()
+    }
+}
+
+#[test]
+fn competing_consumers_take_turns_within_their_prefetch() {
+    let mut queue = memory_queue();
+    for index in 0..6 {
+        queue
+            .publish(0, &message(&format!("m{index}")))
+            .expect("publish");
+    }
+    let first = queue.consume(0, 1, prefetch(2)).expect("consume");
+    assert_eq!(first.iter().map(body).collect::<Vec<_>>(), ["m0", "m1"]);
+    let second = queue.consume(0, 2, prefetch(2)).expect("consume");
+    assert_eq!(second.iter().map(body).collect::<Vec<_>>(), ["m2", "m3"]);
+    assert_eq!(queue.stats().ready, 2);
+    assert_eq!(queue.stats().unacked, 4);
+    let after_ack = queue
+        .settle(0, &[id_of(&first[0])], Outcome::Accept)
+        .expect("ack");
+    assert_eq!(after_ack.len(), 1);
+    assert_eq!(
+        (consumer_of(&after_ack[0]), body(&after_ack[0])),
+        (1, "m4".to_owned())
+    );
+    let more = queue.publish(0, &message("m6")).expect("publish").pushes;
+    assert!(more.is_empty(), "nobody has credit");
+    let after = queue
+        .settle(0, &[id_of(&second[0])], Outcome::Accept)
+        .expect("ack");
+    assert_eq!(
+        (consumer_of(&after[0]), body(&after[0])),
+        (2, "m5".to_owned())
+    );
+}
+
+#[test]
+fn round_robin_spreads_deliveries_evenly() {
+    let mut queue = memory_queue();
+    for consumer in 1..=3 {
+        queue.consume(0, consumer, prefetch(0)).expect("consume");
+    }
+    let mut counts = [0; 4];
+    for index in 0..30 {
+        let pushes = queue
+            .publish(0, &message(&format!("m{index}")))
+            .expect("publish")
+            .pushes;
+        counts[consumer_of(&pushes[0]) as usize] += 1;
+    }
+    assert_eq!(&counts[1..], &[10, 10, 10]);
+}
+
+#[test]
+fn requeued_and_abandoned_messages_come_back_marked_redelivered() {
+    let mut queue = memory_queue();
+    queue.publish(0, &message("a")).expect("publish");
+    queue.publish(0, &message("b")).expect("publish");
+    let pushes = queue.consume(0, 1, prefetch(1)).expect("consume");
+    assert!(!pushes_message(&pushes[0]).annotations.redelivered);
+    let again = queue
+        .settle(0, &[id_of(&pushes[0])], Outcome::Requeue)
+        .expect("nack");
+    assert_eq!(
+        body(&again[0]),
+        "a",
+        "a requeued message keeps its place at the head"
+    );
+    assert!(pushes_message(&again[0]).annotations.redelivered);
+    assert_eq!(pushes_message(&again[0]).annotations.delivery_count, 1);
+    queue.consume(0, 2, prefetch(1)).expect("consume");
+    let moved = queue.cancel(0, 1).expect("cancel");
+    assert!(moved.is_empty(), "consumer 2 is full");
+    let freed = queue.settle(0, &[1], Outcome::Accept).expect("ack b");
+    assert_eq!(body(&freed[0]), "a");
+    assert_eq!(pushes_message(&freed[0]).annotations.delivery_count, 2);
+}
+
+fn pushes_message(push: &Push) -> &Message {
+    match push {
+        Push::Consumer { delivery, .. } | Push::Waiter { delivery, .. } => &delivery.message,
+    }
+}
+
+#[test]
+fn settling_an_unknown_delivery_is_refused_and_changes_nothing() {
+    let mut queue = memory_queue();
+    queue.publish(0, &message("a")).expect("publish");
+    let pushes = queue.consume(0, 1, prefetch(0)).expect("consume");
+    let id = id_of(&pushes[0]);
+    assert!(matches!(
+        queue.settle(0, &[id, 99], Outcome::Accept),
+        Err(CoreError::UnknownDelivery { delivery: 99 })
+    ));
+    assert_eq!(
+        queue.stats().unacked,
+        1,
+        "the valid id was not settled either"
+    );
+    queue.settle(0, &[id], Outcome::Accept).expect("ack");
+    assert!(matches!(
+        queue.settle(0, &[id], Outcome::Accept),
+        Err(CoreError::UnknownDelivery { .. })
+    ));
+}
+
+#[test]
+fn get_polls_or_waits_and_a_waiter_is_served_first() {
+    let mut queue = memory_queue();
+    assert_eq!(
+        queue.get(0, GetSpec::default(), None).expect("poll"),
+        GetOutcome::Empty
+    );
+    assert_eq!(
+        queue.get(0, GetSpec::default(), Some(7)).expect("get"),
+        GetOutcome::Waiting
+    );
+    queue.consume(0, 1, prefetch(0)).expect("consume");
+    let pushes = queue.publish(0, &message("x")).expect("publish").pushes;
+    assert!(matches!(&pushes[0], Push::Waiter { waiter: 7, .. }));
+    queue.publish(0, &message("y")).expect("publish");
+    queue.cancel(0, 1).expect("cancel");
+    let GetOutcome::Delivered(delivery) = queue
+        .get(
+            0,
+            GetSpec {
+                auto_ack: true,
+                lease_ms: None,
+            },
+            None,
+        )
+        .expect("get")
+    else {
+        panic!("a message is ready");
+    };
+    assert_eq!(&delivery.message.body[..], b"y");
+    assert_eq!(
+        queue.stats().unacked,
+        1,
+        "auto-ack settled y; x is still held by the waiter's get"
+    );
+    queue.get(0, GetSpec::default(), Some(8)).expect("wait");
+    queue.cancel_get(8);
+    assert!(
+        queue
+            .publish(0, &message("z"))
+            .expect("publish")
+            .pushes
+            .is_empty()
+    );
+}
+
+#[test]
+fn get_matching_takes_the_first_match_within_the_window() {
+    let mut queue = memory_queue();
+    for (index, colour) in ["red", "blue", "red", "green"].iter().enumerate() {
+        let message = message(&format!("m{index}"))
+            .with_header("colour", HeaderValue::Text((*colour).to_owned()));
+        queue.publish(0, &message).expect("publish");
+    }
+    let is = |colour: &'static str| {
+        move |message: &Message| {
+            message.properties.headers.get("colour") == Some(&HeaderValue::Text(colour.to_owned()))
+        }
+    };
+    let found = queue
+        .get_matching(0, GetSpec::default(), 10, is("blue"))
+        .expect("scan")
+        .expect("blue is there");
+    assert_eq!(&found.message.body[..], b"m1");
+    assert!(
+        queue
+            .get_matching(0, GetSpec::default(), 2, is("green"))
+            .expect("scan")
+            .is_none(),
+        "green is past the window"
+    );
+    assert_eq!(queue.stats().ready, 3, "unmatched messages stay in place");
+    let pushes = queue.consume(0, 1, prefetch(0)).expect("consume");
+    assert_eq!(
+        pushes.iter().map(body).collect::<Vec<_>>(),
+        ["m0", "m2", "m3"]
+    );
+}
+
+#[test]
+fn an_expired_lease_returns_the_message_and_a_changed_lease_holds_it() {
+    let mut queue = memory_queue();
+    queue.publish(0, &message("a")).expect("publish");
+    queue.publish(0, &message("b")).expect("publish");
+    let spec = ConsumerSpec {
+        lease_ms: Some(1_000),
+        ..prefetch(1)
+    };
+    let pushes = queue.consume(0, 1, spec).expect("consume");
+    let first = id_of(&pushes[0]);
+    assert_eq!(queue.next_deadline(), Some(1_000));
+    assert!(queue.expire(999).expect("tick").is_empty());
+    let again = queue.expire(1_000).expect("tick");
+    assert_eq!(
+        (
+            id_of(&again[0]),
+            pushes_message(&again[0]).annotations.delivery_count
+        ),
+        (first, 1)
+    );
+    queue.change_lease(1_500, first, 10_000).expect("extend");
+    assert!(
+        queue.expire(5_000).expect("tick").is_empty(),
+        "the extended lease still holds"
+    );
+    let released = queue.change_lease(6_000, first, 0).expect("release now");
+    assert_eq!(
+        id_of(&released[0]),
+        first,
+        "a zero lease makes it visible at once"
+    );
+    assert!(matches!(
+        queue.change_lease(0, 99, 1),
+        Err(CoreError::UnknownDelivery { .. })
+    ));
+}
+
+#[test]
+fn prefetch_bytes_bound_what_a_consumer_holds() {
+    let mut queue = memory_queue();
+    for _ in 0..4 {
+        queue
+            .publish(0, &Message::new(vec![0u8; 600]))
+            .expect("publish");
+    }
+    let spec = ConsumerSpec {
+        prefetch_bytes: 1_000,
+        ..ConsumerSpec::default()
+    };
+    let pushes = queue.consume(0, 1, spec).expect("consume");
+    assert_eq!(
+        pushes.len(),
+        1,
+        "a second 600-byte message would pass 1000 bytes"
+    );
+    let next = queue
+        .settle(0, &[id_of(&pushes[0])], Outcome::Accept)
+        .expect("ack");
+    assert_eq!(next.len(), 1);
+}
+
+fn file_queue(dir: &std::path::Path) -> QueueEngine<FileLog> {
+    let config = LogConfig {
+        segment_bytes_max: 4096,
+        batch_bytes_max: 4096,
+        ..LogConfig::default()
+    };
+    QueueEngine::open("q", FileLog::open(dir, config).expect("log")).expect("queue")
+}
+
+#[test]
+fn a_restart_brings_back_unsettled_persistent_messages_only() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut queue = file_queue(dir.path());
+    for index in 0..10 {
+        queue
+            .publish(0, &message(&format!("p{index}")))
+            .expect("publish");
+    }
+    queue
+        .publish(0, &Message::new(&b"transient"[..]))
+        .expect("publish");
+    let pushes = queue.consume(0, 1, prefetch(6)).expect("consume");
+    let ids: Vec<u64> = pushes.iter().map(id_of).collect();
+    queue.settle(0, &ids[..3], Outcome::Accept).expect("ack");
+    queue
+        .settle(0, &ids[3..4], Outcome::Discard)
+        .expect("reject");
+    let last = queue.publish(0, &message("after")).expect("publish");
+    last.durable.wait().expect("durable");
+    queue.into_log().close().expect("close");
+
+    let mut queue = file_queue(dir.path());
+    assert_eq!(
+        queue.stats().ready,
+        7,
+        "p4..p9 and 'after'; not the acked, rejected or transient"
+    );
+    let pushes = queue.consume(0, 1, prefetch(0)).expect("consume");
+    assert_eq!(
+        pushes.iter().map(body).collect::<Vec<_>>(),
+        ["p4", "p5", "p6", "p7", "p8", "p9", "after"]
+    );
+}
+
+#[test]
+fn settled_segments_are_deleted_once_the_head_passes_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut queue = file_queue(dir.path());
+    for index in 0..100 {
+        queue
+            .publish(
+                0,
+                &message(&format!("message number {index} with some padding")),
+            )
+            .expect("publish");
+    }
+    let segments_before = queue.log().segment_count();
+    assert!(segments_before > 3);
+    let pushes = queue
+        .consume(
+            0,
+            1,
+            ConsumerSpec {
+                auto_ack: true,
+                ..ConsumerSpec::default()
+            },
+        )
+        .expect("consume");
+    assert_eq!(pushes.len(), 100);
+    assert!(
+        queue.log().segment_count() < segments_before,
+        "settled segments were deleted"
+    );
+    assert_eq!(queue.stats().ready, 0);
+    queue.into_log().close().expect("close");
+    let queue = file_queue(dir.path());
+    assert_eq!(
+        queue.stats().ready,
+        0,
+        "auto-acked messages do not come back"
+    );
+}
