@@ -25,6 +25,12 @@ pub enum CoreError {
     /// A settlement names a delivery that is not outstanding (AMQP 406 unknown delivery tag).
     #[error("unknown delivery {delivery}")]
     UnknownDelivery { delivery: u64 },
+    /// The queue's owner task has stopped (the queue was deleted or failed).
+    #[error("queue '{queue}' is not running")]
+    QueueStopped { queue: String },
+    /// Definitions could not be saved or loaded.
+    #[error("definitions {path}: {reason}")]
+    Definitions { path: String, reason: String },
     /// A stored message does not decode.
     #[error("stored message is corrupt: {reason}")]
     CorruptMessage { reason: &'static str },

@@ -1,9 +1,11 @@
 //! The broker core: routing (exchanges and bindings of a virtual host) and queues (a log plus a
 //! shared cursor), protocol-neutral.
 //!
-//! Main types: [`Topology`] (exchanges, bindings, `route`), [`QueueEngine`] (publish, consume,
-//! get, settle, leases, recovery from its log), [`OffsetSet`], [`CoreError`]; [`record`] maps a
-//! [`postino_types::Message`] onto a log record.
+//! Main types: [`VirtualHost`] (topology + queues + durable definitions; `publish` confirms
+//! after durability), [`Topology`] (exchanges, bindings, `route`), [`QueueEngine`] (publish,
+//! consume, get, settle, leases, recovery from its log) run by an owner task behind a
+//! [`QueueHandle`], [`OffsetSet`], [`CoreError`]; [`record`] maps a [`postino_types::Message`]
+//! onto a log record.
 //!
 //! Invariants: the core never sees protocol types and never reads the wall clock (every call
 //! takes `now_ms`); each queue is mutated by one owner; a message is settled for good only after
@@ -13,14 +15,18 @@
 
 pub mod error;
 pub mod offsets;
+pub mod owner;
 pub mod queue;
 pub mod record;
 pub mod topology;
+pub mod vhost;
 
 pub use error::CoreError;
 pub use offsets::OffsetSet;
+pub use owner::QueueHandle;
 pub use queue::{
     ConsumerId, ConsumerSpec, Delivery, GetOutcome, GetSpec, Outcome, Published, Push, QueueEngine,
     QueueStats, WaiterId,
 };
 pub use topology::{Binding, Destination, ExchangeKind, ExchangeSpec, Topology, topic_matches};
+pub use vhost::{QueueSpec, Routed, VirtualHost};

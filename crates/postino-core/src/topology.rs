@@ -248,6 +248,11 @@ impl Topology {
         Ok(true)
     }
 
+    /// The names of every exchange, in order.
+    pub fn exchange_names(&self) -> impl Iterator<Item = &str> {
+        self.exchanges.keys().map(String::as_str)
+    }
+
     /// The spec of an exchange, if it exists.
     #[must_use]
     pub fn exchange(&self, name: &str) -> Option<&ExchangeSpec> {

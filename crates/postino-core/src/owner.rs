@@ -1,0 +1,418 @@
+//! The owner task of a queue: the only code that touches its [`QueueEngine`]. Others talk to it
+//! through a [`QueueHandle`] over a bounded mailbox (back-pressure: a full mailbox makes
+//! senders wait). The task drains the mailbox in batches, hands the commands to the engine,
+//! sends deliveries to consumers' channels, and wakes up for lease deadlines and `get` timeouts.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use postino_storage::{Durable, Log};
+use postino_types::{Clock, Message};
+use tokio::sync::{mpsc, oneshot};
+use tracing::error;
+
+use crate::error::CoreError;
+use crate::queue::{
+    ConsumerId, ConsumerSpec, Delivery, GetOutcome, GetSpec, Outcome, Push, QueueEngine,
+    QueueStats, WaiterId,
+};
+
+/// Commands waiting in a queue's mailbox before senders must wait.
+pub const MAILBOX_CAPACITY: usize = 1024;
+/// Commands the owner takes from its mailbox at once.
+const DRAIN_MAX: usize = 256;
+
+type Reply<T> = oneshot::Sender<Result<T, CoreError>>;
+
+enum Command {
+    Publish {
+        message: Box<Message>,
+        reply: Reply<Durable>,
+    },
+    Consume {
+        consumer: ConsumerId,
+        spec: ConsumerSpec,
+        sink: mpsc::UnboundedSender<Delivery>,
+        reply: Reply<()>,
+    },
+    Cancel {
+        consumer: ConsumerId,
+        reply: Reply<()>,
+    },
+    Get {
+        spec: GetSpec,
+        wait: Option<Duration>,
+        reply: Reply<Option<Delivery>>,
+    },
+    Settle {
+        ids: Vec<u64>,
+        outcome: Outcome,
+        reply: Reply<()>,
+    },
+    ChangeLease {
+        id: u64,
+        lease_ms: u64,
+        reply: Reply<()>,
+    },
+    Stats {
+        reply: Reply<QueueStats>,
+    },
+    Close {
+        reply: Reply<()>,
+    },
+}
+
+/// How other tasks talk to a queue's owner. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct QueueHandle {
+    name: Arc<str>,
+    mailbox: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Publish { .. } => "Publish",
+            Command::Consume { .. } => "Consume",
+            Command::Cancel { .. } => "Cancel",
+            Command::Get { .. } => "Get",
+            Command::Settle { .. } => "Settle",
+            Command::ChangeLease { .. } => "ChangeLease",
+            Command::Stats { .. } => "Stats",
+            Command::Close { .. } => "Close",
+        })
+    }
+}
+
+impl QueueHandle {
+    /// Starts the owner task of `engine` on the current tokio runtime.
+    pub fn spawn<L: Log + 'static>(engine: QueueEngine<L>, clock: Arc<dyn Clock>) -> Self {
+        let (mailbox, inbox) = mpsc::channel(MAILBOX_CAPACITY);
+        let name: Arc<str> = engine.name().into();
+        let owner = Owner {
+            engine,
+            clock,
+            sinks: HashMap::new(),
+            waiters: HashMap::new(),
+            waiter_deadlines: BTreeSet::new(),
+            next_waiter: 0,
+        };
+        tokio::spawn(owner.run(inbox));
+        Self { name, mailbox }
+    }
+
+    /// The queue's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, CoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.mailbox
+            .send(command(reply))
+            .await
+            .map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    fn stopped(&self) -> CoreError {
+        CoreError::QueueStopped {
+            queue: self.name.to_string(),
+        }
+    }
+
+    /// Appends a message; the returned ticket resolves when it is durable.
+    ///
+    /// # Errors
+    /// Storage errors; `QueueStopped` when the owner is gone.
+    pub async fn publish(&self, message: Message) -> Result<Durable, CoreError> {
+        self.call(|reply| Command::Publish {
+            message: Box::new(message),
+            reply,
+        })
+        .await
+    }
+
+    /// Adds a consumer whose deliveries arrive on the returned channel. Dropping the receiver
+    /// does not cancel the consumer: call [`QueueHandle::cancel`] (a front-end does when the
+    /// consumer's channel or connection goes away).
+    ///
+    /// # Errors
+    /// `PreconditionFailed` when the id is taken; `QueueStopped`.
+    pub async fn consume(
+        &self,
+        consumer: ConsumerId,
+        spec: ConsumerSpec,
+    ) -> Result<mpsc::UnboundedReceiver<Delivery>, CoreError> {
+        let (sink, deliveries) = mpsc::unbounded_channel();
+        self.call(|reply| Command::Consume {
+            consumer,
+            spec,
+            sink,
+            reply,
+        })
+        .await?;
+        Ok(deliveries)
+    }
+
+    /// Removes a consumer; its unsettled deliveries return to the queue.
+    ///
+    /// # Errors
+    /// `QueueStopped`.
+    pub async fn cancel(&self, consumer: ConsumerId) -> Result<(), CoreError> {
+        self.call(|reply| Command::Cancel { consumer, reply }).await
+    }
+
+    /// Takes the first ready message: at once (`wait` = `None`, the seeds' `poll`) or waiting
+    /// up to `wait` for one to arrive (their blocking `get`). `None` when there was none.
+    ///
+    /// # Errors
+    /// Storage errors; `QueueStopped`.
+    pub async fn get(
+        &self,
+        spec: GetSpec,
+        wait: Option<Duration>,
+    ) -> Result<Option<Delivery>, CoreError> {
+        self.call(|reply| Command::Get { spec, wait, reply }).await
+    }
+
+    /// Settles deliveries (see [`QueueEngine::settle`]).
+    ///
+    /// # Errors
+    /// `UnknownDelivery`; storage errors; `QueueStopped`.
+    pub async fn settle(&self, ids: Vec<u64>, outcome: Outcome) -> Result<(), CoreError> {
+        self.call(|reply| Command::Settle {
+            ids,
+            outcome,
+            reply,
+        })
+        .await
+    }
+
+    /// Moves a delivery's lease deadline (see [`QueueEngine::change_lease`]).
+    ///
+    /// # Errors
+    /// `UnknownDelivery`; `QueueStopped`.
+    pub async fn change_lease(&self, id: u64, lease_ms: u64) -> Result<(), CoreError> {
+        self.call(|reply| Command::ChangeLease {
+            id,
+            lease_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops the owner after the commands already sent, syncing and closing the queue's log.
+    /// Consumers' channels end; later calls answer `QueueStopped`.
+    ///
+    /// # Errors
+    /// Storage errors while closing; `QueueStopped` when it had already stopped.
+    pub async fn close(&self) -> Result<(), CoreError> {
+        self.call(|reply| Command::Close { reply }).await
+    }
+
+    /// Ready and unacknowledged counts.
+    ///
+    /// # Errors
+    /// `QueueStopped`.
+    pub async fn stats(&self) -> Result<QueueStats, CoreError> {
+        self.call(|reply| Command::Stats { reply }).await
+    }
+}
+
+struct Owner<L: Log> {
+    engine: QueueEngine<L>,
+    clock: Arc<dyn Clock>,
+    sinks: HashMap<ConsumerId, mpsc::UnboundedSender<Delivery>>,
+    waiters: HashMap<WaiterId, Reply<Option<Delivery>>>,
+    waiter_deadlines: BTreeSet<(i64, WaiterId)>,
+    next_waiter: WaiterId,
+}
+
+impl<L: Log> Owner<L> {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(DRAIN_MAX);
+        loop {
+            let wake = self.next_wake();
+            let received = match wake {
+                Some(at_ms) => {
+                    let delay = at_ms.saturating_sub(self.clock.now_ms()).max(0) as u64;
+                    tokio::select! {
+                        count = inbox.recv_many(&mut batch, DRAIN_MAX) => count,
+                        () = tokio::time::sleep(Duration::from_millis(delay)) => {
+                            self.on_timers();
+                            continue;
+                        }
+                    }
+                }
+                None => inbox.recv_many(&mut batch, DRAIN_MAX).await,
+            };
+            if received == 0 {
+                return;
+            }
+            for command in batch.drain(..) {
+                if let Command::Close { reply } = command {
+                    let closed = self.engine.into_log().close().map_err(CoreError::from);
+                    let _ = reply.send(closed);
+                    return;
+                }
+                self.on_command(command);
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Option<i64> {
+        let waiter = self.waiter_deadlines.first().map(|(at, _)| *at);
+        [self.engine.next_deadline(), waiter]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn on_timers(&mut self) {
+        let now = self.clock.now_ms();
+        while let Some(&(at, waiter)) = self.waiter_deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.waiter_deadlines.remove(&(at, waiter));
+            self.engine.cancel_get(waiter);
+            if let Some(reply) = self.waiters.remove(&waiter) {
+                let _ = reply.send(Ok(None));
+            }
+        }
+        let pushes = self.engine.expire(now);
+        self.dispatch(pushes);
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = self.clock.now_ms();
+        match command {
+            Command::Publish { message, reply } => {
+                let outcome = self.engine.publish(now, &message).map(|published| {
+                    self.dispatch(Ok(published.pushes));
+                    published.durable
+                });
+                let _ = reply.send(outcome);
+            }
+            Command::Consume {
+                consumer,
+                spec,
+                sink,
+                reply,
+            } => {
+                if self.sinks.contains_key(&consumer) {
+                    let _ = reply.send(Err(CoreError::PreconditionFailed {
+                        reason: format!("consumer {consumer} already exists"),
+                    }));
+                    return;
+                }
+                self.sinks.insert(consumer, sink);
+                let _ = reply.send(Ok(()));
+                let pushes = self.engine.consume(now, consumer, spec);
+                self.dispatch(pushes);
+            }
+            Command::Cancel { consumer, reply } => {
+                self.sinks.remove(&consumer);
+                let pushes = self.engine.cancel(now, consumer);
+                let _ = reply.send(Ok(()));
+                self.dispatch(pushes);
+            }
+            Command::Get { spec, wait, reply } => {
+                let waiter = wait.map(|_| {
+                    self.next_waiter += 1;
+                    self.next_waiter
+                });
+                match self.engine.get(now, spec, waiter) {
+                    Ok(GetOutcome::Delivered(delivery)) => {
+                        let _ = reply.send(Ok(Some(*delivery)));
+                    }
+                    Ok(GetOutcome::Empty) => {
+                        let _ = reply.send(Ok(None));
+                    }
+                    Ok(GetOutcome::Waiting) => {
+                        let (waiter, wait) = waiter.zip(wait).expect("waiting needs a waiter");
+                        let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                        self.waiters.insert(waiter, reply);
+                        self.waiter_deadlines
+                            .insert((now.saturating_add(wait_ms), waiter));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            Command::Settle {
+                ids,
+                outcome,
+                reply,
+            } => match self.engine.settle(now, &ids, outcome) {
+                Ok(pushes) => {
+                    let _ = reply.send(Ok(()));
+                    self.dispatch(Ok(pushes));
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            Command::ChangeLease {
+                id,
+                lease_ms,
+                reply,
+            } => match self.engine.change_lease(now, id, lease_ms) {
+                Ok(pushes) => {
+                    let _ = reply.send(Ok(()));
+                    self.dispatch(Ok(pushes));
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            Command::Stats { reply } => {
+                let _ = reply.send(Ok(self.engine.stats()));
+            }
+            Command::Close { reply } => {
+                let _ = reply.send(Err(CoreError::PreconditionFailed {
+                    reason: "close is handled by the owner loop".to_owned(),
+                }));
+            }
+        }
+    }
+
+    /// Sends deliveries to their consumers and waiters. A consumer whose receiver is gone keeps
+    /// its deliveries in flight until it is cancelled; a waiter that left gets its delivery
+    /// returned to the queue.
+    fn dispatch(&mut self, pushes: Result<Vec<Push>, CoreError>) {
+        let pushes = match pushes {
+            Ok(pushes) => pushes,
+            Err(error) => {
+                error!(queue = %self.engine.name(), %error, "queue failed while delivering");
+                return;
+            }
+        };
+        for push in pushes {
+            match push {
+                Push::Consumer { consumer, delivery } => {
+                    if let Some(sink) = self.sinks.get(&consumer) {
+                        let _ = sink.send(delivery);
+                    }
+                }
+                Push::Waiter { waiter, delivery } => {
+                    self.waiter_deadlines.retain(|(_, id)| *id != waiter);
+                    let id = delivery.id;
+                    let delivered = self
+                        .waiters
+                        .remove(&waiter)
+                        .is_some_and(|reply| reply.send(Ok(Some(delivery))).is_ok());
+                    if !delivered {
+                        let now = self.clock.now_ms();
+                        let pushes = self.engine.settle(now, &[id], Outcome::Requeue);
+                        self.dispatch(pushes);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! A virtual host with owner tasks: routing to queues, confirms, pull with waiting, leases run by
+//! the owner's timer, and durable definitions and messages across a restart.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postino_core::{
+    Binding, ConsumerSpec, CoreError, Destination, ExchangeKind, ExchangeSpec, GetSpec, Outcome,
+    QueueSpec, VirtualHost,
+};
+use postino_storage::LogConfig;
+use postino_types::{Headers, Message, SystemClock};
+
+fn open(dir: Option<&Path>) -> VirtualHost {
+    VirtualHost::open(
+        "/",
+        dir.map(Path::to_path_buf),
+        LogConfig::default(),
+        Arc::new(SystemClock),
+    )
+    .expect("open virtual host")
+}
+
+fn bind(host: &VirtualHost, exchange: &str, queue: &str, key: &str) {
+    host.bind(Binding {
+        source: exchange.to_owned(),
+        destination: Destination::Queue(queue.to_owned()),
+        key: key.to_owned(),
+        arguments: Headers::new(),
+    })
+    .expect("bind");
+}
+
+#[tokio::test]
+async fn a_topic_publish_reaches_every_bound_queue_and_is_consumed() {
+    let host = open(None);
+    let (orders, _) = host
+        .declare_queue("orders", QueueSpec::transient())
+        .expect("declare");
+    let (audit, _) = host
+        .declare_queue("audit", QueueSpec::transient())
+        .expect("declare");
+    bind(&host, "amq.topic", "orders", "order.*");
+    bind(&host, "amq.topic", "audit", "#");
+    let routed = host
+        .publish("amq.topic", "order.created", Message::new(&b"o1"[..]))
+        .await
+        .expect("publish");
+    assert_eq!(routed.queues, 2);
+    let unroutable = host
+        .publish("amq.direct", "nobody", Message::new(&b"lost"[..]))
+        .await
+        .expect("publish");
+    assert_eq!(unroutable.queues, 0);
+
+    let mut deliveries = orders
+        .consume(1, ConsumerSpec::default())
+        .await
+        .expect("consume");
+    let delivery = deliveries.recv().await.expect("a delivery");
+    assert_eq!(&delivery.message.body[..], b"o1");
+    assert_eq!(delivery.message.annotations.exchange, "amq.topic");
+    assert_eq!(delivery.message.annotations.routing_key, "order.created");
+    orders
+        .settle(vec![delivery.id], Outcome::Accept)
+        .await
+        .expect("ack");
+    assert_eq!(orders.stats().await.expect("stats").unacked, 0);
+    let pulled = audit
+        .get(GetSpec::default(), None)
+        .await
+        .expect("get")
+        .expect("a message");
+    assert_eq!(&pulled.message.body[..], b"o1");
+    assert!(matches!(
+        orders.settle(vec![delivery.id], Outcome::Accept).await,
+        Err(CoreError::UnknownDelivery { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_blocking_get_waits_for_the_next_message_and_a_poll_does_not() {
+    let host = open(None);
+    let (queue, _) = host
+        .declare_queue("jobs", QueueSpec::transient())
+        .expect("declare");
+    assert!(
+        queue
+            .get(GetSpec::default(), None)
+            .await
+            .expect("poll")
+            .is_none()
+    );
+    assert!(
+        queue
+            .get(GetSpec::default(), Some(Duration::from_millis(20)))
+            .await
+            .expect("get")
+            .is_none(),
+        "a wait that ends with nothing answers None"
+    );
+    let waiting = tokio::spawn({
+        let queue = queue.clone();
+        async move {
+            queue
+                .get(GetSpec::default(), Some(Duration::from_secs(30)))
+                .await
+        }
+    });
+    tokio::task::yield_now().await;
+    host.publish("", "jobs", Message::new(&b"job"[..]))
+        .await
+        .expect("publish");
+    let delivery = waiting
+        .await
+        .expect("task")
+        .expect("get")
+        .expect("a message");
+    assert_eq!(&delivery.message.body[..], b"job");
+}
+
+#[tokio::test]
+async fn the_owner_returns_a_message_whose_lease_ended() {
+    let host = open(None);
+    let (queue, _) = host
+        .declare_queue("work", QueueSpec::transient())
+        .expect("declare");
+    host.publish("", "work", Message::new(&b"task"[..]))
+        .await
+        .expect("publish");
+    let spec = ConsumerSpec {
+        lease_ms: Some(30),
+        ..ConsumerSpec::default()
+    };
+    let mut deliveries = queue.consume(1, spec).await.expect("consume");
+    let first = deliveries.recv().await.expect("delivery");
+    assert_eq!(first.message.annotations.delivery_count, 0);
+    let second = deliveries.recv().await.expect("redelivery after the lease");
+    assert_eq!(second.id, first.id);
+    assert!(second.message.annotations.redelivered);
+    assert_eq!(second.message.annotations.delivery_count, 1);
+    queue.change_lease(second.id, 60_000).await.expect("extend");
+    queue
+        .settle(vec![second.id], Outcome::Accept)
+        .await
+        .expect("ack");
+}
+
+#[tokio::test]
+async fn declarations_are_checked_for_equivalence() {
+    let host = open(None);
+    host.declare_queue("q", QueueSpec::transient())
+        .expect("declare");
+    let (_, created) = host
+        .declare_queue("q", QueueSpec::transient())
+        .expect("same again");
+    assert!(!created);
+    assert!(matches!(
+        host.declare_queue("q", QueueSpec::durable()),
+        Err(CoreError::PreconditionFailed { .. })
+    ));
+    host.delete_queue("q").await.expect("delete");
+    assert!(host.queue("q").is_none());
+    assert!(matches!(
+        host.delete_queue("q").await,
+        Err(CoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn durable_definitions_and_confirmed_messages_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    {
+        let host = open(Some(dir.path()));
+        host.declare_exchange("events", ExchangeSpec::new(ExchangeKind::Fanout))
+            .expect("declare");
+        let mut transient_exchange = ExchangeSpec::new(ExchangeKind::Fanout);
+        transient_exchange.durable = false;
+        host.declare_exchange("scratch", transient_exchange)
+            .expect("declare");
+        host.declare_queue("kept", QueueSpec::durable())
+            .expect("declare");
+        host.declare_queue("gone", QueueSpec::transient())
+            .expect("declare");
+        bind(&host, "events", "kept", "");
+        bind(&host, "events", "gone", "");
+        for index in 0..5 {
+            let message = Message::new(format!("p{index}").into_bytes()).persistent();
+            let routed = host
+                .publish("events", "", message)
+                .await
+                .expect("confirmed");
+            assert_eq!(routed.queues, 2);
+        }
+        host.publish("events", "", Message::new(&b"transient"[..]))
+            .await
+            .expect("publish");
+        let kept = host.queue("kept").expect("queue");
+        let delivery = kept
+            .get(GetSpec::default(), None)
+            .await
+            .expect("get")
+            .expect("p0");
+        kept.settle(vec![delivery.id], Outcome::Accept)
+            .await
+            .expect("ack");
+        assert_eq!(
+            kept.stats().await.expect("stats").ready,
+            5,
+            "p1..p4 and the transient one"
+        );
+        host.close().await.expect("close");
+        assert!(matches!(
+            kept.stats().await,
+            Err(CoreError::QueueStopped { .. })
+        ));
+    }
+    let host = open(Some(dir.path()));
+    assert!(
+        host.queue("gone").is_none(),
+        "a transient queue does not survive"
+    );
+    let kept = host.queue("kept").expect("a durable queue survives");
+    assert_eq!(
+        kept.stats().await.expect("stats").ready,
+        4,
+        "p1..p4; not the acked p0 nor the transient"
+    );
+    let routed = host
+        .publish("events", "", Message::new(&b"again"[..]).persistent())
+        .await
+        .expect("publish");
+    assert_eq!(
+        routed.queues, 1,
+        "the durable binding survived; the one to the transient queue did not"
+    );
+    assert!(matches!(
+        host.publish("scratch", "", Message::new(&b"x"[..])).await,
+        Err(CoreError::NotFound { .. })
+    ));
+    let first = kept
+        .get(GetSpec::default(), None)
+        .await
+        .expect("get")
+        .expect("p1");
+    assert_eq!(&first.message.body[..], b"p1");
+}
