@@ -23,10 +23,10 @@ pub mod vhost;
 
 pub use error::CoreError;
 pub use offsets::OffsetSet;
-pub use owner::QueueHandle;
+pub use owner::{Enqueued, QueueHandle};
 pub use queue::{
     ConsumerId, ConsumerSpec, Delivery, GetOutcome, GetSpec, Outcome, Published, Push, QueueEngine,
     QueueStats, WaiterId,
 };
 pub use topology::{Binding, Destination, ExchangeKind, ExchangeSpec, Topology, topic_matches};
-pub use vhost::{QueueSpec, Routed, VirtualHost};
+pub use vhost::{Confirm, QueueSpec, Routed, VirtualHost};

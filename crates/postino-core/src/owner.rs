@@ -123,6 +123,27 @@ impl QueueHandle {
         }
     }
 
+    /// Sends a message to the queue without waiting for the owner: returns once it is in the
+    /// mailbox, with a receiver of the append's outcome (the durability ticket, or the error).
+    /// Publishers that pipeline use this; [`QueueHandle::publish`] waits for the outcome.
+    ///
+    /// # Errors
+    /// `QueueStopped` when the owner is gone.
+    pub async fn enqueue(&self, message: Message) -> Result<Enqueued, CoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.mailbox
+            .send(Command::Publish {
+                message: Box::new(message),
+                reply,
+            })
+            .await
+            .map_err(|_| self.stopped())?;
+        Ok(Enqueued {
+            queue: Arc::clone(&self.name),
+            outcome,
+        })
+    }
+
     /// Appends a message; the returned ticket resolves when it is durable.
     ///
     /// # Errors
@@ -222,6 +243,25 @@ impl QueueHandle {
     }
 }
 
+/// A message in a queue's mailbox; resolves to its append's durability ticket.
+#[derive(Debug)]
+pub struct Enqueued {
+    queue: Arc<str>,
+    outcome: oneshot::Receiver<Result<Durable, CoreError>>,
+}
+
+impl Enqueued {
+    /// Waits for the owner to append the message.
+    ///
+    /// # Errors
+    /// The append's error; `QueueStopped` when the owner stopped before answering.
+    pub async fn appended(self) -> Result<Durable, CoreError> {
+        self.outcome.await.map_err(|_| CoreError::QueueStopped {
+            queue: self.queue.to_string(),
+        })?
+    }
+}
+
 struct Owner<L: Log> {
     engine: QueueEngine<L>,
     clock: Arc<dyn Clock>,
@@ -291,7 +331,7 @@ impl<L: Log> Owner<L> {
         let now = self.clock.now_ms();
         match command {
             Command::Publish { message, reply } => {
-                let outcome = self.engine.publish(now, &message).map(|published| {
+                let outcome = self.engine.publish(now, *message).map(|published| {
                     self.dispatch(Ok(published.pushes));
                     published.durable
                 });

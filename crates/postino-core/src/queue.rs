@@ -32,6 +32,9 @@ pub type WaiterId = u64;
 const SETTLE_CONTROL_TYPE: i16 = 100;
 /// Reads while recovering ask for this many bytes at a time.
 const RECOVERY_READ_BYTES: usize = 1 << 20;
+/// Body bytes of recently published messages kept in memory, so that a delivery soon after
+/// its publish does not read the log back. Past it, deliveries read the log.
+const HOT_BYTES_MAX: usize = 8 << 20;
 
 /// How a consumer takes deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -164,6 +167,9 @@ pub struct QueueEngine<L: Log> {
     consumers: Vec<Consumer>,
     next_consumer: usize,
     waiters: VecDeque<(WaiterId, GetSpec)>,
+    /// Ready messages published recently, by offset (see `HOT_BYTES_MAX`).
+    hot: HashMap<u64, Message>,
+    hot_bytes: usize,
 }
 
 impl<L: Log> QueueEngine<L> {
@@ -207,6 +213,8 @@ impl<L: Log> QueueEngine<L> {
             consumers: Vec::new(),
             next_consumer: 0,
             waiters: VecDeque::new(),
+            hot: HashMap::new(),
+            hot_bytes: 0,
         };
         engine.reclaim()?;
         Ok(engine)
@@ -243,12 +251,16 @@ impl<L: Log> QueueEngine<L> {
     ///
     /// # Errors
     /// Storage errors (the queue must stop).
-    pub fn publish(&mut self, now_ms: i64, message: &Message) -> Result<Published, CoreError> {
+    pub fn publish(&mut self, now_ms: i64, message: Message) -> Result<Published, CoreError> {
         let mut builder = BatchBuilder::new();
-        record::push(&mut builder, message, now_ms);
+        record::push(&mut builder, &message, now_ms);
         let appended = self.log.append(&mut builder.build())?;
         let id = appended.base_offset.0;
         self.ready.insert(id);
+        if self.hot_bytes + message.body.len() <= HOT_BYTES_MAX {
+            self.hot_bytes += message.body.len();
+            self.hot.insert(id, message);
+        }
         let pushes = self.deliver(now_ms)?;
         Ok(Published {
             id,
@@ -322,7 +334,7 @@ impl<L: Log> QueueEngine<L> {
         waiter: Option<WaiterId>,
     ) -> Result<GetOutcome, CoreError> {
         if let Some(offset) = self.ready.first() {
-            let message = self.read(offset)?;
+            let message = self.take_message(offset)?;
             let delivery = self.hand_out(
                 now_ms,
                 offset,
@@ -357,8 +369,12 @@ impl<L: Log> QueueEngine<L> {
     ) -> Result<Option<Delivery>, CoreError> {
         let window: Vec<u64> = self.ready.iter().take(scan_max).collect();
         for offset in window {
-            let message = self.read(offset)?;
+            let message = match self.hot.get(&offset) {
+                Some(message) => message.clone(),
+                None => self.read(offset)?,
+            };
             if matches(&message) {
+                self.forget_hot(offset);
                 return self
                     .hand_out(
                         now_ms,
@@ -477,6 +493,23 @@ impl<L: Log> QueueEngine<L> {
         *self.delivery_counts.entry(id).or_insert(0) += 1;
     }
 
+    /// The message at a ready offset, from memory when it is hot, else from the log.
+    fn take_message(&mut self, offset: u64) -> Result<Message, CoreError> {
+        match self.hot.remove(&offset) {
+            Some(message) => {
+                self.hot_bytes -= message.body.len();
+                Ok(message)
+            }
+            None => self.read(offset),
+        }
+    }
+
+    fn forget_hot(&mut self, offset: u64) {
+        if let Some(message) = self.hot.remove(&offset) {
+            self.hot_bytes -= message.body.len();
+        }
+    }
+
     fn read(&self, offset: u64) -> Result<Message, CoreError> {
         let batches = self.log.read(Offset(offset), 1)?;
         let record = batches
@@ -540,7 +573,7 @@ impl<L: Log> QueueEngine<L> {
         let mut pushes = Vec::new();
         while let Some(offset) = self.ready.first() {
             if let Some((waiter, spec)) = self.waiters.pop_front() {
-                let message = self.read(offset)?;
+                let message = self.take_message(offset)?;
                 let delivery = self.hand_out(
                     now_ms,
                     offset,
@@ -555,8 +588,10 @@ impl<L: Log> QueueEngine<L> {
             if !self.consumers.iter().any(Consumer::has_credit) {
                 break;
             }
-            let message = self.read(offset)?;
-            let bytes = message.body.len() as u64;
+            let bytes = match self.hot.get(&offset) {
+                Some(message) => message.body.len() as u64,
+                None => self.read(offset)?.body.len() as u64,
+            };
             let count = self.consumers.len();
             let chosen = (0..count)
                 .map(|step| (self.next_consumer + step) % count)
@@ -567,6 +602,7 @@ impl<L: Log> QueueEngine<L> {
             let Some(index) = chosen else { break };
             self.next_consumer = (index + 1) % count;
             let consumer = self.consumers[index].clone();
+            let message = self.take_message(offset)?;
             let delivery = self.hand_out(
                 now_ms,
                 offset,

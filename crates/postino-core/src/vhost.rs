@@ -12,12 +12,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use postino_storage::{Durable, FileLog, LogConfig, MemLog, MemStore};
+use postino_storage::{FileLog, LogConfig, MemLog, MemStore};
 use postino_types::{Clock, DeliveryMode, HeaderValue, Headers, Message};
 use serde_json::{Map, Value, json};
 
 use crate::error::CoreError;
-use crate::owner::QueueHandle;
+use crate::owner::{Enqueued, QueueHandle};
 use crate::queue::QueueEngine;
 use crate::topology::{Binding, Destination, ExchangeKind, ExchangeSpec, Topology};
 
@@ -58,6 +58,31 @@ impl QueueSpec {
 pub struct Routed {
     /// Queues that took the message; 0 means it was unroutable.
     pub queues: usize,
+}
+
+/// Resolves when a pipelined publish is durable on every durable queue it went to.
+#[derive(Debug)]
+#[must_use = "a publish is confirmed only once its Confirm resolves"]
+pub struct Confirm {
+    /// Each queue's pending append, and whether its durability must be awaited.
+    appends: Vec<(Enqueued, bool)>,
+}
+
+impl Confirm {
+    /// Waits until the message is appended everywhere, and durable where it must be.
+    ///
+    /// # Errors
+    /// A queue's append error; `Storage(Failed)` when a queue's sync failed: the outcome is
+    /// unknown.
+    pub async fn wait(self) -> Result<(), CoreError> {
+        for (enqueued, durable) in self.appends {
+            let ticket = enqueued.appended().await?;
+            if durable {
+                ticket.await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -286,8 +311,28 @@ impl VirtualHost {
         &self,
         exchange: &str,
         routing_key: &str,
-        mut message: Message,
+        message: Message,
     ) -> Result<Routed, CoreError> {
+        let (routed, confirm) = self
+            .publish_pipelined(exchange, routing_key, message)
+            .await?;
+        confirm.wait().await?;
+        Ok(routed)
+    }
+
+    /// Routes a message like [`VirtualHost::publish`] but returns once it is in every target
+    /// queue's mailbox, with a [`Confirm`] that resolves when it is appended everywhere and
+    /// durable where it must be: publishers that pipeline (AMQP confirm mode, Kafka producers)
+    /// keep many in flight.
+    ///
+    /// # Errors
+    /// Routing errors; `QueueStopped`.
+    pub async fn publish_pipelined(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mut message: Message,
+    ) -> Result<(Routed, Confirm), CoreError> {
         let targets: Vec<(QueueHandle, bool)> = {
             let state = self.lock();
             let queues =
@@ -308,19 +353,27 @@ impl VirtualHost {
         message.annotations.exchange = exchange.to_owned();
         message.annotations.routing_key = routing_key.to_owned();
         let persistent = message.properties.delivery_mode == DeliveryMode::Persistent;
-        let mut tickets: Vec<Durable> = Vec::with_capacity(targets.len());
-        for (handle, durable) in &targets {
-            let ticket = handle.publish(message.clone()).await?;
-            if persistent && *durable {
-                tickets.push(ticket);
-            }
+        let mut appends = Vec::with_capacity(targets.len());
+        let last = targets.len().saturating_sub(1);
+        let mut message = Some(message);
+        for (index, (handle, durable)) in targets.iter().enumerate() {
+            // The last queue takes the message itself; the others a copy (bodies are shared).
+            let copy = if index == last {
+                message.take()
+            } else {
+                message.clone()
+            };
+            let enqueued = handle
+                .enqueue(copy.expect("one message per target"))
+                .await?;
+            appends.push((enqueued, persistent && *durable));
         }
-        for ticket in tickets {
-            ticket.await?;
-        }
-        Ok(Routed {
-            queues: targets.len(),
-        })
+        Ok((
+            Routed {
+                queues: targets.len(),
+            },
+            Confirm { appends },
+        ))
     }
 
     fn definitions_path(&self) -> Option<PathBuf> {

@@ -52,7 +52,7 @@ fn competing_consumers_take_turns_within_their_prefetch() {
     let mut queue = memory_queue();
     for index in 0..6 {
         queue
-            .publish(0, &message(&format!("m{index}")))
+            .publish(0, message(&format!("m{index}")))
             .expect("publish");
     }
     let first = queue.consume(0, 1, prefetch(2)).expect("consume");
@@ -69,7 +69,7 @@ fn competing_consumers_take_turns_within_their_prefetch() {
         (consumer_of(&after_ack[0]), body(&after_ack[0])),
         (1, "m4".to_owned())
     );
-    let more = queue.publish(0, &message("m6")).expect("publish").pushes;
+    let more = queue.publish(0, message("m6")).expect("publish").pushes;
     assert!(more.is_empty(), "nobody has credit");
     let after = queue
         .settle(0, &[id_of(&second[0])], Outcome::Accept)
@@ -89,7 +89,7 @@ fn round_robin_spreads_deliveries_evenly() {
     let mut counts = [0; 4];
     for index in 0..30 {
         let pushes = queue
-            .publish(0, &message(&format!("m{index}")))
+            .publish(0, message(&format!("m{index}")))
             .expect("publish")
             .pushes;
         counts[consumer_of(&pushes[0]) as usize] += 1;
@@ -100,8 +100,8 @@ fn round_robin_spreads_deliveries_evenly() {
 #[test]
 fn requeued_and_abandoned_messages_come_back_marked_redelivered() {
     let mut queue = memory_queue();
-    queue.publish(0, &message("a")).expect("publish");
-    queue.publish(0, &message("b")).expect("publish");
+    queue.publish(0, message("a")).expect("publish");
+    queue.publish(0, message("b")).expect("publish");
     let pushes = queue.consume(0, 1, prefetch(1)).expect("consume");
     assert!(!pushes_message(&pushes[0]).annotations.redelivered);
     let again = queue
@@ -131,7 +131,7 @@ fn pushes_message(push: &Push) -> &Message {
 #[test]
 fn settling_an_unknown_delivery_is_refused_and_changes_nothing() {
     let mut queue = memory_queue();
-    queue.publish(0, &message("a")).expect("publish");
+    queue.publish(0, message("a")).expect("publish");
     let pushes = queue.consume(0, 1, prefetch(0)).expect("consume");
     let id = id_of(&pushes[0]);
     assert!(matches!(
@@ -162,9 +162,9 @@ fn get_polls_or_waits_and_a_waiter_is_served_first() {
         GetOutcome::Waiting
     );
     queue.consume(0, 1, prefetch(0)).expect("consume");
-    let pushes = queue.publish(0, &message("x")).expect("publish").pushes;
+    let pushes = queue.publish(0, message("x")).expect("publish").pushes;
     assert!(matches!(&pushes[0], Push::Waiter { waiter: 7, .. }));
-    queue.publish(0, &message("y")).expect("publish");
+    queue.publish(0, message("y")).expect("publish");
     queue.cancel(0, 1).expect("cancel");
     let GetOutcome::Delivered(delivery) = queue
         .get(
@@ -189,7 +189,7 @@ fn get_polls_or_waits_and_a_waiter_is_served_first() {
     queue.cancel_get(8);
     assert!(
         queue
-            .publish(0, &message("z"))
+            .publish(0, message("z"))
             .expect("publish")
             .pushes
             .is_empty()
@@ -202,7 +202,7 @@ fn get_matching_takes_the_first_match_within_the_window() {
     for (index, colour) in ["red", "blue", "red", "green"].iter().enumerate() {
         let message = message(&format!("m{index}"))
             .with_header("colour", HeaderValue::Text((*colour).to_owned()));
-        queue.publish(0, &message).expect("publish");
+        queue.publish(0, message).expect("publish");
     }
     let is = |colour: &'static str| {
         move |message: &Message| {
@@ -232,8 +232,8 @@ fn get_matching_takes_the_first_match_within_the_window() {
 #[test]
 fn an_expired_lease_returns_the_message_and_a_changed_lease_holds_it() {
     let mut queue = memory_queue();
-    queue.publish(0, &message("a")).expect("publish");
-    queue.publish(0, &message("b")).expect("publish");
+    queue.publish(0, message("a")).expect("publish");
+    queue.publish(0, message("b")).expect("publish");
     let spec = ConsumerSpec {
         lease_ms: Some(1_000),
         ..prefetch(1)
@@ -272,7 +272,7 @@ fn prefetch_bytes_bound_what_a_consumer_holds() {
     let mut queue = memory_queue();
     for _ in 0..4 {
         queue
-            .publish(0, &Message::new(vec![0u8; 600]))
+            .publish(0, Message::new(vec![0u8; 600]))
             .expect("publish");
     }
     let spec = ConsumerSpec {
@@ -306,11 +306,11 @@ fn a_restart_brings_back_unsettled_persistent_messages_only() {
     let mut queue = file_queue(dir.path());
     for index in 0..10 {
         queue
-            .publish(0, &message(&format!("p{index}")))
+            .publish(0, message(&format!("p{index}")))
             .expect("publish");
     }
     queue
-        .publish(0, &Message::new(&b"transient"[..]))
+        .publish(0, Message::new(&b"transient"[..]))
         .expect("publish");
     let pushes = queue.consume(0, 1, prefetch(6)).expect("consume");
     let ids: Vec<u64> = pushes.iter().map(id_of).collect();
@@ -318,7 +318,7 @@ fn a_restart_brings_back_unsettled_persistent_messages_only() {
     queue
         .settle(0, &ids[3..4], Outcome::Discard)
         .expect("reject");
-    let last = queue.publish(0, &message("after")).expect("publish");
+    let last = queue.publish(0, message("after")).expect("publish");
     last.durable.wait().expect("durable");
     queue.into_log().close().expect("close");
 
@@ -343,7 +343,7 @@ fn settled_segments_are_deleted_once_the_head_passes_them() {
         queue
             .publish(
                 0,
-                &message(&format!("message number {index} with some padding")),
+                message(&format!("message number {index} with some padding")),
             )
             .expect("publish");
     }

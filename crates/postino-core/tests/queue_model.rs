@@ -156,7 +156,7 @@ proptest! {
                     if persistent {
                         message = message.persistent();
                     }
-                    let published = queue.publish(now, &message).expect("publish");
+                    let published = queue.publish(now, message).expect("publish");
                     prop_assert_eq!(published.id, next);
                     model.persistent.insert(published.id, persistent);
                     model.ready.insert(published.id);

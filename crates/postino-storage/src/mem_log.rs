@@ -144,11 +144,10 @@ impl Log for MemLog {
         for segment in &segments[start..] {
             let mut taken = 0usize;
             let mut out = Vec::new();
-            for batch in segment
+            let first = segment
                 .batches
-                .iter()
-                .filter(|batch| batch.last_offset() >= from.0)
-            {
+                .partition_point(|batch| batch.last_offset() < from.0);
+            for batch in &segment.batches[first..] {
                 let length = batch.bytes().len();
                 if !out.is_empty() && taken + length > max_bytes {
                     break;

@@ -20,6 +20,9 @@ use crate::index::{OffsetIndex, TimeIndex};
 
 /// Reads during recovery and index rebuilds are done this many bytes at a time.
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
+/// Reads ask the kernel for at least this much: small enough that reading one message does not
+/// cost much more than the message, large enough for a few small batches.
+const READ_CHUNK_BYTES_MIN: usize = 16 << 10;
 /// Reads never ask the kernel for more than this at once; larger answers take several reads.
 const READ_CHUNK_BYTES_MAX: usize = 16 << 20;
 
@@ -516,9 +519,11 @@ impl Segment {
         }
         let relative = from.saturating_sub(self.base).min(u64::from(u32::MAX)) as u32;
         let (entry, position) = self.offset_index.lookup(relative);
+        // The batch wanted starts within one index interval of the entry; a batch longer than
+        // the chunk is read again whole by the walk.
         let chunk = max_bytes
             .saturating_add(self.index_interval_bytes as usize)
-            .clamp(64 << 10, READ_CHUNK_BYTES_MAX);
+            .clamp(READ_CHUNK_BYTES_MIN, READ_CHUNK_BYTES_MAX);
         let mut batches = Vec::new();
         let mut taken = 0usize;
         let walked = walk(

@@ -49,6 +49,8 @@ struct BenchArgs {
 enum BenchTarget {
     /// The log: appends per durability policy, cold reads, recovery.
     Storage,
+    /// The broker core in-process: publish, deliver, ack; fan-out; RAM per ready message.
+    Core,
 }
 
 fn main() -> ExitCode {
@@ -60,30 +62,37 @@ fn main() -> ExitCode {
 }
 
 fn bench(args: &BenchArgs) -> ExitCode {
-    match args.target {
+    let size = if args.quick {
+        postino_bench::storage::Size::Quick
+    } else {
+        postino_bench::storage::Size::Full
+    };
+    let (name, columns) = match args.target {
+        BenchTarget::Storage => ("storage", postino_bench::storage::columns()),
+        BenchTarget::Core => ("core", postino_bench::broker::columns()),
+    };
+    let mut printer = postino_bench::Printer::new(args.json, columns);
+    if !args.json {
+        let load =
+            postino_bench::load_average().map_or("unknown".to_owned(), |load| format!("{load:.2}"));
+        println!(
+            "{name} benchmark in {} (load average {load})",
+            args.dir.display()
+        );
+    }
+    let outcome = match args.target {
         BenchTarget::Storage => {
-            let size = if args.quick {
-                postino_bench::storage::Size::Quick
-            } else {
-                postino_bench::storage::Size::Full
-            };
-            let mut printer =
-                postino_bench::Printer::new(args.json, postino_bench::storage::columns());
-            if !args.json {
-                let load = postino_bench::load_average()
-                    .map_or("unknown".to_owned(), |load| format!("{load:.2}"));
-                println!(
-                    "storage benchmark in {} (load average {load})",
-                    args.dir.display()
-                );
-            }
-            match postino_bench::storage::run(&args.dir, size, &args.filter, &mut printer) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("postino bench storage: {error:#}");
-                    ExitCode::from(1)
-                }
-            }
+            postino_bench::storage::run(&args.dir, size, &args.filter, &mut printer)
+        }
+        BenchTarget::Core => {
+            postino_bench::broker::run(&args.dir, size, &args.filter, &mut printer)
+        }
+    };
+    match outcome {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("postino bench {name}: {error:#}");
+            ExitCode::from(1)
         }
     }
 }
