@@ -115,7 +115,7 @@ pub fn run(parent: &Path, size: Size, filter: &str, printer: &mut Printer) -> Re
     Ok(rows)
 }
 
-fn host(dir: &Path, durable: bool, durability: Durability) -> Result<VirtualHost> {
+fn host(dir: &Path, durable: bool, durability: Durability) -> Result<Arc<VirtualHost>> {
     let config = LogConfig {
         durability,
         ..LogConfig::default()

@@ -25,6 +25,10 @@ pub enum CoreError {
     /// A settlement names a delivery that is not outstanding (AMQP 406 unknown delivery tag).
     #[error("unknown delivery {delivery}")]
     UnknownDelivery { delivery: u64 },
+    /// The queue refused a publish (it is full under `x-overflow: reject-publish`): a negative
+    /// confirm (AMQP `basic.nack`).
+    #[error("queue '{queue}' refused the message: {reason}")]
+    PublishRejected { queue: String, reason: String },
     /// The queue's owner task has stopped (the queue was deleted or failed).
     #[error("queue '{queue}' is not running")]
     QueueStopped { queue: String },

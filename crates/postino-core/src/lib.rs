@@ -13,8 +13,10 @@
 //!
 //! What it must not know: sockets, frames, protocol error codes.
 
+mod definitions;
 pub mod error;
 pub mod offsets;
+pub mod options;
 pub mod owner;
 pub mod queue;
 pub mod record;
@@ -23,10 +25,11 @@ pub mod vhost;
 
 pub use error::CoreError;
 pub use offsets::OffsetSet;
+pub use options::{Overflow, QueueOptions};
 pub use owner::{Enqueued, QueueHandle};
 pub use queue::{
-    ConsumerId, ConsumerSpec, Delivery, GetOutcome, GetSpec, Outcome, Published, Push, QueueEngine,
-    QueueStats, WaiterId,
+    ConsumerId, ConsumerSpec, DeadLetter, Delivery, GetOutcome, GetSpec, Outcome, Published, Push,
+    QueueEngine, QueueStats, WaiterId,
 };
 pub use topology::{Binding, Destination, ExchangeKind, ExchangeSpec, Topology, topic_matches};
 pub use vhost::{Confirm, QueueSpec, Routed, VirtualHost};

@@ -14,8 +14,8 @@ use tracing::error;
 
 use crate::error::CoreError;
 use crate::queue::{
-    ConsumerId, ConsumerSpec, Delivery, GetOutcome, GetSpec, Outcome, Push, QueueEngine,
-    QueueStats, WaiterId,
+    ConsumerId, ConsumerSpec, DeadLetter, Delivery, GetOutcome, GetSpec, Outcome, Push,
+    QueueEngine, QueueStats, WaiterId,
 };
 
 /// Commands waiting in a queue's mailbox before senders must wait.
@@ -86,13 +86,19 @@ impl std::fmt::Debug for Command {
 }
 
 impl QueueHandle {
-    /// Starts the owner task of `engine` on the current tokio runtime.
-    pub fn spawn<L: Log + 'static>(engine: QueueEngine<L>, clock: Arc<dyn Clock>) -> Self {
+    /// Starts the owner task of `engine` on the current tokio runtime. Messages that die in
+    /// the queue go to `dead_letters` (dropped without one).
+    pub fn spawn<L: Log + 'static>(
+        engine: QueueEngine<L>,
+        clock: Arc<dyn Clock>,
+        dead_letters: Option<mpsc::UnboundedSender<DeadLetter>>,
+    ) -> Self {
         let (mailbox, inbox) = mpsc::channel(MAILBOX_CAPACITY);
         let name: Arc<str> = engine.name().into();
         let owner = Owner {
             engine,
             clock,
+            dead_letters,
             sinks: HashMap::new(),
             waiters: HashMap::new(),
             waiter_deadlines: BTreeSet::new(),
@@ -265,6 +271,7 @@ impl Enqueued {
 struct Owner<L: Log> {
     engine: QueueEngine<L>,
     clock: Arc<dyn Clock>,
+    dead_letters: Option<mpsc::UnboundedSender<DeadLetter>>,
     sinks: HashMap<ConsumerId, mpsc::UnboundedSender<Delivery>>,
     waiters: HashMap<WaiterId, Reply<Option<Delivery>>>,
     waiter_deadlines: BTreeSet<(i64, WaiterId)>,
@@ -275,6 +282,7 @@ impl<L: Log> Owner<L> {
     async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(DRAIN_MAX);
         loop {
+            self.forward_dead_letters();
             let wake = self.next_wake();
             let received = match wake {
                 Some(at_ms) => {
@@ -303,12 +311,22 @@ impl<L: Log> Owner<L> {
         }
     }
 
-    fn next_wake(&self) -> Option<i64> {
+    fn next_wake(&mut self) -> Option<i64> {
         let waiter = self.waiter_deadlines.first().map(|(at, _)| *at);
-        [self.engine.next_deadline(), waiter]
-            .into_iter()
-            .flatten()
-            .min()
+        let engine = self.engine.next_deadline().unwrap_or_else(|error| {
+            error!(queue = %self.engine.name(), %error, "queue cannot read its head");
+            None
+        });
+        [engine, waiter].into_iter().flatten().min()
+    }
+
+    fn forward_dead_letters(&mut self) {
+        let letters = self.engine.take_dead_letters();
+        if let Some(sink) = &self.dead_letters {
+            for letter in letters {
+                let _ = sink.send(letter);
+            }
+        }
     }
 
     fn on_timers(&mut self) {

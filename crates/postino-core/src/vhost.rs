@@ -8,18 +8,19 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use postino_storage::{FileLog, LogConfig, MemLog, MemStore};
-use postino_types::{Clock, DeliveryMode, HeaderValue, Headers, Message};
-use serde_json::{Map, Value, json};
+use postino_types::{Clock, DeliveryMode, Headers, Message};
+use tokio::sync::mpsc;
 
+use crate::definitions;
 use crate::error::CoreError;
+use crate::options::QueueOptions;
 use crate::owner::{Enqueued, QueueHandle};
-use crate::queue::QueueEngine;
-use crate::topology::{Binding, Destination, ExchangeKind, ExchangeSpec, Topology};
+use crate::queue::{DeadLetter, QueueEngine};
+use crate::topology::{Binding, ExchangeSpec, Topology};
 
 /// What a queue declaration asks for; declaring an existing queue with a different spec fails.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,18 +87,19 @@ impl Confirm {
 }
 
 #[derive(Debug)]
-struct QueueEntry {
-    spec: QueueSpec,
-    handle: QueueHandle,
+pub(crate) struct QueueEntry {
+    pub(crate) spec: QueueSpec,
+    pub(crate) handle: QueueHandle,
 }
 
 #[derive(Debug, Default)]
-struct State {
-    topology: Topology,
-    queues: BTreeMap<String, QueueEntry>,
+pub(crate) struct State {
+    pub(crate) topology: Topology,
+    pub(crate) queues: BTreeMap<String, QueueEntry>,
 }
 
-/// One virtual host. Calls that start queues must run inside a tokio runtime.
+/// One virtual host, shared as `Arc<VirtualHost>`. Calls that start queues must run inside a
+/// tokio runtime.
 #[derive(Debug)]
 pub struct VirtualHost {
     name: String,
@@ -105,6 +107,8 @@ pub struct VirtualHost {
     log_config: LogConfig,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
+    /// Where queue owners send messages that died; a task publishes them.
+    dead_letters: mpsc::UnboundedSender<DeadLetter>,
 }
 
 impl VirtualHost {
@@ -118,16 +122,19 @@ impl VirtualHost {
         dir: Option<PathBuf>,
         log_config: LogConfig,
         clock: Arc<dyn Clock>,
-    ) -> Result<Self, CoreError> {
-        let host = Self {
+    ) -> Result<Arc<Self>, CoreError> {
+        let (dead_letters, letters) = mpsc::unbounded_channel();
+        let host = Arc::new(Self {
             name: name.to_owned(),
             dir,
             log_config,
             clock,
             state: Mutex::new(State::default()),
-        };
+            dead_letters,
+        });
+        tokio::spawn(forward_dead_letters(Arc::downgrade(&host), letters));
         if let Some(path) = host.definitions_path().filter(|path| path.exists()) {
-            host.load_definitions(&path)?;
+            definitions::load(&host, &path)?;
         }
         Ok(host)
     }
@@ -138,7 +145,7 @@ impl VirtualHost {
         &self.name
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -201,12 +208,21 @@ impl VirtualHost {
         Ok((handle, true))
     }
 
-    fn start_queue(&self, name: &str, spec: &QueueSpec) -> Result<QueueHandle, CoreError> {
+    /// Starts the owner of a queue over its log (a file log for a durable queue of a host
+    /// with a directory, else memory).
+    pub(crate) fn start_queue(
+        &self,
+        name: &str,
+        spec: &QueueSpec,
+    ) -> Result<QueueHandle, CoreError> {
+        let options = QueueOptions::from_arguments(&spec.arguments)?;
         let clock = Arc::clone(&self.clock);
+        let letters = Some(self.dead_letters.clone());
         match (&self.dir, spec.durable) {
             (Some(dir), true) => {
                 let log = FileLog::open(queue_dir(dir, name), self.log_config.clone())?;
-                Ok(QueueHandle::spawn(QueueEngine::open(name, log)?, clock))
+                let engine = QueueEngine::open(name, log, options)?;
+                Ok(QueueHandle::spawn(engine, clock, letters))
             }
             _ => {
                 let log = MemLog::open(
@@ -214,7 +230,8 @@ impl VirtualHost {
                     self.log_config.clone(),
                     Arc::clone(&clock),
                 )?;
-                Ok(QueueHandle::spawn(QueueEngine::open(name, log)?, clock))
+                let engine = QueueEngine::open(name, log, options)?;
+                Ok(QueueHandle::spawn(engine, clock, letters))
             }
         }
     }
@@ -376,202 +393,45 @@ impl VirtualHost {
         ))
     }
 
-    fn definitions_path(&self) -> Option<PathBuf> {
+    pub(crate) fn definitions_path(&self) -> Option<PathBuf> {
         self.dir.as_ref().map(|dir| dir.join("definitions.json"))
     }
 
     /// Writes the durable definitions atomically.
     fn save(&self, state: &State) -> Result<(), CoreError> {
-        let Some(path) = self.definitions_path() else {
-            return Ok(());
-        };
-        let fail = |reason: String| CoreError::Definitions {
-            path: path.display().to_string(),
-            reason,
-        };
-        let document = definitions(state);
-        let dir = path.parent().expect("definitions live in a directory");
-        fs::create_dir_all(dir).map_err(|error| fail(error.to_string()))?;
-        let temporary = path.with_extension("json.tmp");
-        let mut file = fs::File::create(&temporary).map_err(|error| fail(error.to_string()))?;
-        file.write_all(document.to_string().as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|error| fail(error.to_string()))?;
-        fs::rename(&temporary, &path).map_err(|error| fail(error.to_string()))?;
-        fs::File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|error| fail(error.to_string()))
-    }
-
-    fn load_definitions(&self, path: &Path) -> Result<(), CoreError> {
-        let fail = |reason: String| CoreError::Definitions {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = fs::read_to_string(path).map_err(|error| fail(error.to_string()))?;
-        let document: Value =
-            serde_json::from_str(&text).map_err(|error| fail(error.to_string()))?;
-        let list = |key: &str| document[key].as_array().cloned().unwrap_or_default();
-        let text_of = |value: &Value, key: &str| value[key].as_str().unwrap_or_default().to_owned();
-        let flag = |value: &Value, key: &str| value[key].as_bool().unwrap_or(false);
-        for exchange in list("exchanges") {
-            let kind: ExchangeKind = text_of(&exchange, "type").parse()?;
-            let spec = ExchangeSpec {
-                kind,
-                durable: true,
-                auto_delete: flag(&exchange, "auto_delete"),
-                internal: flag(&exchange, "internal"),
-                alternate: exchange["alternate_exchange"].as_str().map(str::to_owned),
-                arguments: headers_from_json(&exchange["arguments"]),
-            };
-            self.lock()
-                .topology
-                .declare_exchange(&text_of(&exchange, "name"), spec)?;
+        match self.definitions_path() {
+            Some(path) => definitions::save(state, &path),
+            None => Ok(()),
         }
-        for queue in list("queues") {
-            let spec = QueueSpec {
-                durable: true,
-                exclusive: false,
-                auto_delete: flag(&queue, "auto_delete"),
-                arguments: headers_from_json(&queue["arguments"]),
-            };
-            let name = text_of(&queue, "name");
-            let handle = self.start_queue(&name, &spec)?;
-            let mut state = self.lock();
-            state.topology.add_queue(&name);
-            state.queues.insert(name, QueueEntry { spec, handle });
-        }
-        for binding in list("bindings") {
-            let destination = text_of(&binding, "destination");
-            let destination = if binding["destination_type"] == "exchange" {
-                Destination::Exchange(destination)
-            } else {
-                Destination::Queue(destination)
-            };
-            self.lock().topology.bind(Binding {
-                source: text_of(&binding, "source"),
-                destination,
-                key: text_of(&binding, "routing_key"),
-                arguments: headers_from_json(&binding["arguments"]),
-            })?;
-        }
-        Ok(())
     }
 }
 
-/// The durable part of a virtual host, as RabbitMQ's definitions export shapes it.
-fn definitions(state: &State) -> Value {
-    let topology = &state.topology;
-    let durable_exchange = |name: &str| {
-        topology
-            .exchange(name)
-            .is_some_and(|spec| spec.durable && !name.is_empty())
-    };
-    let durable_queue = |name: &str| {
-        state
-            .queues
-            .get(name)
-            .is_some_and(|entry| entry.spec.durable)
-    };
-    let mut exchanges = Vec::new();
-    let mut bindings = Vec::new();
-    for name in topology.exchange_names() {
-        let Some(spec) = topology.exchange(name) else {
-            continue;
-        };
-        if spec.durable && !name.is_empty() && !name.starts_with("amq.") {
-            exchanges.push(json!({
-                "name": name,
-                "type": spec.kind.to_string(),
-                "durable": true,
-                "auto_delete": spec.auto_delete,
-                "internal": spec.internal,
-                "alternate_exchange": spec.alternate,
-                "arguments": headers_to_json(&spec.arguments),
-            }));
-        }
-        if !durable_exchange(name) {
-            continue;
-        }
-        for binding in topology.bindings(name) {
-            let (destination, kind, durable) = match &binding.destination {
-                Destination::Queue(queue) => (queue, "queue", durable_queue(queue)),
-                Destination::Exchange(exchange) => {
-                    (exchange, "exchange", durable_exchange(exchange))
-                }
-            };
-            if durable {
-                bindings.push(json!({
-                    "source": binding.source,
-                    "destination": destination,
-                    "destination_type": kind,
-                    "routing_key": binding.key,
-                    "arguments": headers_to_json(&binding.arguments),
-                }));
+/// Publishes the dead letters of the host's queues (at most once: a dead letter whose target
+/// is gone is dropped) until the host is dropped.
+async fn forward_dead_letters(
+    host: Weak<VirtualHost>,
+    mut letters: mpsc::UnboundedReceiver<DeadLetter>,
+) {
+    while let Some(letter) = letters.recv().await {
+        let Some(host) = host.upgrade() else { return };
+        let DeadLetter {
+            exchange,
+            routing_key,
+            message,
+        } = letter;
+        match host
+            .publish_pipelined(&exchange, &routing_key, message)
+            .await
+        {
+            Ok((_, confirm)) => {
+                tokio::spawn(async move {
+                    if let Err(error) = confirm.wait().await {
+                        tracing::warn!(%error, "dead letter not stored");
+                    }
+                });
             }
+            Err(error) => tracing::warn!(%exchange, %error, "dead letter dropped"),
         }
-    }
-    let queues: Vec<Value> = state
-        .queues
-        .iter()
-        .filter(|(_, entry)| entry.spec.durable)
-        .map(|(name, entry)| {
-            json!({
-                "name": name,
-                "durable": true,
-                "auto_delete": entry.spec.auto_delete,
-                "arguments": headers_to_json(&entry.spec.arguments),
-            })
-        })
-        .collect();
-    json!({ "exchanges": exchanges, "queues": queues, "bindings": bindings })
-}
-
-fn headers_to_json(headers: &Headers) -> Value {
-    Value::Object(
-        headers
-            .iter()
-            .map(|(name, value)| (name.clone(), value_to_json(value)))
-            .collect::<Map<String, Value>>(),
-    )
-}
-
-fn value_to_json(value: &HeaderValue) -> Value {
-    match value {
-        HeaderValue::Void => Value::Null,
-        HeaderValue::Bool(value) => Value::from(*value),
-        HeaderValue::Int(value) | HeaderValue::Timestamp(value) => Value::from(*value),
-        HeaderValue::Float(value) => Value::from(*value),
-        HeaderValue::Text(value) => Value::from(value.clone()),
-        HeaderValue::Bytes(value) => Value::from(String::from_utf8_lossy(value).into_owned()),
-        HeaderValue::Array(values) => Value::Array(values.iter().map(value_to_json).collect()),
-        HeaderValue::Table(table) => headers_to_json(table),
-    }
-}
-
-fn headers_from_json(value: &Value) -> Headers {
-    value
-        .as_object()
-        .map(|object| {
-            object
-                .iter()
-                .map(|(name, value)| (name.clone(), value_from_json(value)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn value_from_json(value: &Value) -> HeaderValue {
-    match value {
-        Value::Null => HeaderValue::Void,
-        Value::Bool(value) => HeaderValue::Bool(*value),
-        Value::Number(number) => number.as_i64().map_or_else(
-            || HeaderValue::Float(number.as_f64().unwrap_or(0.0)),
-            HeaderValue::Int,
-        ),
-        Value::String(text) => HeaderValue::Text(text.clone()),
-        Value::Array(values) => HeaderValue::Array(values.iter().map(value_from_json).collect()),
-        Value::Object(_) => HeaderValue::Table(headers_from_json(value)),
     }
 }
 
@@ -602,19 +462,5 @@ mod tests {
         );
         assert_eq!(queue_dir(dir, "a/b.c"), Path::new("/data/queues/a%2Fb%2Ec"));
         assert_eq!(queue_dir(dir, ".."), Path::new("/data/queues/%2E%2E"));
-    }
-
-    #[test]
-    fn arguments_survive_the_json_round_trip() {
-        let mut headers = Headers::new();
-        headers.insert("x-max-length".into(), HeaderValue::Int(10));
-        headers.insert(
-            "x-overflow".into(),
-            HeaderValue::Text("reject-publish".into()),
-        );
-        headers.insert("ratio".into(), HeaderValue::Float(0.5));
-        headers.insert("flag".into(), HeaderValue::Bool(true));
-        headers.insert("none".into(), HeaderValue::Void);
-        assert_eq!(headers_from_json(&headers_to_json(&headers)), headers);
     }
 }

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use postino_core::{ConsumerSpec, CoreError, GetOutcome, GetSpec, Outcome, Push, QueueEngine};
+use postino_core::{
+    ConsumerSpec, CoreError, GetOutcome, GetSpec, Outcome, Push, QueueEngine, QueueOptions,
+};
 use postino_storage::{FileLog, Log, LogConfig, MemLog, MemStore};
 use postino_types::{HeaderValue, ManualClock, Message};
 
@@ -13,7 +15,7 @@ fn memory_queue() -> QueueEngine<MemLog> {
         Arc::new(ManualClock::new(0)),
     )
     .expect("open");
-    QueueEngine::open("q", log).expect("queue")
+    QueueEngine::open("q", log, QueueOptions::default()).expect("queue")
 }
 
 fn message(text: &str) -> Message {
@@ -240,7 +242,7 @@ fn an_expired_lease_returns_the_message_and_a_changed_lease_holds_it() {
     };
     let pushes = queue.consume(0, 1, spec).expect("consume");
     let first = id_of(&pushes[0]);
-    assert_eq!(queue.next_deadline(), Some(1_000));
+    assert_eq!(queue.next_deadline().expect("deadline"), Some(1_000));
     assert!(queue.expire(999).expect("tick").is_empty());
     let again = queue.expire(1_000).expect("tick");
     assert_eq!(
@@ -297,7 +299,12 @@ fn file_queue(dir: &std::path::Path) -> QueueEngine<FileLog> {
         batch_bytes_max: 4096,
         ..LogConfig::default()
     };
-    QueueEngine::open("q", FileLog::open(dir, config).expect("log")).expect("queue")
+    QueueEngine::open(
+        "q",
+        FileLog::open(dir, config).expect("log"),
+        QueueOptions::default(),
+    )
+    .expect("queue")
 }
 
 #[test]

@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use postino_core::{ConsumerSpec, CoreError, GetOutcome, GetSpec, Outcome, Push, QueueEngine};
+use postino_core::{
+    ConsumerSpec, CoreError, GetOutcome, GetSpec, Outcome, Push, QueueEngine, QueueOptions,
+};
 use postino_storage::{FileLog, Log, LogConfig};
 use postino_types::Message;
 use proptest::prelude::*;
@@ -143,7 +145,7 @@ proptest! {
     #[test]
     fn the_queue_engine_agrees_with_the_model(ops in proptest::collection::vec(op(), 1..80)) {
         let dir = tempfile::tempdir().expect("dir");
-        let open = || QueueEngine::open("q", FileLog::open(dir.path(), config()).expect("log")).expect("queue");
+        let open = || QueueEngine::open("q", FileLog::open(dir.path(), config()).expect("log"), QueueOptions::default()).expect("queue");
         let mut queue = open();
         let mut model = Model::default();
         let mut now = 0i64;

@@ -12,7 +12,7 @@ use postino_core::{
 use postino_storage::LogConfig;
 use postino_types::{Headers, Message, SystemClock};
 
-fn open(dir: Option<&Path>) -> VirtualHost {
+fn open(dir: Option<&Path>) -> Arc<VirtualHost> {
     VirtualHost::open(
         "/",
         dir.map(Path::to_path_buf),

@@ -1,0 +1,822 @@
+//! The queue engine: a log plus a shared cursor, as a plain struct whose methods return the
+//! deliveries they cause (the owner task around it only moves commands and effects).
+//!
+//! State: every message is a record of the queue's log; its offset is its delivery id. The
+//! cursor holds the ready offsets (as ranges, one set per priority level), the in-flight
+//! deliveries (holder, lease deadline, size), the delivery counts of messages delivered before,
+//! and the consumers with their credit. A message leaves the queue for good (ack, reject,
+//! expiry, overflow, delivery limit) through one settlement control record appended to the same
+//! log at the end of the call, so that a restart rebuilds the cursor by reading the log; the
+//! log's segments are deleted once every offset in them is settled. Messages that die are
+//! returned as [`DeadLetter`]s for the caller to publish to the dead-letter exchange
+//! (at-most-once, as RabbitMQ's default dead-lettering).
+//!
+//! Expiry (`x-message-ttl`, per-message `expiration`) applies at the head of each priority
+//! level, as in RabbitMQ: a message behind a longer-lived one waits for it.
+//!
+//! Known gaps (later steps of the core issue): delayed delivery, message groups,
+//! deduplication, transactions; delivery counts are not persisted, so a restart delivers
+//! in-flight messages again with `redelivered = false`.
+
+mod death;
+mod ready;
+mod recovery;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use postino_storage::batch::BatchBuilder;
+use postino_storage::{Durable, Log, LogError, Offset};
+use postino_types::{DeathReason, Message};
+
+pub use death::DeadLetter;
+
+use crate::error::CoreError;
+use crate::offsets::OffsetSet;
+use crate::options::{Overflow, QueueOptions};
+use crate::record;
+use ready::Ready;
+
+/// Identifies a consumer within its queue.
+pub type ConsumerId = u64;
+/// Identifies a waiting `get` within its queue.
+pub type WaiterId = u64;
+
+/// Body bytes of recently published messages kept in memory, so that a delivery soon after
+/// its publish does not read the log back. Past it, deliveries read the log.
+const HOT_BYTES_MAX: usize = 8 << 20;
+
+/// How a consumer takes deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConsumerSpec {
+    /// Unsettled deliveries allowed at once (0: no limit), AMQP `basic.qos` prefetch-count.
+    pub prefetch_count: u32,
+    /// Unsettled body bytes allowed at once (0: no limit); one delivery may exceed it when the
+    /// consumer holds nothing.
+    pub prefetch_bytes: u64,
+    /// Settled on delivery (at-most-once): AMQP `no-ack`, MQTT QoS 0.
+    pub auto_ack: bool,
+    /// A delivery not settled within this many ms returns to the queue (visibility timeout).
+    pub lease_ms: Option<u64>,
+    /// Consumers of a higher priority get deliveries first while they have credit (`x-priority`).
+    pub priority: i32,
+}
+
+/// How a `get` takes a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GetSpec {
+    /// Settled on delivery.
+    pub auto_ack: bool,
+    /// A delivery not settled within this many ms returns to the queue.
+    pub lease_ms: Option<u64>,
+}
+
+/// What settling a delivery does with its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done with it (ack).
+    Accept,
+    /// Back to the queue for another delivery (nack/reject with requeue).
+    Requeue,
+    /// Refused (nack/reject without requeue): dead-lettered with reason `rejected`, or dropped.
+    Discard,
+}
+
+/// One message handed to a consumer or a waiting `get`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The delivery id (the message's offset in the queue's log); settle with it.
+    pub id: u64,
+    /// The message, with `redelivered` and `delivery_count` set.
+    pub message: Message,
+}
+
+/// A delivery the engine pushes, caused by the call that returned it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Push {
+    /// To a consumer.
+    Consumer {
+        consumer: ConsumerId,
+        delivery: Delivery,
+    },
+    /// To a waiting `get`, which is then done.
+    Waiter {
+        waiter: WaiterId,
+        delivery: Delivery,
+    },
+}
+
+/// The result of a publish: where the message went and when it is durable.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub id: u64,
+    /// Resolves when the message is durable under the queue log's policy.
+    pub durable: Durable,
+    /// Deliveries the new message caused.
+    pub pushes: Vec<Push>,
+}
+
+/// The result of a `get`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GetOutcome {
+    Delivered(Box<Delivery>),
+    /// Nothing was ready and the caller did not wait.
+    Empty,
+    /// Nothing was ready; the waiter gets a [`Push::Waiter`] later (or is cancelled).
+    Waiting,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Holder {
+    Consumer(ConsumerId),
+    Get,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    holder: Holder,
+    deadline_ms: Option<i64>,
+    bytes: u64,
+    level: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Consumer {
+    id: ConsumerId,
+    spec: ConsumerSpec,
+    unsettled: u32,
+    unsettled_bytes: u64,
+}
+
+impl Consumer {
+    fn can_take(&self, bytes: u64) -> bool {
+        let count_ok = self.spec.prefetch_count == 0 || self.unsettled < self.spec.prefetch_count;
+        let bytes_ok = self.spec.prefetch_bytes == 0
+            || self.unsettled == 0
+            || self.unsettled_bytes + bytes <= self.spec.prefetch_bytes;
+        count_ok && bytes_ok
+    }
+}
+
+/// Counters of a queue, as the management API shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    pub ready: u64,
+    pub ready_bytes: u64,
+    pub unacked: u64,
+    pub consumers: usize,
+}
+
+/// What the engine needs to know of a message before taking it.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    bytes: u64,
+    published_ms: i64,
+    expiration_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Hot {
+    message: Message,
+    published_ms: i64,
+}
+
+/// One queue: its log and its shared cursor.
+#[derive(Debug)]
+pub struct QueueEngine<L: Log> {
+    name: String,
+    log: L,
+    options: QueueOptions,
+    ready: Ready,
+    in_flight: BTreeMap<u64, InFlight>,
+    leases: BTreeSet<(i64, u64)>,
+    delivery_counts: HashMap<u64, u32>,
+    consumers: Vec<Consumer>,
+    next_consumer: usize,
+    waiters: VecDeque<(WaiterId, GetSpec)>,
+    hot: HashMap<u64, Hot>,
+    hot_bytes: usize,
+    /// Messages that left the queue for good during the current call; persisted at its end.
+    settled: OffsetSet,
+    dead_letters: Vec<DeadLetter>,
+}
+
+impl<L: Log> QueueEngine<L> {
+    /// Opens the queue over `log` with `options`, rebuilding its cursor from what the log
+    /// holds: every persistent message not settled by a settlement record is ready again.
+    /// Transient messages do not survive a reopen.
+    ///
+    /// # Errors
+    /// Storage errors, or a stored message that does not decode.
+    pub fn open(name: &str, log: L, options: QueueOptions) -> Result<Self, CoreError> {
+        let levels = usize::from(options.max_priority.unwrap_or(0)) + 1;
+        let ready = recovery::recover_ready(&log, levels)?;
+        let mut engine = Self {
+            name: name.to_owned(),
+            log,
+            options,
+            ready,
+            in_flight: BTreeMap::new(),
+            leases: BTreeSet::new(),
+            delivery_counts: HashMap::new(),
+            consumers: Vec::new(),
+            next_consumer: 0,
+            waiters: VecDeque::new(),
+            hot: HashMap::new(),
+            hot_bytes: 0,
+            settled: OffsetSet::new(),
+            dead_letters: Vec::new(),
+        };
+        engine.reclaim()?;
+        Ok(engine)
+    }
+
+    /// The queue's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Ready and unacknowledged counts and consumers.
+    #[must_use]
+    pub fn stats(&self) -> QueueStats {
+        QueueStats {
+            ready: self.ready.len(),
+            ready_bytes: self.ready.bytes(),
+            unacked: self.in_flight.len() as u64,
+            consumers: self.consumers.len(),
+        }
+    }
+
+    /// The log under the queue.
+    #[must_use]
+    pub fn log(&self) -> &L {
+        &self.log
+    }
+
+    /// Gives the log back, e.g. to close it.
+    pub fn into_log(self) -> L {
+        self.log
+    }
+
+    /// The messages that died since the last call, for the dead-letter exchange.
+    pub fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
+        std::mem::take(&mut self.dead_letters)
+    }
+
+    /// Appends a message and delivers what can be delivered. Length limits apply as
+    /// `x-overflow` says.
+    ///
+    /// # Errors
+    /// `PublishRejected` when the queue is full under `reject-publish(-dlx)`; storage errors
+    /// (the queue must stop).
+    pub fn publish(&mut self, now_ms: i64, message: Message) -> Result<Published, CoreError> {
+        let bytes = message.body.len() as u64;
+        if self.options.overflow != Overflow::DropHead && self.over_limits(1, bytes) {
+            if self.options.overflow == Overflow::RejectPublishDlx {
+                self.die(now_ms, None, message, DeathReason::MaxLength);
+            }
+            return Err(CoreError::PublishRejected {
+                queue: self.name.clone(),
+                reason: "queue is full (x-overflow)".to_owned(),
+            });
+        }
+        let mut builder = BatchBuilder::new();
+        record::push(&mut builder, &message, now_ms);
+        let appended = self.log.append(&mut builder.build())?;
+        let id = appended.base_offset.0;
+        let level = self.ready.level_of(message.properties.priority);
+        self.ready.insert(level, id, bytes);
+        if self.hot_bytes + message.body.len() <= HOT_BYTES_MAX {
+            self.hot_bytes += message.body.len();
+            self.hot.insert(
+                id,
+                Hot {
+                    message,
+                    published_ms: now_ms,
+                },
+            );
+        }
+        while self.over_limits(0, 0) {
+            let Some((level, offset)) = self.ready.oldest() else {
+                break;
+            };
+            let (message, meta) = self.take(offset)?;
+            self.ready.remove(level, offset, meta.bytes);
+            self.die(now_ms, Some(offset), message, DeathReason::MaxLength);
+        }
+        let pushes = self.deliver(now_ms)?;
+        self.flush(now_ms)?;
+        Ok(Published {
+            id,
+            durable: appended.durable,
+            pushes,
+        })
+    }
+
+    /// Whether `more` messages of `bytes` would take the ready messages past a length limit.
+    fn over_limits(&self, more: u64, bytes: u64) -> bool {
+        let count = self.ready.len() + more;
+        let total = self.ready.bytes() + bytes;
+        self.options.max_length.is_some_and(|max| count > max)
+            || self.options.max_length_bytes.is_some_and(|max| total > max)
+    }
+
+    /// Adds a consumer and gives it what it can take.
+    ///
+    /// # Errors
+    /// `PreconditionFailed` when the id is taken; storage errors.
+    pub fn consume(
+        &mut self,
+        now_ms: i64,
+        consumer: ConsumerId,
+        spec: ConsumerSpec,
+    ) -> Result<Vec<Push>, CoreError> {
+        if self
+            .consumers
+            .iter()
+            .any(|existing| existing.id == consumer)
+        {
+            return Err(CoreError::PreconditionFailed {
+                reason: format!(
+                    "consumer {consumer} already exists on queue '{}'",
+                    self.name
+                ),
+            });
+        }
+        self.consumers.push(Consumer {
+            id: consumer,
+            spec,
+            unsettled: 0,
+            unsettled_bytes: 0,
+        });
+        self.finish(now_ms)
+    }
+
+    /// Removes a consumer (cancelled, or its channel or connection went away); its unsettled
+    /// deliveries return to the queue and go to the other consumers.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn cancel(&mut self, now_ms: i64, consumer: ConsumerId) -> Result<Vec<Push>, CoreError> {
+        self.consumers.retain(|existing| existing.id != consumer);
+        self.next_consumer = 0;
+        let held: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, flight)| matches!(flight.holder, Holder::Consumer(id) if id == consumer))
+            .map(|(offset, _)| *offset)
+            .collect();
+        for offset in held {
+            self.return_to_queue(now_ms, offset)?;
+        }
+        self.finish(now_ms)
+    }
+
+    /// The consumers, in registration order (with single active consumer, the first is the
+    /// active one).
+    pub fn consumer_ids(&self) -> impl Iterator<Item = ConsumerId> + '_ {
+        self.consumers.iter().map(|consumer| consumer.id)
+    }
+
+    /// Takes the first ready message (pull). With `waiter`, an empty queue registers the
+    /// waiter, which a later message satisfies (a blocking get); without, it answers `Empty`
+    /// (poll).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn get(
+        &mut self,
+        now_ms: i64,
+        spec: GetSpec,
+        waiter: Option<WaiterId>,
+    ) -> Result<GetOutcome, CoreError> {
+        self.expire_heads(now_ms)?;
+        let outcome = match self.ready.next() {
+            Some((level, offset)) => {
+                let (message, meta) = self.take(offset)?;
+                let delivery =
+                    self.hand_out(now_ms, (level, offset), message, meta, Holder::Get, spec);
+                GetOutcome::Delivered(Box::new(delivery))
+            }
+            None => match waiter {
+                Some(waiter) => {
+                    self.waiters.push_back((waiter, spec));
+                    GetOutcome::Waiting
+                }
+                None => GetOutcome::Empty,
+            },
+        };
+        self.flush(now_ms)?;
+        Ok(outcome)
+    }
+
+    /// Takes the first of the next `scan_max` ready messages that `matches` accepts, leaving
+    /// the others in place (the lecture notes' "get with a matching pattern"); `None` when no
+    /// message in the window matches.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn get_matching(
+        &mut self,
+        now_ms: i64,
+        spec: GetSpec,
+        scan_max: usize,
+        matches: impl Fn(&Message) -> bool,
+    ) -> Result<Option<Delivery>, CoreError> {
+        self.expire_heads(now_ms)?;
+        let mut found = None;
+        for (level, offset) in self.ready.in_order(scan_max) {
+            let accepted = match self.hot.get(&offset) {
+                Some(hot) => matches(&hot.message),
+                None => matches(&self.read(offset)?.0),
+            };
+            if accepted {
+                let (message, meta) = self.take(offset)?;
+                found =
+                    Some(self.hand_out(now_ms, (level, offset), message, meta, Holder::Get, spec));
+                break;
+            }
+        }
+        self.flush(now_ms)?;
+        Ok(found)
+    }
+
+    /// Forgets a waiting `get` (it timed out or its client left).
+    pub fn cancel_get(&mut self, waiter: WaiterId) {
+        self.waiters.retain(|(id, _)| *id != waiter);
+    }
+
+    /// Settles deliveries. `Accept` settles them for good; `Discard` too, dead-lettering them
+    /// (reason `rejected`); `Requeue` returns them to the queue with their count raised (or
+    /// dead-letters them past `x-delivery-limit`).
+    ///
+    /// # Errors
+    /// `UnknownDelivery` when an id is not in flight (nothing is settled then); storage errors.
+    pub fn settle(
+        &mut self,
+        now_ms: i64,
+        ids: &[u64],
+        outcome: Outcome,
+    ) -> Result<Vec<Push>, CoreError> {
+        if let Some(unknown) = ids.iter().find(|id| !self.in_flight.contains_key(id)) {
+            return Err(CoreError::UnknownDelivery { delivery: *unknown });
+        }
+        for &id in ids {
+            match outcome {
+                Outcome::Requeue => self.return_to_queue(now_ms, id)?,
+                Outcome::Accept => {
+                    self.release(id);
+                    self.delivery_counts.remove(&id);
+                    self.settled.insert(id);
+                }
+                Outcome::Discard => {
+                    self.release(id);
+                    let (message, _) = self.read(id)?;
+                    self.die(now_ms, Some(id), message, DeathReason::Rejected);
+                }
+            }
+        }
+        self.finish(now_ms)
+    }
+
+    /// Moves a delivery's lease deadline to `lease_ms` from now (SQS ChangeMessageVisibility);
+    /// 0 returns it to the queue at once.
+    ///
+    /// # Errors
+    /// `UnknownDelivery` when it is not in flight; storage errors.
+    pub fn change_lease(
+        &mut self,
+        now_ms: i64,
+        id: u64,
+        lease_ms: u64,
+    ) -> Result<Vec<Push>, CoreError> {
+        let flight = self
+            .in_flight
+            .get_mut(&id)
+            .ok_or(CoreError::UnknownDelivery { delivery: id })?;
+        if let Some(deadline) = flight.deadline_ms.take() {
+            self.leases.remove(&(deadline, id));
+        }
+        let deadline = now_ms.saturating_add(lease_ms as i64);
+        flight.deadline_ms = Some(deadline);
+        self.leases.insert((deadline, id));
+        self.expire(now_ms)
+    }
+
+    /// Returns every delivery whose lease ended to the queue, expires messages whose time to
+    /// live ended, and delivers again.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn expire(&mut self, now_ms: i64) -> Result<Vec<Push>, CoreError> {
+        while let Some(&(deadline, id)) = self.leases.first() {
+            if deadline > now_ms {
+                break;
+            }
+            self.return_to_queue(now_ms, id)?;
+        }
+        self.finish(now_ms)
+    }
+
+    /// The earliest time something is due (a lease ends, a head message expires), for the
+    /// owner to wake up at.
+    ///
+    /// # Errors
+    /// Storage errors while reading a head message.
+    pub fn next_deadline(&mut self) -> Result<Option<i64>, CoreError> {
+        let mut next = self.leases.first().map(|(deadline, _)| *deadline);
+        let heads: Vec<u64> = self.ready.heads().map(|(_, offset)| offset).collect();
+        for offset in heads {
+            if let Some(expiry) = self.expiry_of(self.meta(offset)?) {
+                next = Some(next.map_or(expiry, |next| next.min(expiry)));
+            }
+        }
+        Ok(next)
+    }
+
+    /// When a message expires, if it does.
+    fn expiry_of(&self, meta: Meta) -> Option<i64> {
+        let ttl = match (self.options.message_ttl_ms, meta.expiration_ms) {
+            (Some(queue), Some(message)) => queue.min(message),
+            (Some(ttl), None) | (None, Some(ttl)) => ttl,
+            (None, None) => return None,
+        };
+        // A zero time to live lets a message reach a consumer that is there at once.
+        Some(
+            meta.published_ms
+                .saturating_add(ttl as i64)
+                .saturating_add(i64::from(ttl == 0)),
+        )
+    }
+
+    fn is_expired(&self, now_ms: i64, meta: Meta) -> bool {
+        self.expiry_of(meta).is_some_and(|expiry| now_ms >= expiry)
+    }
+
+    /// Expires messages at the head of every level whose time to live ended.
+    fn expire_heads(&mut self, now_ms: i64) -> Result<(), CoreError> {
+        loop {
+            let heads: Vec<(usize, u64)> = self.ready.heads().collect();
+            let mut expired_any = false;
+            for (level, offset) in heads {
+                let meta = self.meta(offset)?;
+                if self.is_expired(now_ms, meta) {
+                    let (message, meta) = self.take(offset)?;
+                    self.ready.remove(level, offset, meta.bytes);
+                    self.die(now_ms, Some(offset), message, DeathReason::Expired);
+                    expired_any = true;
+                }
+            }
+            if !expired_any {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Removes an in-flight delivery, gives its holder its credit back, counts the delivery;
+    /// returns what it was.
+    fn release(&mut self, id: u64) -> Option<InFlight> {
+        let flight = self.in_flight.remove(&id)?;
+        if let Some(deadline) = flight.deadline_ms {
+            self.leases.remove(&(deadline, id));
+        }
+        if let Holder::Consumer(holder) = flight.holder
+            && let Some(consumer) = self
+                .consumers
+                .iter_mut()
+                .find(|consumer| consumer.id == holder)
+        {
+            consumer.unsettled -= 1;
+            consumer.unsettled_bytes -= flight.bytes;
+        }
+        *self.delivery_counts.entry(id).or_insert(0) += 1;
+        Some(flight)
+    }
+
+    /// An in-flight message goes back to ready, or dies past the delivery limit.
+    fn return_to_queue(&mut self, now_ms: i64, id: u64) -> Result<(), CoreError> {
+        let Some(flight) = self.release(id) else {
+            return Ok(());
+        };
+        let count = self.delivery_counts.get(&id).copied().unwrap_or(0);
+        if self
+            .options
+            .delivery_limit
+            .is_some_and(|limit| count > limit)
+        {
+            let (message, _) = self.read(id)?;
+            self.die(now_ms, Some(id), message, DeathReason::DeliveryLimit);
+        } else {
+            self.ready.insert(flight.level, id, flight.bytes);
+        }
+        Ok(())
+    }
+
+    /// A message leaves the queue for good: settled (when it was stored) and dead-lettered.
+    fn die(&mut self, now_ms: i64, offset: Option<u64>, message: Message, reason: DeathReason) {
+        if let Some(offset) = offset {
+            self.delivery_counts.remove(&offset);
+            self.settled.insert(offset);
+        }
+        if let Some(letter) = death::dead_letter(message, &self.name, reason, &self.options, now_ms)
+        {
+            self.dead_letters.push(letter);
+        }
+    }
+
+    /// Size, publish time and expiration of a ready message.
+    fn meta(&self, offset: u64) -> Result<Meta, CoreError> {
+        Ok(match self.hot.get(&offset) {
+            Some(hot) => Meta {
+                bytes: hot.message.body.len() as u64,
+                published_ms: hot.published_ms,
+                expiration_ms: hot.message.properties.expiration_ms,
+            },
+            None => self.read(offset)?.1,
+        })
+    }
+
+    /// The message at a ready offset, from memory when it is hot, else from the log.
+    fn take(&mut self, offset: u64) -> Result<(Message, Meta), CoreError> {
+        match self.hot.remove(&offset) {
+            Some(hot) => {
+                self.hot_bytes -= hot.message.body.len();
+                let meta = Meta {
+                    bytes: hot.message.body.len() as u64,
+                    published_ms: hot.published_ms,
+                    expiration_ms: hot.message.properties.expiration_ms,
+                };
+                Ok((hot.message, meta))
+            }
+            None => self.read(offset),
+        }
+    }
+
+    fn read(&self, offset: u64) -> Result<(Message, Meta), CoreError> {
+        let batches = self.log.read(Offset(offset), 1)?;
+        let record = batches
+            .first()
+            .map(|batch| batch.records().map_err(LogError::from))
+            .transpose()?
+            .and_then(|records| records.into_iter().find(|record| record.offset == offset))
+            .ok_or(CoreError::CorruptMessage {
+                reason: "a ready offset holds no record",
+            })?;
+        let message = record::decode(&record)?;
+        let meta = Meta {
+            bytes: message.body.len() as u64,
+            published_ms: record.timestamp_ms,
+            expiration_ms: message.properties.expiration_ms,
+        };
+        Ok((message, meta))
+    }
+
+    /// Takes `offset` out of the ready set and hands it to `holder`, settling it at once or
+    /// leasing it as `mode` says.
+    fn hand_out(
+        &mut self,
+        now_ms: i64,
+        (level, offset): (usize, u64),
+        mut message: Message,
+        meta: Meta,
+        holder: Holder,
+        mode: GetSpec,
+    ) -> Delivery {
+        let GetSpec { auto_ack, lease_ms } = mode;
+        self.ready.remove(level, offset, meta.bytes);
+        let count = self.delivery_counts.get(&offset).copied().unwrap_or(0);
+        message.annotations.delivery_count = count;
+        message.annotations.redelivered = count > 0;
+        if auto_ack {
+            self.delivery_counts.remove(&offset);
+            self.settled.insert(offset);
+        } else {
+            let deadline_ms = lease_ms.map(|lease| now_ms.saturating_add(lease as i64));
+            if let Some(deadline) = deadline_ms {
+                self.leases.insert((deadline, offset));
+            }
+            if let Holder::Consumer(id) = holder
+                && let Some(consumer) = self.consumers.iter_mut().find(|consumer| consumer.id == id)
+            {
+                consumer.unsettled += 1;
+                consumer.unsettled_bytes += meta.bytes;
+            }
+            let flight = InFlight {
+                holder,
+                deadline_ms,
+                bytes: meta.bytes,
+                level,
+            };
+            self.in_flight.insert(offset, flight);
+        }
+        Delivery {
+            id: offset,
+            message,
+        }
+    }
+
+    /// The consumer the next delivery of `bytes` goes to: with single active consumer only the
+    /// first registered; otherwise the highest-priority consumers with credit, round-robin.
+    fn choose_consumer(&self, bytes: u64) -> Option<usize> {
+        if self.options.single_active_consumer {
+            return self
+                .consumers
+                .first()
+                .filter(|consumer| consumer.can_take(bytes))
+                .map(|_| 0);
+        }
+        let count = self.consumers.len();
+        let top = self
+            .consumers
+            .iter()
+            .filter(|consumer| consumer.can_take(bytes))
+            .map(|consumer| consumer.spec.priority)
+            .max()?;
+        (0..count)
+            .map(|step| (self.next_consumer + step) % count)
+            .find(|index| {
+                let consumer = &self.consumers[*index];
+                consumer.spec.priority == top && consumer.can_take(bytes)
+            })
+    }
+
+    /// Expires heads, delivers, and persists what the call settled.
+    fn finish(&mut self, now_ms: i64) -> Result<Vec<Push>, CoreError> {
+        let pushes = self.deliver(now_ms)?;
+        self.flush(now_ms)?;
+        Ok(pushes)
+    }
+
+    /// Hands ready messages to waiting gets first, then to consumers, while someone can take
+    /// them; expired heads die on the way.
+    fn deliver(&mut self, now_ms: i64) -> Result<Vec<Push>, CoreError> {
+        self.expire_heads(now_ms)?;
+        let mut pushes = Vec::new();
+        while let Some((level, offset)) = self.ready.next() {
+            let meta = self.meta(offset)?;
+            if self.is_expired(now_ms, meta) {
+                let (message, meta) = self.take(offset)?;
+                self.ready.remove(level, offset, meta.bytes);
+                self.die(now_ms, Some(offset), message, DeathReason::Expired);
+                continue;
+            }
+            if let Some((waiter, spec)) = self.waiters.pop_front() {
+                let (message, meta) = self.take(offset)?;
+                let delivery =
+                    self.hand_out(now_ms, (level, offset), message, meta, Holder::Get, spec);
+                pushes.push(Push::Waiter { waiter, delivery });
+                continue;
+            }
+            let Some(index) = self.choose_consumer(meta.bytes) else {
+                break;
+            };
+            let count = self.consumers.len();
+            self.next_consumer = (index + 1) % count;
+            let consumer = self.consumers[index].clone();
+            let (message, meta) = self.take(offset)?;
+            let mode = GetSpec {
+                auto_ack: consumer.spec.auto_ack,
+                lease_ms: consumer.spec.lease_ms,
+            };
+            let delivery = self.hand_out(
+                now_ms,
+                (level, offset),
+                message,
+                meta,
+                Holder::Consumer(consumer.id),
+                mode,
+            );
+            pushes.push(Push::Consumer {
+                consumer: consumer.id,
+                delivery,
+            });
+        }
+        Ok(pushes)
+    }
+
+    /// Appends one settlement record for everything the call settled, then deletes the log
+    /// segments that hold only settled records.
+    fn flush(&mut self, now_ms: i64) -> Result<(), CoreError> {
+        if self.settled.is_empty() {
+            return Ok(());
+        }
+        let settled = std::mem::take(&mut self.settled);
+        self.log
+            .append(&mut recovery::settlement_batch(&settled, now_ms))?;
+        self.reclaim()
+    }
+
+    /// Deletes the log segments that hold only settled records.
+    fn reclaim(&mut self) -> Result<(), CoreError> {
+        let head = [
+            self.ready.first_offset(),
+            self.in_flight.keys().next().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.log.next_offset().0);
+        self.log.delete_up_to(Offset(head))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,130 @@
+//! What a queue keeps in its log besides messages — settlement records — and how a queue's
+//! cursor is rebuilt from its log on open.
+
+use bytes::BytesMut;
+use postino_storage::batch::{Record, control_kind, control_record};
+use postino_storage::{Log, LogError, Offset};
+
+use crate::error::CoreError;
+use crate::offsets::OffsetSet;
+use crate::queue::ready::Ready;
+
+/// Control record kind of a settlement (Kafka's transaction markers are 0 and 1).
+const SETTLE_CONTROL_KIND: i16 = 100;
+/// Reads while recovering ask for this many bytes at a time.
+const RECOVERY_READ_BYTES: usize = 1 << 20;
+
+/// A settlement control batch naming `settled` (as ranges).
+pub(crate) fn settlement_batch(settled: &OffsetSet, now_ms: i64) -> BytesMut {
+    let mut value = Vec::with_capacity(4 + settled.range_count() * 16);
+    value.extend_from_slice(&(settled.range_count() as u32).to_be_bytes());
+    for (start, end) in settled.ranges() {
+        value.extend_from_slice(&start.to_be_bytes());
+        value.extend_from_slice(&end.to_be_bytes());
+    }
+    control_record(SETTLE_CONTROL_KIND, &value, now_ms)
+}
+
+/// The offset ranges a settlement control record names; other control records name none.
+fn settle_ranges(record: &Record) -> Result<Vec<(u64, u64)>, CoreError> {
+    let corrupt = || CoreError::CorruptMessage {
+        reason: "settlement record does not parse",
+    };
+    let is_settlement = record.key.as_ref().is_some_and(|key| {
+        key.len() == 4 && i16::from_be_bytes([key[2], key[3]]) == SETTLE_CONTROL_KIND
+    });
+    if !is_settlement || control_kind(record).is_some() {
+        return Ok(Vec::new());
+    }
+    let value = record.value.as_deref().unwrap_or_default();
+    let (count, mut rest) = value.split_at_checked(4).ok_or_else(corrupt)?;
+    let count = u32::from_be_bytes([count[0], count[1], count[2], count[3]]) as usize;
+    let mut ranges = Vec::with_capacity(count.min(rest.len() / 16));
+    for _ in 0..count {
+        let (range, after) = rest.split_at_checked(16).ok_or_else(corrupt)?;
+        let mut start = [0u8; 8];
+        let mut end = [0u8; 8];
+        start.copy_from_slice(&range[..8]);
+        end.copy_from_slice(&range[8..]);
+        ranges.push((u64::from_be_bytes(start), u64::from_be_bytes(end)));
+        rest = after;
+    }
+    Ok(ranges)
+}
+
+/// Calls `visit(is_control, record)` for every record of the log, oldest first.
+fn for_each_record(
+    log: &impl Log,
+    mut visit: impl FnMut(bool, &Record) -> Result<(), CoreError>,
+) -> Result<(), CoreError> {
+    let mut from = log.earliest_offset();
+    while from < log.next_offset() {
+        let batches = log.read(from, RECOVERY_READ_BYTES)?;
+        let Some(last) = batches.last() else { break };
+        from = Offset(last.last_offset() + 1);
+        for batch in &batches {
+            let control = batch.header().is_control();
+            for record in &batch.records().map_err(LogError::from)? {
+                visit(control, record)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn header<'a>(record: &'a Record, name: &[u8]) -> Option<&'a [u8]> {
+    record
+        .headers
+        .iter()
+        .find(|(key, _)| key.as_ref() == name)
+        .and_then(|(_, value)| value.as_deref())
+}
+
+/// The ready messages of a queue whose log is `log`: every persistent message record that no
+/// settlement record names, at the level of its priority. Transient records are dropped.
+pub(crate) fn recover_ready(log: &impl Log, levels: usize) -> Result<Ready, CoreError> {
+    let mut settled = OffsetSet::new();
+    for_each_record(log, |control, record| {
+        if control {
+            for (start, end) in settle_ranges(record)? {
+                settled.insert_range(start, end);
+            }
+        }
+        Ok(())
+    })?;
+    let mut ready = Ready::new(levels);
+    for_each_record(log, |control, record| {
+        let persistent = header(record, b"postino.delivery-mode").is_some();
+        if control || !persistent || settled.contains(record.offset) {
+            return Ok(());
+        }
+        let priority = header(record, b"postino.priority")
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .and_then(|value| value.parse::<u8>().ok());
+        let bytes = record.value.as_ref().map_or(0, |value| value.len() as u64);
+        ready.insert(ready.level_of(priority), record.offset, bytes);
+        Ok(())
+    })?;
+    Ok(ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postino_storage::batch::Batch;
+
+    #[test]
+    fn settlement_records_round_trip_their_ranges() {
+        let mut settled = OffsetSet::new();
+        for offset in [1, 2, 3, 7, 9, 10] {
+            settled.insert(offset);
+        }
+        let batch = Batch::from_bytes(settlement_batch(&settled, 5).freeze()).expect("valid");
+        assert!(batch.header().is_control());
+        let records = batch.records().expect("records");
+        assert_eq!(
+            settle_ranges(&records[0]).expect("parse"),
+            vec![(1, 4), (7, 8), (9, 11)]
+        );
+    }
+}
