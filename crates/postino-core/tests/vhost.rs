@@ -246,3 +246,62 @@ async fn durable_definitions_and_confirmed_messages_survive_a_restart() {
         .expect("p1");
     assert_eq!(&first.message.body[..], b"p1");
 }
+
+#[tokio::test]
+async fn dead_letters_travel_through_the_dead_letter_exchange() {
+    let host = open(None);
+    host.declare_exchange("dlx", ExchangeSpec::new(ExchangeKind::Fanout))
+        .expect("declare");
+    let (dead, _) = host
+        .declare_queue("dead", QueueSpec::transient())
+        .expect("declare");
+    bind(&host, "dlx", "dead", "");
+    let mut arguments = Headers::new();
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        postino_types::HeaderValue::Text("dlx".into()),
+    );
+    let spec = QueueSpec {
+        arguments,
+        ..QueueSpec::transient()
+    };
+    let (work, _) = host.declare_queue("work", spec).expect("declare");
+    host.publish("", "work", Message::new(&b"poison"[..]))
+        .await
+        .expect("publish");
+    let delivery = work
+        .get(GetSpec::default(), None)
+        .await
+        .expect("get")
+        .expect("message");
+    work.settle(vec![delivery.id], Outcome::Discard)
+        .await
+        .expect("reject");
+    let letter = dead
+        .get(GetSpec::default(), Some(Duration::from_secs(30)))
+        .await
+        .expect("get")
+        .expect("the dead letter arrives");
+    assert_eq!(&letter.message.body[..], b"poison");
+    let death = &letter.message.annotations.deaths[0];
+    assert_eq!(
+        (death.queue.as_str(), death.reason),
+        ("work", postino_types::DeathReason::Rejected)
+    );
+    assert_eq!(letter.message.annotations.exchange, "dlx");
+    let mut bad = Headers::new();
+    bad.insert(
+        "x-max-length".into(),
+        postino_types::HeaderValue::Text("ten".into()),
+    );
+    assert!(matches!(
+        host.declare_queue(
+            "bad",
+            QueueSpec {
+                arguments: bad,
+                ..QueueSpec::transient()
+            }
+        ),
+        Err(CoreError::InvalidArgument { .. })
+    ));
+}
