@@ -18,7 +18,7 @@ pub enum Overflow {
 }
 
 /// The behaviour a queue's arguments ask for.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueOptions {
     /// `x-message-ttl`: ms a message may wait in the queue.
     pub message_ttl_ms: Option<u64>,
@@ -40,6 +40,46 @@ pub struct QueueOptions {
     pub single_active_consumer: bool,
     /// `x-delivery-limit`: a message delivered more often is dead-lettered instead of requeued.
     pub delivery_limit: Option<u32>,
+    /// `x-message-deduplication`: a message whose `x-deduplication-header` (or message id) was
+    /// published within the window is confirmed without being stored again.
+    pub deduplication: bool,
+    /// `x-cache-size`: ids the deduplication window holds (default 10,000).
+    pub deduplication_size: usize,
+    /// `x-cache-ttl`: ms an id stays in the deduplication window (default: until pushed out).
+    pub deduplication_ttl_ms: Option<u64>,
+    /// `x-message-groups`: at most one message per `x-group-id` in flight at a time.
+    pub message_groups: bool,
+}
+
+/// Ids a deduplication window holds unless `x-cache-size` says otherwise.
+pub const DEDUPLICATION_SIZE_DEFAULT: usize = 10_000;
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            message_ttl_ms: None,
+            expires_ms: None,
+            max_length: None,
+            max_length_bytes: None,
+            overflow: Overflow::DropHead,
+            dead_letter_exchange: None,
+            dead_letter_routing_key: None,
+            max_priority: None,
+            single_active_consumer: false,
+            delivery_limit: None,
+            deduplication: false,
+            deduplication_size: DEDUPLICATION_SIZE_DEFAULT,
+            deduplication_ttl_ms: None,
+            message_groups: false,
+        }
+    }
+}
+
+fn flag(name: &str, value: &HeaderValue) -> Result<bool, CoreError> {
+    match value {
+        HeaderValue::Bool(flag) => Ok(*flag),
+        other => Err(invalid(name, format!("expected a boolean, found {other}"))),
+    }
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> CoreError {
@@ -103,12 +143,17 @@ impl QueueOptions {
                     let max = u8::try_from(max).map_err(|_| invalid(name, "at most 255"))?;
                     options.max_priority = Some(max);
                 }
-                "x-single-active-consumer" => match value {
-                    HeaderValue::Bool(flag) => options.single_active_consumer = *flag,
-                    other => {
-                        return Err(invalid(name, format!("expected a boolean, found {other}")));
-                    }
-                },
+                "x-single-active-consumer" => options.single_active_consumer = flag(name, value)?,
+                "x-message-deduplication" => options.deduplication = flag(name, value)?,
+                "x-cache-size" => {
+                    let size = non_negative(name, value)?;
+                    options.deduplication_size = usize::try_from(size)
+                        .ok()
+                        .filter(|size| *size > 0)
+                        .ok_or_else(|| invalid(name, "must be positive"))?;
+                }
+                "x-cache-ttl" => options.deduplication_ttl_ms = Some(non_negative(name, value)?),
+                "x-message-groups" => options.message_groups = flag(name, value)?,
                 "x-delivery-limit" => {
                     let limit = non_negative(name, value)?;
                     options.delivery_limit =

@@ -358,3 +358,98 @@ fn expired_and_dropped_messages_stay_gone_after_a_restart() {
     assert_eq!(get_body(&mut queue, 160), Some("late".into()));
     assert_eq!(get_body(&mut queue, 160), None);
 }
+
+fn with_id(body: &str, id: &str) -> Message {
+    let mut message = text(body);
+    message.properties.message_id = Some(id.to_owned());
+    message
+}
+
+#[test]
+fn duplicates_within_the_window_are_confirmed_without_being_stored_even_after_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let options = QueueOptions {
+        deduplication: true,
+        deduplication_ttl_ms: Some(1_000),
+        ..QueueOptions::default()
+    };
+    let mut queue = file(dir.path(), options.clone());
+    let first = queue.publish(0, with_id("a", "id-1")).expect("publish");
+    let again = queue
+        .publish(10, with_id("a again", "id-1"))
+        .expect("publish");
+    assert!(!first.duplicate && again.duplicate);
+    assert_eq!(again.id, first.id);
+    again
+        .durable
+        .wait()
+        .expect("a duplicate's confirm resolves");
+    let header = text("b").with_header(
+        "x-deduplication-header",
+        postino_types::HeaderValue::Text("k".into()),
+    );
+    assert!(
+        !queue
+            .publish(20, header.clone())
+            .expect("publish")
+            .duplicate
+    );
+    assert!(queue.publish(30, header).expect("publish").duplicate);
+    assert_eq!(queue.stats().ready, 2);
+    queue.into_log().close().expect("close");
+
+    let mut queue = file(dir.path(), options);
+    assert!(
+        queue
+            .publish(40, with_id("a", "id-1"))
+            .expect("publish")
+            .duplicate,
+        "the window survives a restart"
+    );
+    assert!(
+        !queue
+            .publish(2_000, with_id("a", "id-1"))
+            .expect("publish")
+            .duplicate,
+        "past the window's ttl"
+    );
+    assert_eq!(get_body(&mut queue, 2_000), Some("a".into()));
+}
+
+#[test]
+fn message_groups_keep_one_message_per_group_in_flight() {
+    let mut queue = memory(QueueOptions {
+        message_groups: true,
+        ..QueueOptions::default()
+    });
+    for (body, group) in [
+        ("a1", Some("a")),
+        ("a2", Some("a")),
+        ("b1", Some("b")),
+        ("free", None),
+    ] {
+        let mut message = text(body);
+        if let Some(group) = group {
+            message =
+                message.with_header("x-group-id", postino_types::HeaderValue::Text(group.into()));
+        }
+        queue.publish(0, message).expect("publish");
+    }
+    let pushes = queue
+        .consume(0, 1, ConsumerSpec::default())
+        .expect("consume");
+    assert_eq!(
+        pushes.iter().map(body_of).collect::<Vec<_>>(),
+        ["a1", "b1", "free"]
+    );
+    let first = match &pushes[0] {
+        Push::Consumer { delivery, .. } => delivery.id,
+        Push::Waiter { .. } => unreachable!(),
+    };
+    let next = queue.settle(0, &[first], Outcome::Accept).expect("ack a1");
+    assert_eq!(
+        next.iter().map(body_of).collect::<Vec<_>>(),
+        ["a2"],
+        "a2 follows once a1 is settled"
+    );
+}

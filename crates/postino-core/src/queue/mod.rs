@@ -19,6 +19,8 @@
 //! in-flight messages again with `redelivered = false`.
 
 mod death;
+mod dedup;
+mod groups;
 mod ready;
 mod recovery;
 
@@ -41,6 +43,9 @@ pub type ConsumerId = u64;
 /// Identifies a waiting `get` within its queue.
 pub type WaiterId = u64;
 
+/// Ready messages a delivery looks through for one whose group is free, when message groups
+/// are on; past it, delivery waits for a group to free up.
+const GROUP_SCAN_MAX: usize = 1024;
 /// Body bytes of recently published messages kept in memory, so that a delivery soon after
 /// its publish does not read the log back. Past it, deliveries read the log.
 const HOT_BYTES_MAX: usize = 8 << 20;
@@ -109,6 +114,9 @@ pub enum Push {
 #[derive(Debug, Clone)]
 pub struct Published {
     pub id: u64,
+    /// The message was a duplicate within the deduplication window: not stored again; `id` is
+    /// the original's.
+    pub duplicate: bool,
     /// Resolves when the message is durable under the queue log's policy.
     pub durable: Durable,
     /// Deliveries the new message caused.
@@ -174,6 +182,16 @@ struct Meta {
     expiration_ms: Option<u64>,
 }
 
+impl Meta {
+    fn of(message: &Message, published_ms: i64) -> Self {
+        Self {
+            bytes: message.body.len() as u64,
+            published_ms,
+            expiration_ms: message.properties.expiration_ms,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Hot {
     message: Message,
@@ -198,6 +216,11 @@ pub struct QueueEngine<L: Log> {
     /// Messages that left the queue for good during the current call; persisted at its end.
     settled: OffsetSet,
     dead_letters: Vec<DeadLetter>,
+    dedup: Option<dedup::Window>,
+    /// The last append's ticket: a duplicate is confirmed when it resolves, since everything
+    /// appended before it is durable by then.
+    last_ticket: Option<Durable>,
+    busy: groups::Busy,
 }
 
 impl<L: Log> QueueEngine<L> {
@@ -209,7 +232,17 @@ impl<L: Log> QueueEngine<L> {
     /// Storage errors, or a stored message that does not decode.
     pub fn open(name: &str, log: L, options: QueueOptions) -> Result<Self, CoreError> {
         let levels = usize::from(options.max_priority.unwrap_or(0)) + 1;
-        let ready = recovery::recover_ready(&log, levels)?;
+        let mut dedup = options
+            .deduplication
+            .then(|| dedup::Window::new(options.deduplication_size, options.deduplication_ttl_ms));
+        let ready = recovery::recover_ready(&log, levels, |record| {
+            if let Some(window) = &mut dedup
+                && let Some(key) = dedup::key_of(&record::decode(record)?)
+            {
+                window.remember(key, record.offset, record.timestamp_ms);
+            }
+            Ok(())
+        })?;
         let mut engine = Self {
             name: name.to_owned(),
             log,
@@ -225,6 +258,9 @@ impl<L: Log> QueueEngine<L> {
             hot_bytes: 0,
             settled: OffsetSet::new(),
             dead_letters: Vec::new(),
+            dedup,
+            last_ticket: None,
+            busy: groups::Busy::default(),
         };
         engine.reclaim()?;
         Ok(engine)
@@ -270,6 +306,17 @@ impl<L: Log> QueueEngine<L> {
     /// `PublishRejected` when the queue is full under `reject-publish(-dlx)`; storage errors
     /// (the queue must stop).
     pub fn publish(&mut self, now_ms: i64, message: Message) -> Result<Published, CoreError> {
+        let key = self.dedup.as_ref().and_then(|_| dedup::key_of(&message));
+        if let (Some(window), Some(key)) = (&self.dedup, &key)
+            && let Some(original) = window.find(key, now_ms)
+        {
+            return Ok(Published {
+                id: original,
+                duplicate: true,
+                durable: self.last_ticket.clone().unwrap_or_else(Durable::ready),
+                pushes: Vec::new(),
+            });
+        }
         let bytes = message.body.len() as u64;
         if self.options.overflow != Overflow::DropHead && self.over_limits(1, bytes) {
             if self.options.overflow == Overflow::RejectPublishDlx {
@@ -284,6 +331,10 @@ impl<L: Log> QueueEngine<L> {
         record::push(&mut builder, &message, now_ms);
         let appended = self.log.append(&mut builder.build())?;
         let id = appended.base_offset.0;
+        if let (Some(window), Some(key)) = (&mut self.dedup, key) {
+            window.remember(key, id, now_ms);
+            self.last_ticket = Some(appended.durable.clone());
+        }
         let level = self.ready.level_of(message.properties.priority);
         self.ready.insert(level, id, bytes);
         if self.hot_bytes + message.body.len() <= HOT_BYTES_MAX {
@@ -308,6 +359,7 @@ impl<L: Log> QueueEngine<L> {
         self.flush(now_ms)?;
         Ok(Published {
             id,
+            duplicate: false,
             durable: appended.durable,
             pushes,
         })
@@ -391,7 +443,7 @@ impl<L: Log> QueueEngine<L> {
         waiter: Option<WaiterId>,
     ) -> Result<GetOutcome, CoreError> {
         self.expire_heads(now_ms)?;
-        let outcome = match self.ready.next() {
+        let outcome = match self.next_deliverable()? {
             Some((level, offset)) => {
                 let (message, meta) = self.take(offset)?;
                 let delivery =
@@ -426,10 +478,13 @@ impl<L: Log> QueueEngine<L> {
         self.expire_heads(now_ms)?;
         let mut found = None;
         for (level, offset) in self.ready.in_order(scan_max) {
-            let accepted = match self.hot.get(&offset) {
-                Some(hot) => matches(&hot.message),
-                None => matches(&self.read(offset)?.0),
+            let candidate = match self.hot.get(&offset) {
+                Some(hot) => hot.message.clone(),
+                None => self.read(offset)?.0,
             };
+            let group_busy = self.options.message_groups
+                && groups::group_of(&candidate).is_some_and(|group| self.busy.is_busy(&group));
+            let accepted = !group_busy && matches(&candidate);
             if accepted {
                 let (message, meta) = self.take(offset)?;
                 found =
@@ -577,6 +632,7 @@ impl<L: Log> QueueEngine<L> {
     /// returns what it was.
     fn release(&mut self, id: u64) -> Option<InFlight> {
         let flight = self.in_flight.remove(&id)?;
+        self.busy.release(id);
         if let Some(deadline) = flight.deadline_ms {
             self.leases.remove(&(deadline, id));
         }
@@ -624,14 +680,28 @@ impl<L: Log> QueueEngine<L> {
         }
     }
 
+    /// The next message to hand out: the head, or with message groups the first (within
+    /// `GROUP_SCAN_MAX`) whose group has nothing in flight.
+    fn next_deliverable(&self) -> Result<Option<(usize, u64)>, CoreError> {
+        if !self.options.message_groups {
+            return Ok(self.ready.next());
+        }
+        for (level, offset) in self.ready.in_order(GROUP_SCAN_MAX) {
+            let group = match self.hot.get(&offset) {
+                Some(hot) => groups::group_of(&hot.message),
+                None => groups::group_of(&self.read(offset)?.0),
+            };
+            if group.is_none_or(|group| !self.busy.is_busy(&group)) {
+                return Ok(Some((level, offset)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Size, publish time and expiration of a ready message.
     fn meta(&self, offset: u64) -> Result<Meta, CoreError> {
         Ok(match self.hot.get(&offset) {
-            Some(hot) => Meta {
-                bytes: hot.message.body.len() as u64,
-                published_ms: hot.published_ms,
-                expiration_ms: hot.message.properties.expiration_ms,
-            },
+            Some(hot) => Meta::of(&hot.message, hot.published_ms),
             None => self.read(offset)?.1,
         })
     }
@@ -641,11 +711,7 @@ impl<L: Log> QueueEngine<L> {
         match self.hot.remove(&offset) {
             Some(hot) => {
                 self.hot_bytes -= hot.message.body.len();
-                let meta = Meta {
-                    bytes: hot.message.body.len() as u64,
-                    published_ms: hot.published_ms,
-                    expiration_ms: hot.message.properties.expiration_ms,
-                };
+                let meta = Meta::of(&hot.message, hot.published_ms);
                 Ok((hot.message, meta))
             }
             None => self.read(offset),
@@ -663,11 +729,7 @@ impl<L: Log> QueueEngine<L> {
                 reason: "a ready offset holds no record",
             })?;
         let message = record::decode(&record)?;
-        let meta = Meta {
-            bytes: message.body.len() as u64,
-            published_ms: record.timestamp_ms,
-            expiration_ms: message.properties.expiration_ms,
-        };
+        let meta = Meta::of(&message, record.timestamp_ms);
         Ok((message, meta))
     }
 
@@ -700,6 +762,11 @@ impl<L: Log> QueueEngine<L> {
             {
                 consumer.unsettled += 1;
                 consumer.unsettled_bytes += meta.bytes;
+            }
+            if self.options.message_groups
+                && let Some(group) = groups::group_of(&message)
+            {
+                self.busy.hold(group, offset);
             }
             let flight = InFlight {
                 holder,
@@ -752,7 +819,7 @@ impl<L: Log> QueueEngine<L> {
     fn deliver(&mut self, now_ms: i64) -> Result<Vec<Push>, CoreError> {
         self.expire_heads(now_ms)?;
         let mut pushes = Vec::new();
-        while let Some((level, offset)) = self.ready.next() {
+        while let Some((level, offset)) = self.next_deliverable()? {
             let meta = self.meta(offset)?;
             if self.is_expired(now_ms, meta) {
                 let (message, meta) = self.take(offset)?;

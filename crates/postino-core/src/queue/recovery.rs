@@ -82,7 +82,12 @@ fn header<'a>(record: &'a Record, name: &[u8]) -> Option<&'a [u8]> {
 
 /// The ready messages of a queue whose log is `log`: every persistent message record that no
 /// settlement record names, at the level of its priority. Transient records are dropped.
-pub(crate) fn recover_ready(log: &impl Log, levels: usize) -> Result<Ready, CoreError> {
+/// `on_message` sees every message record, settled or not, oldest first.
+pub(crate) fn recover_ready(
+    log: &impl Log,
+    levels: usize,
+    mut on_message: impl FnMut(&Record) -> Result<(), CoreError>,
+) -> Result<Ready, CoreError> {
     let mut settled = OffsetSet::new();
     for_each_record(log, |control, record| {
         if control {
@@ -94,8 +99,12 @@ pub(crate) fn recover_ready(log: &impl Log, levels: usize) -> Result<Ready, Core
     })?;
     let mut ready = Ready::new(levels);
     for_each_record(log, |control, record| {
+        if control {
+            return Ok(());
+        }
+        on_message(record)?;
         let persistent = header(record, b"postino.delivery-mode").is_some();
-        if control || !persistent || settled.contains(record.offset) {
+        if !persistent || settled.contains(record.offset) {
             return Ok(());
         }
         let priority = header(record, b"postino.priority")
