@@ -220,8 +220,9 @@ impl VirtualHost {
         let letters = Some(self.dead_letters.clone());
         match (&self.dir, spec.durable) {
             (Some(dir), true) => {
-                let log = FileLog::open(queue_dir(dir, name), self.log_config.clone())?;
-                let engine = QueueEngine::open(name, log, options)?;
+                let path = queue_dir(dir, name);
+                let log = FileLog::open(&path, self.log_config.clone())?;
+                let engine = QueueEngine::open(name, log, options, Some(path.join("delays")))?;
                 Ok(QueueHandle::spawn(engine, clock, letters))
             }
             _ => {
@@ -230,7 +231,7 @@ impl VirtualHost {
                     self.log_config.clone(),
                     Arc::clone(&clock),
                 )?;
-                let engine = QueueEngine::open(name, log, options)?;
+                let engine = QueueEngine::open(name, log, options, None)?;
                 Ok(QueueHandle::spawn(engine, clock, letters))
             }
         }

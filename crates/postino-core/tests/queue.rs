@@ -15,7 +15,7 @@ fn memory_queue() -> QueueEngine<MemLog> {
         Arc::new(ManualClock::new(0)),
     )
     .expect("open");
-    QueueEngine::open("q", log, QueueOptions::default()).expect("queue")
+    QueueEngine::open("q", log, QueueOptions::default(), None).expect("queue")
 }
 
 fn message(text: &str) -> Message {
@@ -303,6 +303,7 @@ fn file_queue(dir: &std::path::Path) -> QueueEngine<FileLog> {
         "q",
         FileLog::open(dir, config).expect("log"),
         QueueOptions::default(),
+        None,
     )
     .expect("queue")
 }

@@ -18,7 +18,7 @@ fn memory(options: QueueOptions) -> QueueEngine<MemLog> {
         Arc::new(ManualClock::new(0)),
     )
     .expect("open");
-    QueueEngine::open("q", log, options).expect("queue")
+    QueueEngine::open("q", log, options, None).expect("queue")
 }
 
 fn file(dir: &Path, options: QueueOptions) -> QueueEngine<FileLog> {
@@ -26,6 +26,7 @@ fn file(dir: &Path, options: QueueOptions) -> QueueEngine<FileLog> {
         "q",
         FileLog::open(dir, LogConfig::default()).expect("log"),
         options,
+        Some(dir.join("delays")),
     )
     .expect("queue")
 }
@@ -452,4 +453,52 @@ fn message_groups_keep_one_message_per_group_in_flight() {
         ["a2"],
         "a2 follows once a1 is settled"
     );
+}
+
+fn delayed(body: &str, delay_ms: i64) -> Message {
+    text(body).with_header("x-delay", postino_types::HeaderValue::Int(delay_ms))
+}
+
+#[test]
+fn delayed_messages_wait_for_their_time_then_go_in_line() {
+    let mut queue = memory(QueueOptions::default());
+    queue.publish(0, delayed("later", 500)).expect("publish");
+    queue.publish(10, text("now")).expect("publish");
+    assert_eq!(queue.stats().delayed, 1);
+    let pushes = queue
+        .consume(20, 1, ConsumerSpec::default())
+        .expect("consume");
+    assert_eq!(pushes.iter().map(body_of).collect::<Vec<_>>(), ["now"]);
+    assert_eq!(queue.next_deadline().expect("deadline"), Some(500));
+    assert!(queue.expire(499).expect("tick").is_empty());
+    let due = queue.expire(500).expect("tick");
+    assert_eq!(due.iter().map(body_of).collect::<Vec<_>>(), ["later"]);
+    assert_eq!(queue.stats().delayed, 0);
+}
+
+#[test]
+fn delays_survive_a_restart_and_ttl_counts_from_the_due_time() {
+    let dir = tempfile::tempdir().expect("dir");
+    let options = QueueOptions {
+        message_ttl_ms: Some(1_000),
+        ..QueueOptions::default()
+    };
+    let mut queue = file(dir.path(), options.clone());
+    queue.publish(0, delayed("soon", 2_000)).expect("publish");
+    queue
+        .publish(0, delayed("much later", 60_000))
+        .expect("publish");
+    queue.into_log().close().expect("close");
+
+    let mut queue = file(dir.path(), options);
+    assert_eq!(queue.stats().delayed, 2);
+    assert_eq!(get_body(&mut queue, 1_999), None);
+    assert_eq!(
+        get_body(&mut queue, 2_500),
+        Some("soon".into()),
+        "due at 2000, it lives until 3000 though published at 0 with a ttl of 1000"
+    );
+    assert_eq!(queue.stats().delayed, 1);
+    assert_eq!(get_body(&mut queue, 59_999), None);
+    assert_eq!(get_body(&mut queue, 60_500), Some("much later".into()));
 }

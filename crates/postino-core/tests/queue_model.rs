@@ -145,7 +145,7 @@ proptest! {
     #[test]
     fn the_queue_engine_agrees_with_the_model(ops in proptest::collection::vec(op(), 1..80)) {
         let dir = tempfile::tempdir().expect("dir");
-        let open = || QueueEngine::open("q", FileLog::open(dir.path(), config()).expect("log"), QueueOptions::default()).expect("queue");
+        let open = || QueueEngine::open("q", FileLog::open(dir.path(), config()).expect("log"), QueueOptions::default(), None).expect("queue");
         let mut queue = open();
         let mut model = Model::default();
         let mut now = 0i64;

@@ -20,11 +20,13 @@
 
 mod death;
 mod dedup;
+mod delay;
 mod groups;
 mod ready;
 mod recovery;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
 
 use postino_storage::batch::BatchBuilder;
 use postino_storage::{Durable, Log, LogError, Offset};
@@ -169,6 +171,8 @@ impl Consumer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QueueStats {
     pub ready: u64,
+    /// Waiting for their `x-delay` to pass.
+    pub delayed: u64,
     pub ready_bytes: u64,
     pub unacked: u64,
     pub consumers: usize,
@@ -221,27 +225,47 @@ pub struct QueueEngine<L: Log> {
     /// appended before it is durable by then.
     last_ticket: Option<Durable>,
     busy: groups::Busy,
+    delays: delay::Delays,
 }
 
 impl<L: Log> QueueEngine<L> {
     /// Opens the queue over `log` with `options`, rebuilding its cursor from what the log
-    /// holds: every persistent message not settled by a settlement record is ready again.
-    /// Transient messages do not survive a reopen.
+    /// holds: every persistent message not settled by a settlement record is ready again, or
+    /// delayed until its `x-delay` has passed. Transient messages do not survive a reopen.
+    /// `delay_dir` holds the delay index's slot files (in memory without one).
     ///
     /// # Errors
     /// Storage errors, or a stored message that does not decode.
-    pub fn open(name: &str, log: L, options: QueueOptions) -> Result<Self, CoreError> {
+    pub fn open(
+        name: &str,
+        log: L,
+        options: QueueOptions,
+        delay_dir: Option<PathBuf>,
+    ) -> Result<Self, CoreError> {
         let levels = usize::from(options.max_priority.unwrap_or(0)) + 1;
         let mut dedup = options
             .deduplication
             .then(|| dedup::Window::new(options.deduplication_size, options.deduplication_ttl_ms));
-        let ready = recovery::recover_ready(&log, levels, |record| {
+        let mut delays = delay::Delays::open(delay_dir)?;
+        let ready = recovery::recover_ready(&log, levels, |record, live| {
+            let delayed = live && recovery::header(record, delay::HEADER.as_bytes()).is_some();
+            if dedup.is_none() && !delayed {
+                return Ok(false);
+            }
+            let message = record::decode(record)?;
             if let Some(window) = &mut dedup
-                && let Some(key) = dedup::key_of(&record::decode(record)?)
+                && let Some(key) = dedup::key_of(&message)
             {
                 window.remember(key, record.offset, record.timestamp_ms);
             }
-            Ok(())
+            match delay::delay_of(&message).filter(|_| delayed) {
+                Some(delay) => {
+                    let due = record.timestamp_ms.saturating_add(delay as i64);
+                    delays.add(record.offset, due)?;
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
         })?;
         let mut engine = Self {
             name: name.to_owned(),
@@ -261,6 +285,7 @@ impl<L: Log> QueueEngine<L> {
             dedup,
             last_ticket: None,
             busy: groups::Busy::default(),
+            delays,
         };
         engine.reclaim()?;
         Ok(engine)
@@ -277,6 +302,7 @@ impl<L: Log> QueueEngine<L> {
     pub fn stats(&self) -> QueueStats {
         QueueStats {
             ready: self.ready.len(),
+            delayed: self.delays.len(),
             ready_bytes: self.ready.bytes(),
             unacked: self.in_flight.len() as u64,
             consumers: self.consumers.len(),
@@ -334,6 +360,16 @@ impl<L: Log> QueueEngine<L> {
         if let (Some(window), Some(key)) = (&mut self.dedup, key) {
             window.remember(key, id, now_ms);
             self.last_ticket = Some(appended.durable.clone());
+        }
+        if let Some(delay) = delay::delay_of(&message) {
+            self.delays.add(id, now_ms.saturating_add(delay as i64))?;
+            let pushes = self.finish(now_ms)?;
+            return Ok(Published {
+                id,
+                duplicate: false,
+                durable: appended.durable,
+                pushes,
+            });
         }
         let level = self.ready.level_of(message.properties.priority);
         self.ready.insert(level, id, bytes);
@@ -579,7 +615,13 @@ impl<L: Log> QueueEngine<L> {
     /// # Errors
     /// Storage errors while reading a head message.
     pub fn next_deadline(&mut self) -> Result<Option<i64>, CoreError> {
-        let mut next = self.leases.first().map(|(deadline, _)| *deadline);
+        let mut next = [
+            self.leases.first().map(|(deadline, _)| *deadline),
+            self.delays.next_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let heads: Vec<u64> = self.ready.heads().map(|(_, offset)| offset).collect();
         for offset in heads {
             if let Some(expiry) = self.expiry_of(self.meta(offset)?) {
@@ -608,8 +650,14 @@ impl<L: Log> QueueEngine<L> {
         self.expiry_of(meta).is_some_and(|expiry| now_ms >= expiry)
     }
 
-    /// Expires messages at the head of every level whose time to live ended.
+    /// Makes delayed messages whose time came ready, then expires messages at the head of
+    /// every level whose time to live ended.
     fn expire_heads(&mut self, now_ms: i64) -> Result<(), CoreError> {
+        for offset in self.delays.take_due(now_ms)? {
+            let (message, meta) = self.read(offset)?;
+            let level = self.ready.level_of(message.properties.priority);
+            self.ready.insert(level, offset, meta.bytes);
+        }
         loop {
             let heads: Vec<(usize, u64)> = self.ready.heads().collect();
             let mut expired_any = false;
@@ -729,7 +777,12 @@ impl<L: Log> QueueEngine<L> {
                 reason: "a ready offset holds no record",
             })?;
         let message = record::decode(&record)?;
-        let meta = Meta::of(&message, record.timestamp_ms);
+        // A delayed message enters the queue when its delay has passed; its time to live
+        // counts from then, as with RabbitMQ's delayed exchange.
+        let entered_ms = delay::delay_of(&message).map_or(record.timestamp_ms, |delay| {
+            record.timestamp_ms.saturating_add(delay as i64)
+        });
+        let meta = Meta::of(&message, entered_ms);
         Ok((message, meta))
     }
 

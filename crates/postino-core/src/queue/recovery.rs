@@ -72,7 +72,8 @@ fn for_each_record(
     Ok(())
 }
 
-fn header<'a>(record: &'a Record, name: &[u8]) -> Option<&'a [u8]> {
+/// The value of a record header, if present.
+pub(crate) fn header<'a>(record: &'a Record, name: &[u8]) -> Option<&'a [u8]> {
     record
         .headers
         .iter()
@@ -82,11 +83,12 @@ fn header<'a>(record: &'a Record, name: &[u8]) -> Option<&'a [u8]> {
 
 /// The ready messages of a queue whose log is `log`: every persistent message record that no
 /// settlement record names, at the level of its priority. Transient records are dropped.
-/// `on_message` sees every message record, settled or not, oldest first.
+/// `on_message(record, live)` sees every message record, oldest first, `live` when it is still
+/// in the queue; it returns `true` to hold a live message back from ready (a delayed one).
 pub(crate) fn recover_ready(
     log: &impl Log,
     levels: usize,
-    mut on_message: impl FnMut(&Record) -> Result<(), CoreError>,
+    mut on_message: impl FnMut(&Record, bool) -> Result<bool, CoreError>,
 ) -> Result<Ready, CoreError> {
     let mut settled = OffsetSet::new();
     for_each_record(log, |control, record| {
@@ -102,9 +104,10 @@ pub(crate) fn recover_ready(
         if control {
             return Ok(());
         }
-        on_message(record)?;
         let persistent = header(record, b"postino.delivery-mode").is_some();
-        if !persistent || settled.contains(record.offset) {
+        let live = persistent && !settled.contains(record.offset);
+        let held = on_message(record, live)?;
+        if !live || held {
             return Ok(());
         }
         let priority = header(record, b"postino.priority")
