@@ -70,7 +70,14 @@ pub(crate) fn load(host: &VirtualHost, path: &Path) -> Result<(), CoreError> {
         let handle = host.start_queue(&name, &spec)?;
         let mut state = host.lock();
         state.topology.add_queue(&name);
-        state.queues.insert(name, QueueEntry { spec, handle });
+        state.queues.insert(
+            name,
+            QueueEntry {
+                spec,
+                handle,
+                owner: None,
+            },
+        );
     }
     for binding in list("bindings") {
         let destination = text_of(&binding, "destination");
@@ -144,7 +151,7 @@ fn definitions(state: &State) -> Value {
     let queues: Vec<Value> = state
         .queues
         .iter()
-        .filter(|(_, entry)| entry.spec.durable)
+        .filter(|(_, entry)| entry.spec.durable && !entry.spec.exclusive)
         .map(|(name, entry)| {
             json!({
                 "name": name,

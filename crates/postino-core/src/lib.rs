@@ -26,10 +26,10 @@ pub mod vhost;
 pub use error::CoreError;
 pub use offsets::OffsetSet;
 pub use options::{Overflow, QueueOptions};
-pub use owner::{Enqueued, QueueHandle};
+pub use owner::{Enqueued, Lifecycle, QueueEvent, QueueHandle};
 pub use queue::{
     ConsumerId, ConsumerSpec, DeadLetter, Delivery, GetOutcome, GetSpec, Outcome, Published, Push,
     QueueEngine, QueueStats, WaiterId,
 };
 pub use topology::{Binding, Destination, ExchangeKind, ExchangeSpec, Topology, topic_matches};
-pub use vhost::{Confirm, QueueSpec, Routed, VirtualHost};
+pub use vhost::{Confirm, ConnectionId, QueueSpec, Routed, VirtualHost};

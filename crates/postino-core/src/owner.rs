@@ -18,6 +18,25 @@ use crate::queue::{
     QueueEngine, QueueStats, WaiterId,
 };
 
+/// What a queue's owner tells its virtual host.
+#[derive(Debug)]
+pub enum QueueEvent {
+    /// A message died: publish it to its dead-letter exchange.
+    DeadLetter(Box<DeadLetter>),
+    /// The queue is no longer used and asks to be deleted: `auto-delete` after its last
+    /// consumer left, or `x-expires` elapsed with no consumer and no get.
+    Unused { queue: String, reason: &'static str },
+}
+
+/// The lifecycle rules an owner enforces for its queue.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lifecycle {
+    /// Ask for deletion when the last consumer leaves (after there was one).
+    pub auto_delete: bool,
+    /// Ask for deletion after this many ms without consumers and without gets.
+    pub expires_ms: Option<u64>,
+}
+
 /// Commands waiting in a queue's mailbox before senders must wait.
 pub const MAILBOX_CAPACITY: usize = 1024;
 /// Commands the owner takes from its mailbox at once.
@@ -61,6 +80,9 @@ enum Command {
     Close {
         reply: Reply<()>,
     },
+    Touch {
+        reply: Reply<()>,
+    },
 }
 
 /// How other tasks talk to a queue's owner. Cheap to clone.
@@ -81,24 +103,31 @@ impl std::fmt::Debug for Command {
             Command::ChangeLease { .. } => "ChangeLease",
             Command::Stats { .. } => "Stats",
             Command::Close { .. } => "Close",
+            Command::Touch { .. } => "Touch",
         })
     }
 }
 
 impl QueueHandle {
-    /// Starts the owner task of `engine` on the current tokio runtime. Messages that die in
-    /// the queue go to `dead_letters` (dropped without one).
+    /// Starts the owner task of `engine` on the current tokio runtime. Dead letters and
+    /// lifecycle events go to `events` (dead letters are dropped without it).
     pub fn spawn<L: Log + 'static>(
         engine: QueueEngine<L>,
         clock: Arc<dyn Clock>,
-        dead_letters: Option<mpsc::UnboundedSender<DeadLetter>>,
+        events: Option<mpsc::UnboundedSender<QueueEvent>>,
+        lifecycle: Lifecycle,
     ) -> Self {
         let (mailbox, inbox) = mpsc::channel(MAILBOX_CAPACITY);
         let name: Arc<str> = engine.name().into();
+        let last_used_ms = clock.now_ms();
         let owner = Owner {
             engine,
             clock,
-            dead_letters,
+            events,
+            lifecycle,
+            had_consumer: false,
+            last_used_ms,
+            unused_sent: false,
             sinks: HashMap::new(),
             waiters: HashMap::new(),
             waiter_deadlines: BTreeSet::new(),
@@ -240,6 +269,14 @@ impl QueueHandle {
         self.call(|reply| Command::Close { reply }).await
     }
 
+    /// Counts as a use of the queue for `x-expires` (a re-declaration).
+    ///
+    /// # Errors
+    /// `QueueStopped`.
+    pub async fn touch(&self) -> Result<(), CoreError> {
+        self.call(|reply| Command::Touch { reply }).await
+    }
+
     /// Ready and unacknowledged counts.
     ///
     /// # Errors
@@ -271,7 +308,11 @@ impl Enqueued {
 struct Owner<L: Log> {
     engine: QueueEngine<L>,
     clock: Arc<dyn Clock>,
-    dead_letters: Option<mpsc::UnboundedSender<DeadLetter>>,
+    events: Option<mpsc::UnboundedSender<QueueEvent>>,
+    lifecycle: Lifecycle,
+    had_consumer: bool,
+    last_used_ms: i64,
+    unused_sent: bool,
     sinks: HashMap<ConsumerId, mpsc::UnboundedSender<Delivery>>,
     waiters: HashMap<WaiterId, Reply<Option<Delivery>>>,
     waiter_deadlines: BTreeSet<(i64, WaiterId)>,
@@ -282,7 +323,7 @@ impl<L: Log> Owner<L> {
     async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(DRAIN_MAX);
         loop {
-            self.forward_dead_letters();
+            self.report();
             let wake = self.next_wake();
             let received = match wake {
                 Some(at_ms) => {
@@ -317,15 +358,40 @@ impl<L: Log> Owner<L> {
             error!(queue = %self.engine.name(), %error, "queue cannot read its head");
             None
         });
-        [engine, waiter].into_iter().flatten().min()
+        let idle = self
+            .lifecycle
+            .expires_ms
+            .filter(|_| self.engine.stats().consumers == 0);
+        let expiry = idle.map(|expires| self.last_used_ms.saturating_add(expires as i64));
+        [engine, waiter, expiry].into_iter().flatten().min()
     }
 
-    fn forward_dead_letters(&mut self) {
+    /// Sends dead letters, and asks for deletion when the lifecycle rules say so.
+    fn report(&mut self) {
         let letters = self.engine.take_dead_letters();
-        if let Some(sink) = &self.dead_letters {
-            for letter in letters {
-                let _ = sink.send(letter);
-            }
+        let Some(sink) = &self.events else { return };
+        for letter in letters {
+            let _ = sink.send(QueueEvent::DeadLetter(Box::new(letter)));
+        }
+        let consumers = self.engine.stats().consumers;
+        self.had_consumer |= consumers > 0;
+        let now = self.clock.now_ms();
+        let reason = if self.lifecycle.auto_delete && self.had_consumer && consumers == 0 {
+            Some("auto-delete")
+        } else if consumers == 0
+            && self
+                .lifecycle
+                .expires_ms
+                .is_some_and(|expires| now >= self.last_used_ms.saturating_add(expires as i64))
+        {
+            Some("expired")
+        } else {
+            None
+        };
+        if let Some(reason) = reason.filter(|_| !self.unused_sent) {
+            self.unused_sent = true;
+            let queue = self.engine.name().to_owned();
+            let _ = sink.send(QueueEvent::Unused { queue, reason });
         }
     }
 
@@ -347,6 +413,15 @@ impl<L: Log> Owner<L> {
 
     fn on_command(&mut self, command: Command) {
         let now = self.clock.now_ms();
+        if matches!(
+            command,
+            Command::Consume { .. }
+                | Command::Cancel { .. }
+                | Command::Get { .. }
+                | Command::Touch { .. }
+        ) {
+            self.last_used_ms = now;
+        }
         match command {
             Command::Publish { message, reply } => {
                 let outcome = self.engine.publish(now, *message).map(|published| {
@@ -430,6 +505,9 @@ impl<L: Log> Owner<L> {
             },
             Command::Stats { reply } => {
                 let _ = reply.send(Ok(self.engine.stats()));
+            }
+            Command::Touch { reply } => {
+                let _ = reply.send(Ok(()));
             }
             Command::Close { reply } => {
                 let _ = reply.send(Err(CoreError::PreconditionFailed {

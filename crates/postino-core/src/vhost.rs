@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::definitions;
 use crate::error::CoreError;
 use crate::options::QueueOptions;
-use crate::owner::{Enqueued, QueueHandle};
+use crate::owner::{Enqueued, Lifecycle, QueueEvent, QueueHandle};
 use crate::queue::{DeadLetter, QueueEngine};
 use crate::topology::{Binding, ExchangeSpec, Topology};
 
@@ -86,10 +86,28 @@ impl Confirm {
     }
 }
 
+/// Identifies a client connection, for exclusive queues.
+pub type ConnectionId = u64;
+
 #[derive(Debug)]
 pub(crate) struct QueueEntry {
     pub(crate) spec: QueueSpec,
     pub(crate) handle: QueueHandle,
+    /// The connection an exclusive queue belongs to.
+    pub(crate) owner: Option<ConnectionId>,
+}
+
+fn check_owner(
+    name: &str,
+    entry: &QueueEntry,
+    connection: Option<ConnectionId>,
+) -> Result<(), CoreError> {
+    match entry.owner {
+        Some(owner) if Some(owner) != connection => Err(CoreError::ResourceLocked {
+            queue: name.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -107,8 +125,8 @@ pub struct VirtualHost {
     log_config: LogConfig,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
-    /// Where queue owners send messages that died; a task publishes them.
-    dead_letters: mpsc::UnboundedSender<DeadLetter>,
+    /// Where queue owners send dead letters and lifecycle events; a task handles them.
+    events: mpsc::UnboundedSender<QueueEvent>,
 }
 
 impl VirtualHost {
@@ -123,16 +141,16 @@ impl VirtualHost {
         log_config: LogConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, CoreError> {
-        let (dead_letters, letters) = mpsc::unbounded_channel();
+        let (events, received) = mpsc::unbounded_channel();
         let host = Arc::new(Self {
             name: name.to_owned(),
             dir,
             log_config,
             clock,
             state: Mutex::new(State::default()),
-            dead_letters,
+            events,
         });
-        tokio::spawn(forward_dead_letters(Arc::downgrade(&host), letters));
+        tokio::spawn(handle_events(Arc::downgrade(&host), received));
         if let Some(path) = host.definitions_path().filter(|path| path.exists()) {
             definitions::load(&host, &path)?;
         }
@@ -176,36 +194,103 @@ impl VirtualHost {
     /// Declares a queue and starts its owner; returns its handle and whether it was created.
     ///
     /// # Errors
-    /// `PreconditionFailed` when it exists with a different spec; storage errors of its log;
-    /// `Definitions` when saving fails.
+    /// As [`VirtualHost::declare_queue_for`].
     pub fn declare_queue(
         &self,
         name: &str,
         spec: QueueSpec,
     ) -> Result<(QueueHandle, bool), CoreError> {
+        self.declare_queue_for(name, spec, None)
+    }
+
+    /// Declares a queue on behalf of `connection` (an exclusive queue belongs to it) and
+    /// starts its owner; returns its handle and whether it was created. Re-declaring counts as
+    /// a use for `x-expires`.
+    ///
+    /// # Errors
+    /// `PreconditionFailed` when it exists with a different spec; `ResourceLocked` when it is
+    /// exclusive to another connection; `InvalidArgument` for an exclusive queue without a
+    /// connection or a bad argument; storage errors of its log; `Definitions` when saving
+    /// fails.
+    pub fn declare_queue_for(
+        &self,
+        name: &str,
+        spec: QueueSpec,
+        connection: Option<ConnectionId>,
+    ) -> Result<(QueueHandle, bool), CoreError> {
         let mut state = self.lock();
         if let Some(existing) = state.queues.get(name) {
+            check_owner(name, existing, connection)?;
             if existing.spec != spec {
                 return Err(CoreError::PreconditionFailed {
                     reason: format!("queue '{name}' exists with different properties"),
                 });
             }
-            return Ok((existing.handle.clone(), false));
+            let handle = existing.handle.clone();
+            tokio::spawn({
+                let handle = handle.clone();
+                async move { handle.touch().await }
+            });
+            return Ok((handle, false));
+        }
+        if spec.exclusive && connection.is_none() {
+            return Err(CoreError::InvalidArgument {
+                name: "exclusive".to_owned(),
+                reason: "an exclusive queue needs a connection to belong to".to_owned(),
+            });
         }
         let handle = self.start_queue(name, &spec)?;
-        let durable = spec.durable;
+        let persisted = spec.durable && !spec.exclusive;
         state.topology.add_queue(name);
+        let owner = connection.filter(|_| spec.exclusive);
         state.queues.insert(
             name.to_owned(),
             QueueEntry {
                 spec,
                 handle: handle.clone(),
+                owner,
             },
         );
-        if durable {
+        if persisted {
             self.save(&state)?;
         }
         Ok((handle, true))
+    }
+
+    /// The handle of a queue that `connection` may use.
+    ///
+    /// # Errors
+    /// `NotFound`; `ResourceLocked` when the queue is exclusive to another connection.
+    pub fn queue_for(
+        &self,
+        name: &str,
+        connection: Option<ConnectionId>,
+    ) -> Result<QueueHandle, CoreError> {
+        let state = self.lock();
+        let entry = state.queues.get(name).ok_or_else(|| CoreError::NotFound {
+            kind: "queue",
+            name: name.to_owned(),
+        })?;
+        check_owner(name, entry, connection)?;
+        Ok(entry.handle.clone())
+    }
+
+    /// A connection went away: its exclusive queues are deleted.
+    ///
+    /// # Errors
+    /// The first deletion error.
+    pub async fn connection_closed(&self, connection: ConnectionId) -> Result<(), CoreError> {
+        let owned: Vec<String> = self
+            .lock()
+            .queues
+            .iter()
+            .filter(|(_, entry)| entry.owner == Some(connection))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in owned {
+            self.delete_queue(&name).await?;
+        }
+        Ok(())
     }
 
     /// Starts the owner of a queue over its log (a file log for a durable queue of a host
@@ -216,14 +301,18 @@ impl VirtualHost {
         spec: &QueueSpec,
     ) -> Result<QueueHandle, CoreError> {
         let options = QueueOptions::from_arguments(&spec.arguments)?;
+        let lifecycle = Lifecycle {
+            auto_delete: spec.auto_delete,
+            expires_ms: options.expires_ms,
+        };
         let clock = Arc::clone(&self.clock);
-        let letters = Some(self.dead_letters.clone());
+        let events = Some(self.events.clone());
         match (&self.dir, spec.durable) {
             (Some(dir), true) => {
                 let path = queue_dir(dir, name);
                 let log = FileLog::open(&path, self.log_config.clone())?;
                 let engine = QueueEngine::open(name, log, options, Some(path.join("delays")))?;
-                Ok(QueueHandle::spawn(engine, clock, letters))
+                Ok(QueueHandle::spawn(engine, clock, events, lifecycle))
             }
             _ => {
                 let log = MemLog::open(
@@ -232,7 +321,7 @@ impl VirtualHost {
                     Arc::clone(&clock),
                 )?;
                 let engine = QueueEngine::open(name, log, options, None)?;
-                Ok(QueueHandle::spawn(engine, clock, letters))
+                Ok(QueueHandle::spawn(engine, clock, events, lifecycle))
             }
         }
     }
@@ -407,31 +496,40 @@ impl VirtualHost {
     }
 }
 
-/// Publishes the dead letters of the host's queues (at most once: a dead letter whose target
-/// is gone is dropped) until the host is dropped.
-async fn forward_dead_letters(
-    host: Weak<VirtualHost>,
-    mut letters: mpsc::UnboundedReceiver<DeadLetter>,
-) {
-    while let Some(letter) = letters.recv().await {
+/// Handles the events of the host's queues until the host is dropped: publishes dead letters
+/// (at most once: a dead letter whose target is gone is dropped) and deletes queues that ask
+/// to be deleted.
+async fn handle_events(host: Weak<VirtualHost>, mut events: mpsc::UnboundedReceiver<QueueEvent>) {
+    while let Some(event) = events.recv().await {
         let Some(host) = host.upgrade() else { return };
-        let DeadLetter {
-            exchange,
-            routing_key,
-            message,
-        } = letter;
-        match host
-            .publish_pipelined(&exchange, &routing_key, message)
-            .await
-        {
-            Ok((_, confirm)) => {
-                tokio::spawn(async move {
-                    if let Err(error) = confirm.wait().await {
-                        tracing::warn!(%error, "dead letter not stored");
+        match event {
+            QueueEvent::DeadLetter(letter) => {
+                let DeadLetter {
+                    exchange,
+                    routing_key,
+                    message,
+                } = *letter;
+                match host
+                    .publish_pipelined(&exchange, &routing_key, message)
+                    .await
+                {
+                    Ok((_, confirm)) => {
+                        tokio::spawn(async move {
+                            if let Err(error) = confirm.wait().await {
+                                tracing::warn!(%error, "dead letter not stored");
+                            }
+                        });
                     }
-                });
+                    Err(error) => tracing::warn!(%exchange, %error, "dead letter dropped"),
+                }
             }
-            Err(error) => tracing::warn!(%exchange, %error, "dead letter dropped"),
+            QueueEvent::Unused { queue, reason } => {
+                tracing::info!(%queue, reason, "deleting unused queue");
+                match host.delete_queue(&queue).await {
+                    Ok(()) | Err(CoreError::NotFound { .. }) => {}
+                    Err(error) => tracing::warn!(%queue, %error, "unused queue not deleted"),
+                }
+            }
         }
     }
 }

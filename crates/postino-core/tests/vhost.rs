@@ -305,3 +305,86 @@ async fn dead_letters_travel_through_the_dead_letter_exchange() {
         Err(CoreError::InvalidArgument { .. })
     ));
 }
+
+/// Waits (bounded) until the queue is gone; false if it is still there after 10 s.
+async fn gone(host: &VirtualHost, name: &str) -> bool {
+    for _ in 0..1_000 {
+        if host.queue(name).is_none() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn an_exclusive_queue_belongs_to_its_connection_and_goes_with_it() {
+    let host = open(None);
+    let spec = QueueSpec {
+        exclusive: true,
+        ..QueueSpec::transient()
+    };
+    host.declare_queue_for("mine", spec.clone(), Some(1))
+        .expect("declare");
+    assert!(matches!(
+        host.declare_queue_for("mine", spec.clone(), Some(2)),
+        Err(CoreError::ResourceLocked { .. })
+    ));
+    assert!(matches!(
+        host.queue_for("mine", Some(2)),
+        Err(CoreError::ResourceLocked { .. })
+    ));
+    host.queue_for("mine", Some(1))
+        .expect("the owner may use it");
+    assert!(matches!(
+        host.declare_queue("other", spec),
+        Err(CoreError::InvalidArgument { .. })
+    ));
+    host.connection_closed(1).await.expect("close");
+    assert!(host.queue("mine").is_none());
+}
+
+#[tokio::test]
+async fn an_auto_delete_queue_goes_when_its_last_consumer_leaves() {
+    let host = open(None);
+    let spec = QueueSpec {
+        auto_delete: true,
+        ..QueueSpec::transient()
+    };
+    let (queue, _) = host.declare_queue("fleeting", spec).expect("declare");
+    let _first = queue
+        .consume(1, ConsumerSpec::default())
+        .await
+        .expect("consume");
+    let _second = queue
+        .consume(2, ConsumerSpec::default())
+        .await
+        .expect("consume");
+    queue.cancel(1).await.expect("cancel");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(host.queue("fleeting").is_some(), "one consumer is left");
+    queue.cancel(2).await.expect("cancel");
+    assert!(gone(&host, "fleeting").await);
+}
+
+#[tokio::test]
+async fn a_queue_unused_for_its_expiry_is_deleted() {
+    let host = open(None);
+    let mut arguments = Headers::new();
+    arguments.insert("x-expires".into(), postino_types::HeaderValue::Int(30));
+    let spec = QueueSpec {
+        arguments,
+        ..QueueSpec::transient()
+    };
+    let (used, _) = host.declare_queue("used", spec.clone()).expect("declare");
+    host.declare_queue("idle", spec).expect("declare");
+    let _deliveries = used
+        .consume(1, ConsumerSpec::default())
+        .await
+        .expect("consume");
+    assert!(gone(&host, "idle").await);
+    assert!(
+        host.queue("used").is_some(),
+        "a queue with a consumer is in use"
+    );
+}
