@@ -13,6 +13,7 @@
 //!
 //! What it must not know: sockets, frames, protocol error codes.
 
+pub mod broker;
 mod definitions;
 pub mod error;
 pub mod offsets;
@@ -23,6 +24,7 @@ pub mod record;
 pub mod topology;
 pub mod vhost;
 
+pub use broker::{Alarm, Broker, DEFAULT_VHOST, FlowLimits};
 pub use error::CoreError;
 pub use offsets::OffsetSet;
 pub use options::{Overflow, QueueOptions};

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use postino_storage::{FileLog, LogConfig, MemLog, MemStore};
 use postino_types::{Clock, DeliveryMode, Headers, Message};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use crate::broker::Alarm;
 use crate::definitions;
 use crate::error::CoreError;
 use crate::options::QueueOptions;
@@ -127,6 +128,8 @@ pub struct VirtualHost {
     state: Mutex<State>,
     /// Where queue owners send dead letters and lifecycle events; a task handles them.
     events: mpsc::UnboundedSender<QueueEvent>,
+    /// Publishers wait while it holds an alarm.
+    flow: watch::Receiver<Alarm>,
 }
 
 impl VirtualHost {
@@ -141,6 +144,22 @@ impl VirtualHost {
         log_config: LogConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, CoreError> {
+        let (_, never_blocked) = watch::channel(Alarm::Clear);
+        Self::open_with_flow(name, dir, log_config, clock, never_blocked)
+    }
+
+    /// Opens a virtual host whose publishers wait while `flow` holds an alarm (the node is
+    /// over its memory or disk limit).
+    ///
+    /// # Errors
+    /// As [`VirtualHost::open`].
+    pub fn open_with_flow(
+        name: &str,
+        dir: Option<PathBuf>,
+        log_config: LogConfig,
+        clock: Arc<dyn Clock>,
+        flow: watch::Receiver<Alarm>,
+    ) -> Result<Arc<Self>, CoreError> {
         let (events, received) = mpsc::unbounded_channel();
         let host = Arc::new(Self {
             name: name.to_owned(),
@@ -149,6 +168,7 @@ impl VirtualHost {
             clock,
             state: Mutex::new(State::default()),
             events,
+            flow,
         });
         tokio::spawn(handle_events(Arc::downgrade(&host), received));
         if let Some(path) = host.definitions_path().filter(|path| path.exists()) {
@@ -440,6 +460,11 @@ impl VirtualHost {
         routing_key: &str,
         mut message: Message,
     ) -> Result<(Routed, Confirm), CoreError> {
+        if *self.flow.borrow() != Alarm::Clear {
+            let mut flow = self.flow.clone();
+            // A closed channel means nobody raises alarms any more: publish.
+            let _ = flow.wait_for(|alarm| *alarm == Alarm::Clear).await;
+        }
         let targets: Vec<(QueueHandle, bool)> = {
             let state = self.lock();
             let queues =
@@ -534,9 +559,13 @@ async fn handle_events(host: Weak<VirtualHost>, mut events: mpsc::UnboundedRecei
     }
 }
 
-/// A queue's directory: its name with every byte outside `[A-Za-z0-9_-]` written `%XX`, so
-/// that any name is one safe path component.
+/// A queue's directory under its host's.
 fn queue_dir(dir: &Path, name: &str) -> PathBuf {
+    dir.join("queues").join(escape_name(name))
+}
+
+/// A name as one safe path component: every byte outside `[A-Za-z0-9_-]` written `%XX`.
+pub(crate) fn escape_name(name: &str) -> String {
     let mut escaped = String::with_capacity(name.len());
     for byte in name.bytes() {
         if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
@@ -545,12 +574,37 @@ fn queue_dir(dir: &Path, name: &str) -> PathBuf {
             escaped.push_str(&format!("%{byte:02X}"));
         }
     }
-    dir.join("queues").join(escaped)
+    escaped
+}
+
+/// The name a path component made by [`escape_name`] stands for.
+pub(crate) fn unescape_name(escaped: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(escaped.len());
+    let mut rest = escaped.as_bytes();
+    while let Some((&first, after)) = rest.split_first() {
+        if first == b'%' {
+            let hex = std::str::from_utf8(after.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &after[2..];
+        } else {
+            bytes.push(first);
+            rest = after;
+        }
+    }
+    String::from_utf8(bytes).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_names_come_back() {
+        for name in ["/", "orders", "a/b.c", "..", "ünïcode"] {
+            assert_eq!(unescape_name(&escape_name(name)).as_deref(), Some(name));
+        }
+        assert_eq!(unescape_name("%zz"), None);
+    }
 
     #[test]
     fn queue_names_become_safe_directory_names() {
