@@ -1,12 +1,18 @@
-//! `postino server`: opens the data directory and runs until SIGINT or SIGTERM.
+//! `postino server`: opens the data directory and the broker on it (virtual hosts, durable
+//! queues and definitions) and runs until SIGINT or SIGTERM, then closes every queue cleanly.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use clap::ValueEnum;
+use postino_core::{Broker, FlowLimits};
+use postino_storage::LogConfig;
+use postino_types::SystemClock;
 use tracing::{error, info};
 
 /// Flags of `postino server`.
@@ -59,12 +65,23 @@ fn serve(args: &ServerArgs) -> Result<()> {
     let data_dir = open_data_dir(&args.data_dir)?;
     let path = fs::canonicalize(&args.data_dir).context("resolve the data directory")?;
     info!(path = %path.display(), version = env!("CARGO_PKG_VERSION"), "data directory ready");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
         .build()
         .context("start the runtime")?;
-    let signal = runtime.block_on(shutdown_signal())?;
-    info!(signal, "shutting down");
+    runtime.block_on(async {
+        let broker = Broker::open(
+            Some(path.clone()),
+            LogConfig::default(),
+            Arc::new(SystemClock),
+            FlowLimits::default(),
+        )
+        .context("open the broker")?;
+        info!(vhosts = ?broker.vhost_names(), "broker ready");
+        let signal = shutdown_signal().await?;
+        info!(signal, "shutting down");
+        broker.close().await.context("close the broker")
+    })?;
     drop(data_dir);
     info!("stopped");
     Ok(())
