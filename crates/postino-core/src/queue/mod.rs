@@ -24,26 +24,28 @@ mod delay;
 mod groups;
 mod ready;
 mod recovery;
+mod store;
+mod types;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 
 use postino_storage::batch::BatchBuilder;
-use postino_storage::{Durable, Log, LogError, Offset};
+use postino_storage::{Durable, Log, Offset};
 use postino_types::{DeathReason, Message};
 
 pub use death::DeadLetter;
+pub use types::{
+    ConsumerId, ConsumerSpec, Delivery, GetOutcome, GetSpec, Outcome, Published, Push, QueueStats,
+    WaiterId,
+};
 
 use crate::error::CoreError;
 use crate::offsets::OffsetSet;
 use crate::options::{Overflow, QueueOptions};
 use crate::record;
 use ready::Ready;
-
-/// Identifies a consumer within its queue.
-pub type ConsumerId = u64;
-/// Identifies a waiting `get` within its queue.
-pub type WaiterId = u64;
+use store::{Hot, Meta};
 
 /// Ready messages a delivery looks through for one whose group is free, when message groups
 /// are on; past it, delivery waits for a group to free up.
@@ -51,89 +53,6 @@ const GROUP_SCAN_MAX: usize = 1024;
 /// Body bytes of recently published messages kept in memory, so that a delivery soon after
 /// its publish does not read the log back. Past it, deliveries read the log.
 const HOT_BYTES_MAX: usize = 8 << 20;
-
-/// How a consumer takes deliveries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ConsumerSpec {
-    /// Unsettled deliveries allowed at once (0: no limit), AMQP `basic.qos` prefetch-count.
-    pub prefetch_count: u32,
-    /// Unsettled body bytes allowed at once (0: no limit); one delivery may exceed it when the
-    /// consumer holds nothing.
-    pub prefetch_bytes: u64,
-    /// Settled on delivery (at-most-once): AMQP `no-ack`, MQTT QoS 0.
-    pub auto_ack: bool,
-    /// A delivery not settled within this many ms returns to the queue (visibility timeout).
-    pub lease_ms: Option<u64>,
-    /// Consumers of a higher priority get deliveries first while they have credit (`x-priority`).
-    pub priority: i32,
-}
-
-/// How a `get` takes a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct GetSpec {
-    /// Settled on delivery.
-    pub auto_ack: bool,
-    /// A delivery not settled within this many ms returns to the queue.
-    pub lease_ms: Option<u64>,
-}
-
-/// What settling a delivery does with its message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Done with it (ack).
-    Accept,
-    /// Back to the queue for another delivery (nack/reject with requeue).
-    Requeue,
-    /// Refused (nack/reject without requeue): dead-lettered with reason `rejected`, or dropped.
-    Discard,
-}
-
-/// One message handed to a consumer or a waiting `get`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Delivery {
-    /// The delivery id (the message's offset in the queue's log); settle with it.
-    pub id: u64,
-    /// The message, with `redelivered` and `delivery_count` set.
-    pub message: Message,
-}
-
-/// A delivery the engine pushes, caused by the call that returned it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Push {
-    /// To a consumer.
-    Consumer {
-        consumer: ConsumerId,
-        delivery: Delivery,
-    },
-    /// To a waiting `get`, which is then done.
-    Waiter {
-        waiter: WaiterId,
-        delivery: Delivery,
-    },
-}
-
-/// The result of a publish: where the message went and when it is durable.
-#[derive(Debug, Clone)]
-pub struct Published {
-    pub id: u64,
-    /// The message was a duplicate within the deduplication window: not stored again; `id` is
-    /// the original's.
-    pub duplicate: bool,
-    /// Resolves when the message is durable under the queue log's policy.
-    pub durable: Durable,
-    /// Deliveries the new message caused.
-    pub pushes: Vec<Push>,
-}
-
-/// The result of a `get`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum GetOutcome {
-    Delivered(Box<Delivery>),
-    /// Nothing was ready and the caller did not wait.
-    Empty,
-    /// Nothing was ready; the waiter gets a [`Push::Waiter`] later (or is cancelled).
-    Waiting,
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Holder {
@@ -165,41 +84,6 @@ impl Consumer {
             || self.unsettled_bytes + bytes <= self.spec.prefetch_bytes;
         count_ok && bytes_ok
     }
-}
-
-/// Counters of a queue, as the management API shows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct QueueStats {
-    pub ready: u64,
-    /// Waiting for their `x-delay` to pass.
-    pub delayed: u64,
-    pub ready_bytes: u64,
-    pub unacked: u64,
-    pub consumers: usize,
-}
-
-/// What the engine needs to know of a message before taking it.
-#[derive(Debug, Clone, Copy)]
-struct Meta {
-    bytes: u64,
-    published_ms: i64,
-    expiration_ms: Option<u64>,
-}
-
-impl Meta {
-    fn of(message: &Message, published_ms: i64) -> Self {
-        Self {
-            bytes: message.body.len() as u64,
-            published_ms,
-            expiration_ms: message.properties.expiration_ms,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Hot {
-    message: Message,
-    published_ms: i64,
 }
 
 /// One queue: its log and its shared cursor.
@@ -744,46 +628,6 @@ impl<L: Log> QueueEngine<L> {
             }
         }
         Ok(None)
-    }
-
-    /// Size, publish time and expiration of a ready message.
-    fn meta(&self, offset: u64) -> Result<Meta, CoreError> {
-        Ok(match self.hot.get(&offset) {
-            Some(hot) => Meta::of(&hot.message, hot.published_ms),
-            None => self.read(offset)?.1,
-        })
-    }
-
-    /// The message at a ready offset, from memory when it is hot, else from the log.
-    fn take(&mut self, offset: u64) -> Result<(Message, Meta), CoreError> {
-        match self.hot.remove(&offset) {
-            Some(hot) => {
-                self.hot_bytes -= hot.message.body.len();
-                let meta = Meta::of(&hot.message, hot.published_ms);
-                Ok((hot.message, meta))
-            }
-            None => self.read(offset),
-        }
-    }
-
-    fn read(&self, offset: u64) -> Result<(Message, Meta), CoreError> {
-        let batches = self.log.read(Offset(offset), 1)?;
-        let record = batches
-            .first()
-            .map(|batch| batch.records().map_err(LogError::from))
-            .transpose()?
-            .and_then(|records| records.into_iter().find(|record| record.offset == offset))
-            .ok_or(CoreError::CorruptMessage {
-                reason: "a ready offset holds no record",
-            })?;
-        let message = record::decode(&record)?;
-        // A delayed message enters the queue when its delay has passed; its time to live
-        // counts from then, as with RabbitMQ's delayed exchange.
-        let entered_ms = delay::delay_of(&message).map_or(record.timestamp_ms, |delay| {
-            record.timestamp_ms.saturating_add(delay as i64)
-        });
-        let meta = Meta::of(&message, entered_ms);
-        Ok((message, meta))
     }
 
     /// Takes `offset` out of the ready set and hands it to `holder`, settling it at once or
