@@ -502,3 +502,40 @@ fn delays_survive_a_restart_and_ttl_counts_from_the_due_time() {
     assert_eq!(get_body(&mut queue, 59_999), None);
     assert_eq!(get_body(&mut queue, 60_500), Some("much later".into()));
 }
+
+#[test]
+fn segments_holding_delayed_messages_are_kept_while_everything_else_is_consumed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = LogConfig {
+        segment_bytes_max: 2048,
+        batch_bytes_max: 2048,
+        ..LogConfig::default()
+    };
+    let open = |dir: &Path| {
+        QueueEngine::open(
+            "q",
+            FileLog::open(dir, config.clone()).expect("log"),
+            QueueOptions::default(),
+            Some(dir.join("delays")),
+        )
+        .expect("queue")
+    };
+    let mut queue = open(dir.path());
+    queue
+        .publish(0, delayed("patient", 60_000))
+        .expect("publish");
+    for index in 0..100 {
+        queue
+            .publish(0, text(&format!("filler message {index} with padding")))
+            .expect("publish");
+    }
+    while get_body(&mut queue, 1).is_some() {}
+    queue.into_log().close().expect("close");
+    let mut queue = open(dir.path());
+    assert_eq!(
+        queue.stats().delayed,
+        1,
+        "the delayed message's segment was kept"
+    );
+    assert_eq!(get_body(&mut queue, 60_000), Some("patient".into()));
+}

@@ -49,6 +49,9 @@ pub(crate) struct Delays {
     dir: Option<PathBuf>,
     slots: BTreeMap<i64, Slot>,
     count: u64,
+    /// No waiting message has a smaller offset (conservative: it only falls back when the
+    /// index empties), so the queue keeps the log segments they are in.
+    lowest_offset: Option<u64>,
 }
 
 fn io_error(path: &Path, error: std::io::Error) -> CoreError {
@@ -73,6 +76,7 @@ impl Delays {
             dir,
             slots: BTreeMap::new(),
             count: 0,
+            lowest_offset: None,
         })
     }
 
@@ -87,10 +91,19 @@ impl Delays {
             .map(|dir| dir.join(format!("{slot}.delay")))
     }
 
+    /// An offset at or below every waiting message's, if any waits.
+    pub(crate) fn lowest_offset(&self) -> Option<u64> {
+        self.lowest_offset
+    }
+
     /// Files `offset` as due at `due_ms`.
     pub(crate) fn add(&mut self, offset: u64, due_ms: i64) -> Result<(), CoreError> {
         let slot = due_ms.div_euclid(SLOT_MS);
         self.count += 1;
+        self.lowest_offset = Some(
+            self.lowest_offset
+                .map_or(offset, |lowest| lowest.min(offset)),
+        );
         // A slot already in memory (no directory, or a slot partly drained) stays there.
         if let Some(Slot::Memory(entries)) = self.slots.get_mut(&slot) {
             entries.push((offset, due_ms));
@@ -148,6 +161,9 @@ impl Delays {
             }
         }
         self.count -= due.len() as u64;
+        if self.count == 0 {
+            self.lowest_offset = None;
+        }
         Ok(due)
     }
 

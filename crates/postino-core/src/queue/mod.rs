@@ -775,6 +775,7 @@ impl<L: Log> QueueEngine<L> {
         let head = [
             self.ready.first_offset(),
             self.in_flight.keys().next().copied(),
+            self.delays.lowest_offset(),
         ]
         .into_iter()
         .flatten()
