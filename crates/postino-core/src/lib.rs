@@ -22,6 +22,7 @@ pub mod owner;
 pub mod queue;
 pub mod record;
 pub mod topology;
+pub mod transaction;
 pub mod vhost;
 
 pub use broker::{Alarm, Broker, DEFAULT_VHOST, FlowLimits};
@@ -31,7 +32,8 @@ pub use options::{Overflow, QueueOptions};
 pub use owner::{Enqueued, Lifecycle, QueueEvent, QueueHandle};
 pub use queue::{
     ConsumerId, ConsumerSpec, DeadLetter, Delivery, GetOutcome, GetSpec, Outcome, Published, Push,
-    QueueEngine, QueueStats, WaiterId,
+    QueueEngine, QueueStats, QueueStore, WaiterId,
 };
 pub use topology::{Binding, Destination, ExchangeKind, ExchangeSpec, Topology, topic_matches};
+pub use transaction::{Committed, Transaction};
 pub use vhost::{Confirm, ConnectionId, QueueSpec, Routed, VirtualHost};

@@ -83,6 +83,20 @@ enum Command {
     Touch {
         reply: Reply<()>,
     },
+    Prepare {
+        transaction: u64,
+        messages: Vec<Message>,
+        settles: Vec<(Vec<u64>, Outcome)>,
+        reply: Reply<Durable>,
+    },
+    Commit {
+        transaction: u64,
+        reply: Reply<Durable>,
+    },
+    Abort {
+        transaction: u64,
+        reply: Reply<Durable>,
+    },
 }
 
 /// How other tasks talk to a queue's owner. Cheap to clone.
@@ -104,6 +118,9 @@ impl std::fmt::Debug for Command {
             Command::Stats { .. } => "Stats",
             Command::Close { .. } => "Close",
             Command::Touch { .. } => "Touch",
+            Command::Prepare { .. } => "Prepare",
+            Command::Commit { .. } => "Commit",
+            Command::Abort { .. } => "Abort",
         })
     }
 }
@@ -267,6 +284,44 @@ impl QueueHandle {
     /// Storage errors while closing; `QueueStopped` when it had already stopped.
     pub async fn close(&self) -> Result<(), CoreError> {
         self.call(|reply| Command::Close { reply }).await
+    }
+
+    /// Writes this queue's part of a transaction, invisible until committed (see
+    /// [`QueueEngine::prepare`]); the ticket resolves when it is durable.
+    ///
+    /// # Errors
+    /// As [`QueueEngine::prepare`]; `QueueStopped`.
+    pub async fn prepare(
+        &self,
+        transaction: u64,
+        messages: Vec<Message>,
+        settles: Vec<(Vec<u64>, Outcome)>,
+    ) -> Result<Durable, CoreError> {
+        self.call(|reply| Command::Prepare {
+            transaction,
+            messages,
+            settles,
+            reply,
+        })
+        .await
+    }
+
+    /// Makes a prepared transaction's part visible; the ticket is its marker's.
+    ///
+    /// # Errors
+    /// As [`QueueEngine::commit_transaction`]; `QueueStopped`.
+    pub async fn commit_transaction(&self, transaction: u64) -> Result<Durable, CoreError> {
+        self.call(|reply| Command::Commit { transaction, reply })
+            .await
+    }
+
+    /// Forgets a prepared transaction's part.
+    ///
+    /// # Errors
+    /// Storage errors; `QueueStopped`.
+    pub async fn abort_transaction(&self, transaction: u64) -> Result<Durable, CoreError> {
+        self.call(|reply| Command::Abort { transaction, reply })
+            .await
     }
 
     /// Counts as a use of the queue for `x-expires` (a re-declaration).
@@ -508,6 +563,28 @@ impl<L: Log> Owner<L> {
             }
             Command::Touch { reply } => {
                 let _ = reply.send(Ok(()));
+            }
+            Command::Prepare {
+                transaction,
+                messages,
+                settles,
+                reply,
+            } => {
+                let _ = reply.send(self.engine.prepare(now, transaction, messages, settles));
+            }
+            Command::Commit { transaction, reply } => {
+                match self.engine.commit_transaction(now, transaction) {
+                    Ok((durable, pushes)) => {
+                        let _ = reply.send(Ok(durable));
+                        self.dispatch(Ok(pushes));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            Command::Abort { transaction, reply } => {
+                let _ = reply.send(self.engine.abort_transaction(now, transaction));
             }
             Command::Close { reply } => {
                 let _ = reply.send(Err(CoreError::PreconditionFailed {

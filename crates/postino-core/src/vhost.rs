@@ -6,7 +6,7 @@
 //! atomically (write, fsync, rename, fsync the directory) on every change. Each durable queue
 //! keeps its log in `<dir>/queues/<escaped name>/`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -20,8 +20,9 @@ use crate::definitions;
 use crate::error::CoreError;
 use crate::options::QueueOptions;
 use crate::owner::{Enqueued, Lifecycle, QueueEvent, QueueHandle};
-use crate::queue::{DeadLetter, QueueEngine};
+use crate::queue::{DeadLetter, QueueEngine, QueueStore};
 use crate::topology::{Binding, ExchangeSpec, Topology};
+use crate::transaction::{Coordinator, Transaction};
 
 /// What a queue declaration asks for; declaring an existing queue with a different spec fails.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +131,10 @@ pub struct VirtualHost {
     events: mpsc::UnboundedSender<QueueEvent>,
     /// Publishers wait while it holds an alarm.
     flow: watch::Receiver<Alarm>,
+    /// Transaction decisions; its lock serialises commits.
+    coordinator: tokio::sync::Mutex<Coordinator>,
+    /// Transactions decided `commit` before the last stop whose markers may be missing.
+    in_doubt: HashSet<u64>,
 }
 
 impl VirtualHost {
@@ -161,6 +166,7 @@ impl VirtualHost {
         flow: watch::Receiver<Alarm>,
     ) -> Result<Arc<Self>, CoreError> {
         let (events, received) = mpsc::unbounded_channel();
+        let (coordinator, in_doubt) = Coordinator::open(dir.as_deref(), &log_config, &clock)?;
         let host = Arc::new(Self {
             name: name.to_owned(),
             dir,
@@ -169,10 +175,23 @@ impl VirtualHost {
             state: Mutex::new(State::default()),
             events,
             flow,
+            coordinator: tokio::sync::Mutex::new(coordinator),
+            in_doubt,
         });
         tokio::spawn(handle_events(Arc::downgrade(&host), received));
         if let Some(path) = host.definitions_path().filter(|path| path.exists()) {
             definitions::load(&host, &path)?;
+        }
+        // Every queue has now written the markers of the transactions decided before the stop.
+        if !host.in_doubt.is_empty() {
+            let mut coordinator = host
+                .coordinator
+                .try_lock()
+                .expect("nobody else holds the coordinator while the host opens");
+            let now = host.clock.now_ms();
+            for id in &host.in_doubt {
+                coordinator.done(*id, now)?;
+            }
         }
         Ok(host)
     }
@@ -331,7 +350,11 @@ impl VirtualHost {
             (Some(dir), true) => {
                 let path = queue_dir(dir, name);
                 let log = FileLog::open(&path, self.log_config.clone())?;
-                let engine = QueueEngine::open(name, log, options, Some(path.join("delays")))?;
+                let store = QueueStore {
+                    delay_dir: Some(path.join("delays")),
+                    committed_transactions: self.committed_transactions(),
+                };
+                let engine = QueueEngine::open(name, log, options, store)?;
                 Ok(QueueHandle::spawn(engine, clock, events, lifecycle))
             }
             _ => {
@@ -340,7 +363,7 @@ impl VirtualHost {
                     self.log_config.clone(),
                     Arc::clone(&clock),
                 )?;
-                let engine = QueueEngine::open(name, log, options, None)?;
+                let engine = QueueEngine::open(name, log, options, QueueStore::default())?;
                 Ok(QueueHandle::spawn(engine, clock, events, lifecycle))
             }
         }
@@ -396,6 +419,44 @@ impl VirtualHost {
             }
         }
         outcome
+    }
+
+    /// Starts a transaction on this host.
+    pub fn begin(self: &Arc<Self>) -> Transaction {
+        Transaction::new(Arc::clone(self))
+    }
+
+    /// The queues a message goes to, by name.
+    pub(crate) fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+    ) -> Result<Vec<(String, QueueHandle)>, CoreError> {
+        let state = self.lock();
+        let queues = state
+            .topology
+            .route(exchange, routing_key, &message.properties.headers)?;
+        Ok(queues
+            .into_iter()
+            .filter_map(|queue| {
+                let handle = state.queues.get(&queue)?.handle.clone();
+                Some((queue, handle))
+            })
+            .collect())
+    }
+
+    pub(crate) fn coordinator(&self) -> &tokio::sync::Mutex<Coordinator> {
+        &self.coordinator
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Transactions decided before the last stop whose markers queues may lack.
+    pub(crate) fn committed_transactions(&self) -> HashSet<u64> {
+        self.in_doubt.clone()
     }
 
     /// The handle of a queue, if it exists.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use postino_core::{
     ConsumerSpec, CoreError, GetOutcome, GetSpec, Outcome, Push, QueueEngine, QueueOptions,
+    QueueStore,
 };
 use postino_storage::{FileLog, Log, LogConfig, MemLog, MemStore};
 use postino_types::{HeaderValue, ManualClock, Message};
@@ -15,7 +16,7 @@ fn memory_queue() -> QueueEngine<MemLog> {
         Arc::new(ManualClock::new(0)),
     )
     .expect("open");
-    QueueEngine::open("q", log, QueueOptions::default(), None).expect("queue")
+    QueueEngine::open("q", log, QueueOptions::default(), QueueStore::default()).expect("queue")
 }
 
 fn message(text: &str) -> Message {
@@ -303,7 +304,7 @@ fn file_queue(dir: &std::path::Path) -> QueueEngine<FileLog> {
         "q",
         FileLog::open(dir, config).expect("log"),
         QueueOptions::default(),
-        None,
+        QueueStore::default(),
     )
     .expect("queue")
 }

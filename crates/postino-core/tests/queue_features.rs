@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use postino_core::{
     ConsumerSpec, CoreError, DeadLetter, GetOutcome, GetSpec, Outcome, Overflow, Push, QueueEngine,
-    QueueOptions,
+    QueueOptions, QueueStore,
 };
 use postino_storage::{FileLog, Log, LogConfig, MemLog, MemStore};
 use postino_types::{DeathReason, ManualClock, Message};
@@ -18,7 +18,7 @@ fn memory(options: QueueOptions) -> QueueEngine<MemLog> {
         Arc::new(ManualClock::new(0)),
     )
     .expect("open");
-    QueueEngine::open("q", log, options, None).expect("queue")
+    QueueEngine::open("q", log, options, QueueStore::default()).expect("queue")
 }
 
 fn file(dir: &Path, options: QueueOptions) -> QueueEngine<FileLog> {
@@ -26,7 +26,10 @@ fn file(dir: &Path, options: QueueOptions) -> QueueEngine<FileLog> {
         "q",
         FileLog::open(dir, LogConfig::default()).expect("log"),
         options,
-        Some(dir.join("delays")),
+        QueueStore {
+            delay_dir: Some(dir.join("delays")),
+            ..QueueStore::default()
+        },
     )
     .expect("queue")
 }
@@ -516,7 +519,10 @@ fn segments_holding_delayed_messages_are_kept_while_everything_else_is_consumed(
             "q",
             FileLog::open(dir, config.clone()).expect("log"),
             QueueOptions::default(),
-            Some(dir.join("delays")),
+            QueueStore {
+                delay_dir: Some(dir.join("delays")),
+                ..QueueStore::default()
+            },
         )
         .expect("queue")
     };

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use postino_core::{
     ConsumerSpec, CoreError, GetOutcome, GetSpec, Outcome, Push, QueueEngine, QueueOptions,
+    QueueStore,
 };
 use postino_storage::{FileLog, Log, LogConfig};
 use postino_types::Message;
@@ -145,7 +146,7 @@ proptest! {
     #[test]
     fn the_queue_engine_agrees_with_the_model(ops in proptest::collection::vec(op(), 1..80)) {
         let dir = tempfile::tempdir().expect("dir");
-        let open = || QueueEngine::open("q", FileLog::open(dir.path(), config()).expect("log"), QueueOptions::default(), None).expect("queue");
+        let open = || QueueEngine::open("q", FileLog::open(dir.path(), config()).expect("log"), QueueOptions::default(), QueueStore::default()).expect("queue");
         let mut queue = open();
         let mut model = Model::default();
         let mut now = 0i64;

@@ -47,7 +47,7 @@ pub struct Appended {
 /// An append-only log of record batches. One owner appends; reads see every completed append.
 ///
 /// Both stores behave the same, as one conformance suite checks (`tests/conformance.rs`).
-pub trait Log: Send {
+pub trait Log: Send + std::fmt::Debug {
     /// Appends one whole RecordBatch v2 and returns the offsets it was given. The log stamps
     /// the batch's base offset field in place (the field is outside the CRC), so that the
     /// bytes go to disk with one write and no copy.

@@ -25,12 +25,13 @@ mod groups;
 mod ready;
 mod recovery;
 mod store;
+mod transaction;
 mod types;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
-use postino_storage::batch::BatchBuilder;
+use postino_storage::batch::{BatchBuilder, ControlKind, control_batch};
 use postino_storage::{Durable, Log, Offset};
 use postino_types::{DeathReason, Message};
 
@@ -110,13 +111,25 @@ pub struct QueueEngine<L: Log> {
     last_ticket: Option<Durable>,
     busy: groups::Busy,
     delays: delay::Delays,
+    /// Prepared transactions waiting for their outcome, by id.
+    pending: BTreeMap<u64, transaction::Pending>,
+}
+
+/// Where a queue keeps what is not in its log, and what its host knows for its recovery.
+#[derive(Debug, Clone, Default)]
+pub struct QueueStore {
+    /// The delay index's slot files (in memory without one).
+    pub delay_dir: Option<PathBuf>,
+    /// Transactions the host decided to commit whose markers may be missing.
+    pub committed_transactions: HashSet<u64>,
 }
 
 impl<L: Log> QueueEngine<L> {
     /// Opens the queue over `log` with `options`, rebuilding its cursor from what the log
-    /// holds: every persistent message not settled by a settlement record is ready again, or
-    /// delayed until its `x-delay` has passed. Transient messages do not survive a reopen.
-    /// `delay_dir` holds the delay index's slot files (in memory without one).
+    /// holds: every persistent message not settled and not in an aborted transaction is ready
+    /// again, or delayed until its `x-delay` has passed. Transient messages do not survive a
+    /// reopen. A transaction prepared but never marked is committed when `store` says its host
+    /// decided so, aborted otherwise, and its marker is written (and synced) now.
     ///
     /// # Errors
     /// Storage errors, or a stored message that does not decode.
@@ -124,38 +137,44 @@ impl<L: Log> QueueEngine<L> {
         name: &str,
         log: L,
         options: QueueOptions,
-        delay_dir: Option<PathBuf>,
+        store: QueueStore,
     ) -> Result<Self, CoreError> {
         let levels = usize::from(options.max_priority.unwrap_or(0)) + 1;
         let mut dedup = options
             .deduplication
             .then(|| dedup::Window::new(options.deduplication_size, options.deduplication_ttl_ms));
-        let mut delays = delay::Delays::open(delay_dir)?;
-        let ready = recovery::recover_ready(&log, levels, |record, live| {
-            let delayed = live && recovery::header(record, delay::HEADER.as_bytes()).is_some();
-            if dedup.is_none() && !delayed {
-                return Ok(false);
-            }
-            let message = record::decode(record)?;
-            if let Some(window) = &mut dedup
-                && let Some(key) = dedup::key_of(&message)
-            {
-                window.remember(key, record.offset, record.timestamp_ms);
-            }
-            match delay::delay_of(&message).filter(|_| delayed) {
-                Some(delay) => {
-                    let due = record.timestamp_ms.saturating_add(delay as i64);
-                    delays.add(record.offset, due)?;
-                    Ok(true)
+        let mut delays = delay::Delays::open(store.delay_dir)?;
+        let recovered = recovery::recover_ready(
+            &log,
+            levels,
+            &store.committed_transactions,
+            |record, live| {
+                let delayed =
+                    live && recovery::header_value(record, delay::HEADER.as_bytes()).is_some();
+                if dedup.is_none() && !delayed {
+                    return Ok(false);
                 }
-                None => Ok(false),
-            }
-        })?;
+                let message = record::decode(record)?;
+                if let Some(window) = &mut dedup
+                    && let Some(key) = dedup::key_of(&message)
+                {
+                    window.remember(key, record.offset, record.timestamp_ms);
+                }
+                match delay::delay_of(&message).filter(|_| delayed) {
+                    Some(delay) => {
+                        let due = record.timestamp_ms.saturating_add(delay as i64);
+                        delays.add(record.offset, due)?;
+                        Ok(true)
+                    }
+                    None => Ok(false),
+                }
+            },
+        )?;
         let mut engine = Self {
             name: name.to_owned(),
             log,
             options,
-            ready,
+            ready: recovered.ready,
             in_flight: BTreeMap::new(),
             leases: BTreeSet::new(),
             delivery_counts: HashMap::new(),
@@ -170,7 +189,17 @@ impl<L: Log> QueueEngine<L> {
             last_ticket: None,
             busy: groups::Busy::default(),
             delays,
+            pending: BTreeMap::new(),
         };
+        for (transaction, commit) in recovered.resolved {
+            let kind = if commit {
+                ControlKind::Commit
+            } else {
+                ControlKind::Abort
+            };
+            let mut marker = control_batch(kind, transaction as i64, 0, 0, 0);
+            engine.log.append(&mut marker)?.durable.wait()?;
+        }
         engine.reclaim()?;
         Ok(engine)
     }
@@ -216,54 +245,72 @@ impl<L: Log> QueueEngine<L> {
     /// `PublishRejected` when the queue is full under `reject-publish(-dlx)`; storage errors
     /// (the queue must stop).
     pub fn publish(&mut self, now_ms: i64, message: Message) -> Result<Published, CoreError> {
-        let key = self.dedup.as_ref().and_then(|_| dedup::key_of(&message));
-        if let (Some(window), Some(key)) = (&self.dedup, &key)
-            && let Some(original) = window.find(key, now_ms)
+        if let Some(duplicate) = self.admit(now_ms, &message)? {
+            return Ok(duplicate);
+        }
+        let mut builder = BatchBuilder::new();
+        record::push(&mut builder, &message, now_ms);
+        let appended = self.log.append(&mut builder.build())?;
+        let id = appended.base_offset.0;
+        if self.dedup.is_some() {
+            self.last_ticket = Some(appended.durable.clone());
+        }
+        self.enter(now_ms, id, message)?;
+        let pushes = self.finish(now_ms)?;
+        Ok(Published {
+            id,
+            duplicate: false,
+            durable: appended.durable,
+            pushes,
+        })
+    }
+
+    /// Decides whether a message may be stored: `Some` answer for a duplicate within the
+    /// deduplication window, an error when the queue is full under `reject-publish(-dlx)`.
+    fn admit(&mut self, now_ms: i64, message: &Message) -> Result<Option<Published>, CoreError> {
+        if let (Some(window), Some(key)) = (&self.dedup, dedup::key_of(message))
+            && let Some(original) = window.find(&key, now_ms)
         {
-            return Ok(Published {
+            return Ok(Some(Published {
                 id: original,
                 duplicate: true,
                 durable: self.last_ticket.clone().unwrap_or_else(Durable::ready),
                 pushes: Vec::new(),
-            });
+            }));
         }
         let bytes = message.body.len() as u64;
         if self.options.overflow != Overflow::DropHead && self.over_limits(1, bytes) {
             if self.options.overflow == Overflow::RejectPublishDlx {
-                self.die(now_ms, None, message, DeathReason::MaxLength);
+                self.die(now_ms, None, message.clone(), DeathReason::MaxLength);
             }
             return Err(CoreError::PublishRejected {
                 queue: self.name.clone(),
                 reason: "queue is full (x-overflow)".to_owned(),
             });
         }
-        let mut builder = BatchBuilder::new();
-        record::push(&mut builder, &message, now_ms);
-        let appended = self.log.append(&mut builder.build())?;
-        let id = appended.base_offset.0;
-        if let (Some(window), Some(key)) = (&mut self.dedup, key) {
+        Ok(None)
+    }
+
+    /// A stored message enters the queue: remembered for deduplication, then delayed or made
+    /// ready (dropping the oldest past the length limits).
+    fn enter(&mut self, now_ms: i64, id: u64, message: Message) -> Result<(), CoreError> {
+        if let (Some(window), Some(key)) = (&mut self.dedup, dedup::key_of(&message)) {
             window.remember(key, id, now_ms);
-            self.last_ticket = Some(appended.durable.clone());
         }
         if let Some(delay) = delay::delay_of(&message) {
-            self.delays.add(id, now_ms.saturating_add(delay as i64))?;
-            let pushes = self.finish(now_ms)?;
-            return Ok(Published {
-                id,
-                duplicate: false,
-                durable: appended.durable,
-                pushes,
-            });
+            return self.delays.add(id, now_ms.saturating_add(delay as i64));
         }
+        let bytes = message.body.len() as u64;
         let level = self.ready.level_of(message.properties.priority);
         self.ready.insert(level, id, bytes);
         if self.hot_bytes + message.body.len() <= HOT_BYTES_MAX {
             self.hot_bytes += message.body.len();
+            let published_ms = now_ms;
             self.hot.insert(
                 id,
                 Hot {
                     message,
-                    published_ms: now_ms,
+                    published_ms,
                 },
             );
         }
@@ -275,14 +322,7 @@ impl<L: Log> QueueEngine<L> {
             self.ready.remove(level, offset, meta.bytes);
             self.die(now_ms, Some(offset), message, DeathReason::MaxLength);
         }
-        let pushes = self.deliver(now_ms)?;
-        self.flush(now_ms)?;
-        Ok(Published {
-            id,
-            duplicate: false,
-            durable: appended.durable,
-            pushes,
-        })
+        Ok(())
     }
 
     /// Whether `more` messages of `bytes` would take the ready messages past a length limit.
@@ -436,6 +476,17 @@ impl<L: Log> QueueEngine<L> {
         if let Some(unknown) = ids.iter().find(|id| !self.in_flight.contains_key(id)) {
             return Err(CoreError::UnknownDelivery { delivery: *unknown });
         }
+        self.apply_settle(now_ms, ids, outcome)?;
+        self.finish(now_ms)
+    }
+
+    /// Settles in-flight deliveries (checked by the caller), without delivering.
+    fn apply_settle(
+        &mut self,
+        now_ms: i64,
+        ids: &[u64],
+        outcome: Outcome,
+    ) -> Result<(), CoreError> {
         for &id in ids {
             match outcome {
                 Outcome::Requeue => self.return_to_queue(now_ms, id)?,
@@ -451,7 +502,7 @@ impl<L: Log> QueueEngine<L> {
                 }
             }
         }
-        self.finish(now_ms)
+        Ok(())
     }
 
     /// Moves a delivery's lease deadline to `lease_ms` from now (SQS ChangeMessageVisibility);
@@ -776,6 +827,10 @@ impl<L: Log> QueueEngine<L> {
             self.ready.first_offset(),
             self.in_flight.keys().next().copied(),
             self.delays.lowest_offset(),
+            self.pending
+                .values()
+                .filter_map(transaction::Pending::first_offset)
+                .min(),
         ]
         .into_iter()
         .flatten()
