@@ -62,27 +62,29 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn serve(args: &ServerArgs) -> Result<()> {
-    let data_dir = open_data_dir(&args.data_dir)?;
-    let path = fs::canonicalize(&args.data_dir).context("resolve the data directory")?;
-    info!(path = %path.display(), version = env!("CARGO_PKG_VERSION"), "data directory ready");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the runtime")?;
     runtime.block_on(async {
+        let stop = shutdown_signals()?;
+        let data_dir = open_data_dir(&args.data_dir)?;
+        let path = fs::canonicalize(&args.data_dir).context("resolve the data directory")?;
+        info!(path = %path.display(), version = env!("CARGO_PKG_VERSION"), "data directory ready");
         let broker = Broker::open(
-            Some(path.clone()),
+            Some(path),
             LogConfig::default(),
             Arc::new(SystemClock),
             FlowLimits::default(),
         )
         .context("open the broker")?;
         info!(vhosts = ?broker.vhost_names(), "broker ready");
-        let signal = shutdown_signal().await?;
+        let signal = stop.await;
         info!(signal, "shutting down");
-        broker.close().await.context("close the broker")
+        broker.close().await.context("close the broker")?;
+        drop(data_dir);
+        anyhow::Ok(())
     })?;
-    drop(data_dir);
     info!("stopped");
     Ok(())
 }
@@ -106,11 +108,16 @@ fn open_data_dir(dir: &Path) -> Result<File> {
     Ok(lock)
 }
 
-async fn shutdown_signal() -> Result<&'static str> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("install the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.map(|()| "SIGINT").context("wait for SIGINT"),
-        _ = terminate.recv() => Ok("SIGTERM"),
-    }
+/// The signals that stop the server, caught from the moment this returns (before the server
+/// says it is ready, so that a script's SIGTERM right after is never the default kill).
+fn shutdown_signals() -> Result<impl Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        }
+    })
 }
