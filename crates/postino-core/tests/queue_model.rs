@@ -1,7 +1,8 @@
-//! Random operation sequences (publish, consume, cancel, get, settle, lease expiry, restart)
-//! against a small reference model of a queue: the engine must agree with it on every delivery.
+//! Random operation sequences (publish, consume, cancel, get, settle, lease expiry, time to
+//! live, transactions committed, aborted or left in doubt across a restart, restart) against a
+//! small reference model of a queue: the engine must agree with it on every delivery.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use postino_core::{
     ConsumerSpec, CoreError, GetOutcome, GetSpec, Outcome, Push, QueueEngine, QueueOptions,
@@ -35,6 +36,13 @@ enum Op {
     Advance {
         ms: i64,
     },
+    /// A transaction of `count` persistent publishes: committed, aborted, or prepared and left
+    /// undecided across a restart (`decided` says whether the host had recorded commit).
+    Transaction {
+        count: usize,
+        ending: u8,
+        decided: bool,
+    },
     Restart,
 }
 
@@ -47,7 +55,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<bool>().prop_map(|auto_ack| Op::Get { auto_ack }),
         4 => (any::<usize>(), 0u8..3).prop_map(|(pick, outcome)| Op::Settle { pick, outcome }),
         1 => Just(Op::SettleUnknown),
-        1 => (0i64..300).prop_map(|ms| Op::Advance { ms }),
+        2 => (0i64..150).prop_map(|ms| Op::Advance { ms }),
+        1 => (1usize..4, 0u8..3, any::<bool>())
+            .prop_map(|(count, ending, decided)| Op::Transaction { count, ending, decided }),
         1 => Just(Op::Restart),
     ]
 }
@@ -56,7 +66,9 @@ const LEASE_MS: u64 = 100;
 
 #[derive(Debug, Default)]
 struct Model {
+    ttl_ms: Option<i64>,
     persistent: HashMap<u64, bool>,
+    published: HashMap<u64, i64>,
     ready: BTreeSet<u64>,
     /// id -> (holding consumer, lease deadline)
     in_flight: BTreeMap<u64, (Option<u64>, Option<i64>)>,
@@ -84,11 +96,24 @@ impl Model {
         self.ready.insert(id);
     }
 
+    /// Drops head messages whose time to live ended, as the engine does before delivering.
+    fn expire_heads(&mut self, now: i64) {
+        let Some(ttl) = self.ttl_ms else { return };
+        while let Some(&head) = self.ready.first() {
+            if now < self.published[&head] + ttl {
+                break;
+            }
+            self.ready.remove(&head);
+            self.counts.remove(&head);
+        }
+    }
+
     /// Checks one push against the model and applies it.
     fn apply_push(&mut self, now: i64, push: &Push) -> Result<(), TestCaseError> {
         let Push::Consumer { consumer, delivery } = push else {
             return Err(TestCaseError::fail("no waiter was registered"));
         };
+        self.expire_heads(now);
         prop_assert_eq!(
             Some(delivery.id),
             self.ready.first().copied(),
@@ -119,6 +144,16 @@ impl Model {
                 .keys()
                 .any(|consumer| self.has_credit(*consumer))
     }
+
+    fn restart(&mut self) {
+        let unsettled: Vec<u64> = self.in_flight.keys().copied().collect();
+        self.in_flight.clear();
+        self.consumers.clear();
+        self.counts.clear();
+        self.ready.extend(unsettled);
+        let persistent = &self.persistent;
+        self.ready.retain(|id| persistent[id]);
+    }
 }
 
 fn config() -> LogConfig {
@@ -133,6 +168,7 @@ fn apply_pushes(model: &mut Model, now: i64, pushes: &[Push]) -> Result<(), Test
     for push in pushes {
         model.apply_push(now, push)?;
     }
+    model.expire_heads(now);
     prop_assert!(
         !model.stalled(),
         "a ready message waits while a consumer has credit"
@@ -140,28 +176,46 @@ fn apply_pushes(model: &mut Model, now: i64, pushes: &[Push]) -> Result<(), Test
     Ok(())
 }
 
+/// A message whose body names the offset it will get.
+fn numbered(offset: u64, persistent: bool) -> Message {
+    let message = Message::new(offset.to_string().into_bytes());
+    if persistent {
+        message.persistent()
+    } else {
+        message
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_queue_engine_agrees_with_the_model(ops in proptest::collection::vec(op(), 1..80)) {
+    fn the_queue_engine_agrees_with_the_model(
+        ops in proptest::collection::vec(op(), 1..80),
+        ttl_ms in proptest::option::of(50i64..400),
+    ) {
         let dir = tempfile::tempdir().expect("dir");
-        let open = || QueueEngine::open("q", FileLog::open(dir.path(), config()).expect("log"), QueueOptions::default(), QueueStore::default()).expect("queue");
-        let mut queue = open();
-        let mut model = Model::default();
+        let options = QueueOptions {
+            message_ttl_ms: ttl_ms.map(|ttl| ttl as u64),
+            ..QueueOptions::default()
+        };
+        let open = |committed: HashSet<u64>| {
+            let store = QueueStore { committed_transactions: committed, ..QueueStore::default() };
+            QueueEngine::open("q", FileLog::open(dir.path(), config()).expect("log"), options.clone(), store)
+                .expect("queue")
+        };
+        let mut queue = open(HashSet::new());
+        let mut model = Model { ttl_ms, ..Model::default() };
         let mut now = 0i64;
-        // Publishes get ids from the log; the body names the id so deliveries can be checked.
+        let mut next_transaction = 1u64;
         for op in ops {
             match op {
                 Op::Publish { persistent } => {
                     let next = queue.log().next_offset().0;
-                    let mut message = Message::new(next.to_string().into_bytes());
-                    if persistent {
-                        message = message.persistent();
-                    }
-                    let published = queue.publish(now, message).expect("publish");
+                    let published = queue.publish(now, numbered(next, persistent)).expect("publish");
                     prop_assert_eq!(published.id, next);
                     model.persistent.insert(published.id, persistent);
+                    model.published.insert(published.id, now);
                     model.ready.insert(published.id);
                     apply_pushes(&mut model, now, &published.pushes)?;
                 }
@@ -199,7 +253,9 @@ proptest! {
                 }
                 Op::Get { auto_ack } => {
                     let spec = GetSpec { auto_ack, lease_ms: None };
-                    match queue.get(now, spec, None).expect("get") {
+                    let outcome = queue.get(now, spec, None).expect("get");
+                    model.expire_heads(now);
+                    match outcome {
                         GetOutcome::Empty => prop_assert!(model.ready.is_empty()),
                         GetOutcome::Delivered(delivery) => {
                             prop_assert_eq!(Some(delivery.id), model.ready.first().copied());
@@ -252,16 +308,41 @@ proptest! {
                     let pushes = queue.expire(now).expect("expire");
                     apply_pushes(&mut model, now, &pushes)?;
                 }
+                Op::Transaction { count, ending, decided } => {
+                    let transaction = next_transaction;
+                    next_transaction += 1;
+                    // The transaction's batch starts at the next offset; its messages follow.
+                    let first = queue.log().next_offset().0;
+                    let messages: Vec<Message> =
+                        (0..count as u64).map(|index| numbered(first + index, true)).collect();
+                    queue.prepare(now, transaction, messages, Vec::new()).expect("prepare");
+                    let visible = match ending {
+                        0 => {
+                            let (_, pushes) = queue.commit_transaction(now, transaction).expect("commit");
+                            add_transaction(&mut model, first, count, now);
+                            apply_pushes(&mut model, now, &pushes)?;
+                            continue;
+                        }
+                        1 => {
+                            queue.abort_transaction(now, transaction).expect("abort");
+                            false
+                        }
+                        _ => {
+                            queue.into_log().close().expect("close");
+                            let committed = if decided { HashSet::from([transaction]) } else { HashSet::new() };
+                            queue = open(committed);
+                            model.restart();
+                            decided
+                        }
+                    };
+                    if visible {
+                        add_transaction(&mut model, first, count, now);
+                    }
+                }
                 Op::Restart => {
                     queue.into_log().close().expect("close");
-                    queue = open();
-                    let unsettled: Vec<u64> = model.in_flight.keys().copied().collect();
-                    model.in_flight.clear();
-                    model.consumers.clear();
-                    model.counts.clear();
-                    model.ready.extend(unsettled);
-                    let persistent = model.persistent.clone();
-                    model.ready.retain(|id| persistent[id]);
+                    queue = open(HashSet::new());
+                    model.restart();
                 }
             }
             let stats = queue.stats();
@@ -269,5 +350,13 @@ proptest! {
             prop_assert_eq!(stats.unacked, model.in_flight.len() as u64);
             prop_assert_eq!(stats.consumers, model.consumers.len());
         }
+    }
+}
+
+fn add_transaction(model: &mut Model, first: u64, count: usize, now: i64) {
+    for id in first..first + count as u64 {
+        model.persistent.insert(id, true);
+        model.published.insert(id, now);
+        model.ready.insert(id);
     }
 }
