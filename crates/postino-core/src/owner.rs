@@ -59,6 +59,10 @@ enum Command {
         consumer: ConsumerId,
         reply: Reply<()>,
     },
+    Recover {
+        consumer: ConsumerId,
+        reply: Reply<()>,
+    },
     Get {
         spec: GetSpec,
         wait: Option<Duration>,
@@ -112,6 +116,7 @@ impl std::fmt::Debug for Command {
             Command::Publish { .. } => "Publish",
             Command::Consume { .. } => "Consume",
             Command::Cancel { .. } => "Cancel",
+            Command::Recover { .. } => "Recover",
             Command::Get { .. } => "Get",
             Command::Settle { .. } => "Settle",
             Command::ChangeLease { .. } => "ChangeLease",
@@ -236,6 +241,35 @@ impl QueueHandle {
     /// `QueueStopped`.
     pub async fn cancel(&self, consumer: ConsumerId) -> Result<(), CoreError> {
         self.call(|reply| Command::Cancel { consumer, reply }).await
+    }
+
+    /// Returns a consumer's unsettled deliveries to the queue (AMQP `basic.recover`).
+    ///
+    /// # Errors
+    /// Storage errors; `QueueStopped`.
+    pub async fn recover(&self, consumer: ConsumerId) -> Result<(), CoreError> {
+        self.call(|reply| Command::Recover { consumer, reply })
+            .await
+    }
+
+    /// Adds a consumer whose deliveries are handed to `callback` (the lecture notes'
+    /// `notify`): a task calls it for each delivery, in order, until the consumer is cancelled.
+    /// The callback settles through this handle like any consumer.
+    ///
+    /// # Errors
+    /// As [`QueueHandle::consume`].
+    pub async fn notify(
+        &self,
+        consumer: ConsumerId,
+        spec: ConsumerSpec,
+        mut callback: impl FnMut(Delivery) + Send + 'static,
+    ) -> Result<tokio::task::JoinHandle<()>, CoreError> {
+        let mut deliveries = self.consume(consumer, spec).await?;
+        Ok(tokio::spawn(async move {
+            while let Some(delivery) = deliveries.recv().await {
+                callback(delivery);
+            }
+        }))
     }
 
     /// Takes the first ready message: at once (`wait` = `None`, the seeds' `poll`) or waiting
@@ -500,6 +534,11 @@ impl<L: Log> Owner<L> {
                 self.sinks.insert(consumer, sink);
                 let _ = reply.send(Ok(()));
                 let pushes = self.engine.consume(now, consumer, spec);
+                self.dispatch(pushes);
+            }
+            Command::Recover { consumer, reply } => {
+                let pushes = self.engine.recover(now, consumer);
+                let _ = reply.send(Ok(()));
                 self.dispatch(pushes);
             }
             Command::Cancel { consumer, reply } => {

@@ -388,3 +388,29 @@ async fn a_queue_unused_for_its_expiry_is_deleted() {
         "a queue with a consumer is in use"
     );
 }
+
+#[tokio::test]
+async fn notify_calls_back_on_arrival_and_recover_redelivers() {
+    let host = open(None);
+    let (queue, _) = host
+        .declare_queue("events", QueueSpec::transient())
+        .expect("declare");
+    let (seen, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let task = queue
+        .notify(1, ConsumerSpec::default(), move |delivery| {
+            let _ = seen.send((delivery.id, delivery.message.annotations.redelivered));
+        })
+        .await
+        .expect("notify");
+    host.publish("", "events", Message::new(&b"e"[..]))
+        .await
+        .expect("publish");
+    let (id, redelivered) = arrivals.recv().await.expect("called back");
+    assert!(!redelivered);
+    queue.recover(1).await.expect("recover");
+    let again = arrivals.recv().await.expect("called back again");
+    assert_eq!(again, (id, true));
+    queue.cancel(1).await.expect("cancel");
+    task.await
+        .expect("the callback task ends with the consumer");
+}

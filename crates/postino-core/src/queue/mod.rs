@@ -384,6 +384,24 @@ impl<L: Log> QueueEngine<L> {
         self.finish(now_ms)
     }
 
+    /// Returns a consumer's unsettled deliveries to the queue without cancelling it (AMQP
+    /// `basic.recover` with requeue); they are delivered again, marked redelivered.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn recover(&mut self, now_ms: i64, consumer: ConsumerId) -> Result<Vec<Push>, CoreError> {
+        let held: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, flight)| matches!(flight.holder, Holder::Consumer(id) if id == consumer))
+            .map(|(offset, _)| *offset)
+            .collect();
+        for offset in held {
+            self.return_to_queue(now_ms, offset)?;
+        }
+        self.finish(now_ms)
+    }
+
     /// The consumers, in registration order (with single active consumer, the first is the
     /// active one).
     pub fn consumer_ids(&self) -> impl Iterator<Item = ConsumerId> + '_ {
