@@ -7,7 +7,8 @@
 //!   single-threaded, in the same run.
 //! - `fanout`: 1 KB persistent messages to a fanout exchange bound to 10 durable queues, one
 //!   consumer each.
-//! - `backlog`: RAM per ready message after publishing a backlog with no consumer.
+//! - `backlog`, `backlog_delayed`: RAM per message after publishing a backlog with no
+//!   consumer (ready, or delayed by up to an hour: the delay index lives on disk).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -23,7 +24,7 @@ use postino_core::{
 };
 use postino_storage::batch::BatchBuilder;
 use postino_storage::{Durability, FileLog, Log, LogConfig, MemLog, MemStore};
-use postino_types::{Headers, Message, SystemClock};
+use postino_types::{HeaderValue, Headers, Message, SystemClock};
 use tokio::sync::Mutex;
 
 use crate::storage::Size;
@@ -61,7 +62,7 @@ fn messages(size: Size) -> u64 {
 
 fn backlog(size: Size) -> u64 {
     match size {
-        Size::Quick => 100_000,
+        Size::Quick => 20_000,
         Size::Full => 10_000_000,
     }
 }
@@ -107,10 +108,18 @@ pub fn run(parent: &Path, size: Size, filter: &str, printer: &mut Printer) -> Re
         printer.print(&row);
         rows.push(row);
     }
-    if "backlog".contains(filter) {
-        let row = runtime.block_on(backlog_ram(&scratch.path().join("backlog"), backlog(size)))?;
-        printer.print(&row);
-        rows.push(row);
+    for delayed in [false, true] {
+        let name = if delayed {
+            "backlog_delayed"
+        } else {
+            "backlog"
+        };
+        if name.contains(filter) {
+            let dir = scratch.path().join(name);
+            let row = runtime.block_on(backlog_ram(&dir, backlog(size), delayed))?;
+            printer.print(&row);
+            rows.push(row);
+        }
     }
     Ok(rows)
 }
@@ -411,7 +420,9 @@ fn rss_bytes() -> Result<u64> {
     Ok(pages * 4096)
 }
 
-async fn backlog_ram(dir: &Path, count: u64) -> Result<Row> {
+/// Publishes `count` messages nobody consumes (with `x-delay`s spread over an hour when
+/// `delayed`) and measures the memory they cost.
+async fn backlog_ram(dir: &Path, count: u64, delayed: bool) -> Result<Row> {
     let host = host(dir, true, Durability::None)?;
     let (queue, _) = host
         .declare_queue("backlog", QueueSpec::durable())
@@ -419,25 +430,48 @@ async fn backlog_ram(dir: &Path, count: u64) -> Result<Row> {
     let before = rss_bytes()?;
     let started = Instant::now();
     let epoch = Instant::now();
-    for _ in 0..count {
+    let mut pending: VecDeque<Confirm> = VecDeque::with_capacity(WINDOW);
+    for index in 0..count {
+        let mut message = stamped(epoch, 16, true);
+        if delayed {
+            let delay = 60_000 + (index * 7_919) % 3_600_000;
+            message = message.with_header("x-delay", HeaderValue::Int(delay as i64));
+        }
         let (_, confirm) = host
-            .publish_pipelined("", "backlog", stamped(epoch, 16, true))
+            .publish_pipelined("", "backlog", message)
             .await
             .context("publish")?;
+        pending.push_back(confirm);
+        if pending.len() >= WINDOW {
+            pending
+                .pop_front()
+                .expect("full window")
+                .wait()
+                .await
+                .context("confirm")?;
+        }
+    }
+    for confirm in pending {
         confirm.wait().await.context("confirm")?;
     }
-    let ready = queue.stats().await.context("stats")?.ready;
+    let stats = queue.stats().await.context("stats")?;
     let after = rss_bytes()?;
     let elapsed = started.elapsed();
     host.close().await.context("close")?;
-    Ok(Row::new("backlog")
-        .with("queue", "durable")
-        .with("msg_size", 16)
-        .with("ready", ready)
-        .with_rounded("msgs_per_s", count as f64 / elapsed.as_secs_f64(), 0)
-        .with_rounded(
-            "ram_bytes_per_ready_msg",
-            after.saturating_sub(before) as f64 / ready.max(1) as f64,
-            2,
-        ))
+    let held = stats.ready + stats.delayed;
+    Ok(Row::new(if delayed {
+        "backlog_delayed"
+    } else {
+        "backlog"
+    })
+    .with("queue", "durable")
+    .with("msg_size", 16)
+    .with("ready", stats.ready)
+    .with("delayed", stats.delayed)
+    .with_rounded("msgs_per_s", count as f64 / elapsed.as_secs_f64(), 0)
+    .with_rounded(
+        "ram_bytes_per_msg",
+        after.saturating_sub(before) as f64 / held.max(1) as f64,
+        2,
+    ))
 }

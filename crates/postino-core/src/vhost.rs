@@ -369,6 +369,35 @@ impl VirtualHost {
         }
     }
 
+    /// Deletes a queue only if it has no consumer (`if_unused`) and holds no message
+    /// (`if_empty`), as AMQP `queue.delete` asks; see [`VirtualHost::delete_queue`].
+    ///
+    /// # Errors
+    /// `PreconditionFailed` when a condition does not hold; as [`VirtualHost::delete_queue`].
+    pub async fn delete_queue_if(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<(), CoreError> {
+        let handle = self.queue(name).ok_or_else(|| CoreError::NotFound {
+            kind: "queue",
+            name: name.to_owned(),
+        })?;
+        let stats = handle.stats().await?;
+        if if_unused && stats.consumers > 0 {
+            return Err(CoreError::PreconditionFailed {
+                reason: format!("queue '{name}' in use"),
+            });
+        }
+        if if_empty && stats.ready + stats.unacked + stats.delayed > 0 {
+            return Err(CoreError::PreconditionFailed {
+                reason: format!("queue '{name}' not empty"),
+            });
+        }
+        self.delete_queue(name).await
+    }
+
     /// Deletes a queue, its bindings and its stored messages; its owner stops first.
     ///
     /// # Errors

@@ -414,3 +414,36 @@ async fn notify_calls_back_on_arrival_and_recover_redelivers() {
     task.await
         .expect("the callback task ends with the consumer");
 }
+
+#[tokio::test]
+async fn deleting_a_queue_in_use_or_not_empty_is_refused_when_asked() {
+    let host = open(None);
+    let (queue, _) = host
+        .declare_queue("busy", QueueSpec::transient())
+        .expect("declare");
+    host.publish("", "busy", Message::new(&b"m"[..]))
+        .await
+        .expect("publish");
+    assert!(matches!(
+        host.delete_queue_if("busy", false, true).await,
+        Err(CoreError::PreconditionFailed { .. })
+    ));
+    let mut deliveries = queue
+        .consume(1, ConsumerSpec::default())
+        .await
+        .expect("consume");
+    let delivery = deliveries.recv().await.expect("delivery");
+    queue
+        .settle(vec![delivery.id], Outcome::Accept)
+        .await
+        .expect("ack");
+    assert!(matches!(
+        host.delete_queue_if("busy", true, false).await,
+        Err(CoreError::PreconditionFailed { .. })
+    ));
+    queue.cancel(1).await.expect("cancel");
+    host.delete_queue_if("busy", true, true)
+        .await
+        .expect("unused and empty now");
+    assert!(host.queue("busy").is_none());
+}

@@ -116,3 +116,58 @@ fn storage_bench_prints_one_json_object_per_scenario() {
     let leftovers = std::fs::read_dir(dir.path()).expect("list").count();
     assert_eq!(leftovers, 0, "the benchmark cleans up its scratch data");
 }
+
+#[test]
+fn core_bench_prints_every_scenario() {
+    let dir = tempfile::tempdir().expect("dir");
+    let output = postino()
+        .args(["bench", "core", "--quick", "--json", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run the benchmark");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let pipelines: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|row| row["scenario"] == "pipeline")
+        .collect();
+    assert_eq!(
+        pipelines.len(),
+        8,
+        "durable and transient x 16 B and 1 KB x 1 and 4 consumers"
+    );
+    for row in &pipelines {
+        for field in [
+            "msgs_per_s",
+            "p50_us",
+            "p99_us",
+            "cpu_us_per_msg",
+            "ceiling_msgs_per_s",
+            "ratio",
+        ] {
+            assert!(row[field].is_number(), "{field} missing in {row}");
+        }
+    }
+    for scenario in ["fanout", "backlog", "backlog_delayed"] {
+        assert!(
+            rows.iter().any(|row| row["scenario"] == scenario),
+            "{scenario} missing"
+        );
+    }
+    let delayed = rows
+        .iter()
+        .find(|row| row["scenario"] == "backlog_delayed")
+        .expect("delayed");
+    assert_eq!(
+        delayed["delayed"], 20_000,
+        "every message waits in the delay index"
+    );
+}

@@ -372,16 +372,7 @@ impl<L: Log> QueueEngine<L> {
     pub fn cancel(&mut self, now_ms: i64, consumer: ConsumerId) -> Result<Vec<Push>, CoreError> {
         self.consumers.retain(|existing| existing.id != consumer);
         self.next_consumer = 0;
-        let held: Vec<u64> = self
-            .in_flight
-            .iter()
-            .filter(|(_, flight)| matches!(flight.holder, Holder::Consumer(id) if id == consumer))
-            .map(|(offset, _)| *offset)
-            .collect();
-        for offset in held {
-            self.return_to_queue(now_ms, offset)?;
-        }
-        self.finish(now_ms)
+        self.recover(now_ms, consumer)
     }
 
     /// Returns a consumer's unsettled deliveries to the queue without cancelling it (AMQP
