@@ -51,8 +51,9 @@ use store::{Hot, Meta};
 /// Ready messages a delivery looks through for one whose group is free, when message groups
 /// are on; past it, delivery waits for a group to free up.
 const GROUP_SCAN_MAX: usize = 1024;
-/// Body bytes of recently published messages kept in memory, so that a delivery soon after
-/// its publish does not read the log back. Past it, deliveries read the log.
+/// Memory for recently published messages kept in memory (bodies plus a per-message
+/// overhead), so that a delivery soon after its publish does not read the log back. Past it,
+/// deliveries read the log; a backlog costs this at most, not memory per message.
 const HOT_BYTES_MAX: usize = 8 << 20;
 
 #[derive(Debug, Clone, Copy)]
@@ -303,8 +304,9 @@ impl<L: Log> QueueEngine<L> {
         let bytes = message.body.len() as u64;
         let level = self.ready.level_of(message.properties.priority);
         self.ready.insert(level, id, bytes);
-        if self.hot_bytes + message.body.len() <= HOT_BYTES_MAX {
-            self.hot_bytes += message.body.len();
+        let cost = store::hot_cost(&message);
+        if self.hot_bytes + cost <= HOT_BYTES_MAX {
+            self.hot_bytes += cost;
             let published_ms = now_ms;
             self.hot.insert(
                 id,

@@ -9,6 +9,16 @@ use crate::record;
 
 use super::{QueueEngine, delay};
 
+/// Memory a hot message is counted for: its body and what a message costs besides (the
+/// struct, its properties, the map entry), estimated generously so that tiny messages do not
+/// fill memory with overhead.
+const HOT_ENTRY_OVERHEAD_BYTES: usize = 512;
+
+/// What keeping `message` hot costs.
+pub(super) fn hot_cost(message: &Message) -> usize {
+    message.body.len() + HOT_ENTRY_OVERHEAD_BYTES
+}
+
 /// What the engine needs to know of a message before taking it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Meta {
@@ -46,7 +56,7 @@ impl<L: Log> QueueEngine<L> {
     pub(super) fn take(&mut self, offset: u64) -> Result<(Message, Meta), CoreError> {
         match self.hot.remove(&offset) {
             Some(hot) => {
-                self.hot_bytes -= hot.message.body.len();
+                self.hot_bytes -= hot_cost(&hot.message);
                 let meta = Meta::of(&hot.message, hot.published_ms);
                 Ok((hot.message, meta))
             }
