@@ -416,6 +416,7 @@ impl<L: Log> QueueEngine<L> {
         self.expire_heads(now_ms)?;
         let outcome = match self.next_deliverable()? {
             Some((level, offset)) => {
+                self.read_ahead(offset)?;
                 let (message, meta) = self.take(offset)?;
                 let delivery =
                     self.hand_out(now_ms, (level, offset), message, meta, Holder::Get, spec);
@@ -779,6 +780,7 @@ impl<L: Log> QueueEngine<L> {
         self.expire_heads(now_ms)?;
         let mut pushes = Vec::new();
         while let Some((level, offset)) = self.next_deliverable()? {
+            self.read_ahead(offset)?;
             let meta = self.meta(offset)?;
             if self.is_expired(now_ms, meta) {
                 let (message, meta) = self.take(offset)?;

@@ -73,6 +73,11 @@ impl Ready {
             .collect()
     }
 
+    /// Whether `offset` is ready at any level.
+    pub(crate) fn contains(&self, offset: u64) -> bool {
+        self.levels.iter().any(|set| set.contains(offset))
+    }
+
     pub(crate) fn len(&self) -> u64 {
         self.levels.iter().map(OffsetSet::len).sum()
     }

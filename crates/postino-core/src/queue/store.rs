@@ -1,13 +1,17 @@
 //! Where the engine finds a message: recently published ones in memory ("hot"), the others
 //! in the queue's log.
 
+use postino_storage::batch::Record;
 use postino_storage::{Log, LogError, Offset};
 use postino_types::Message;
 
 use crate::error::CoreError;
 use crate::record;
 
-use super::{QueueEngine, delay};
+use super::{HOT_BYTES_MAX, QueueEngine, delay};
+
+/// Bytes of log a read-ahead asks for.
+const READ_AHEAD_BYTES: usize = 256 << 10;
 
 /// Memory a hot message is counted for: its body and what a message costs besides (the
 /// struct, its properties, the map entry), estimated generously so that tiny messages do not
@@ -35,6 +39,17 @@ impl Meta {
             expiration_ms: message.properties.expiration_ms,
         }
     }
+}
+
+/// A message record as the engine sees it. A delayed message enters the queue when its delay
+/// has passed, and its time to live counts from then, as with RabbitMQ's delayed exchange.
+fn decode(record: &Record) -> Result<(Message, Meta), CoreError> {
+    let message = record::decode(record)?;
+    let entered_ms = delay::delay_of(&message).map_or(record.timestamp_ms, |delay| {
+        record.timestamp_ms.saturating_add(delay as i64)
+    });
+    let meta = Meta::of(&message, entered_ms);
+    Ok((message, meta))
 }
 
 #[derive(Debug)]
@@ -74,13 +89,41 @@ impl<L: Log> QueueEngine<L> {
             .ok_or(CoreError::CorruptMessage {
                 reason: "a ready offset holds no record",
             })?;
-        let message = record::decode(&record)?;
-        // A delayed message enters the queue when its delay has passed; its time to live
-        // counts from then, as with RabbitMQ's delayed exchange.
-        let entered_ms = delay::delay_of(&message).map_or(record.timestamp_ms, |delay| {
-            record.timestamp_ms.saturating_add(delay as i64)
-        });
-        let meta = Meta::of(&message, entered_ms);
-        Ok((message, meta))
+        decode(&record)
+    }
+
+    /// Makes the ready messages from `offset` on hot, reading up to `READ_AHEAD_BYTES` of the
+    /// log at once within the hot budget: a backlog is delivered from memory a chunk at a
+    /// time instead of one log read per message.
+    pub(super) fn read_ahead(&mut self, offset: u64) -> Result<(), CoreError> {
+        if self.hot.contains_key(&offset) {
+            return Ok(());
+        }
+        let batches = self.log.read(Offset(offset), READ_AHEAD_BYTES)?;
+        for batch in batches.iter().filter(|batch| !batch.header().is_control()) {
+            for record in batch.records().map_err(LogError::from)? {
+                let wanted = record.offset >= offset
+                    && self.ready.contains(record.offset)
+                    && !self.hot.contains_key(&record.offset);
+                if !wanted {
+                    continue;
+                }
+                let (message, meta) = decode(&record)?;
+                let cost = hot_cost(&message);
+                if self.hot_bytes + cost > HOT_BYTES_MAX {
+                    return Ok(());
+                }
+                self.hot_bytes += cost;
+                let published_ms = meta.published_ms;
+                self.hot.insert(
+                    record.offset,
+                    Hot {
+                        message,
+                        published_ms,
+                    },
+                );
+            }
+        }
+        Ok(())
     }
 }
