@@ -450,6 +450,12 @@ impl VirtualHost {
         outcome
     }
 
+    /// The spec of an exchange, if it exists.
+    #[must_use]
+    pub fn exchange_spec(&self, name: &str) -> Option<ExchangeSpec> {
+        self.lock().topology.exchange(name).cloned()
+    }
+
     /// Starts a transaction on this host.
     pub fn begin(self: &Arc<Self>) -> Transaction {
         Transaction::new(Arc::clone(self))

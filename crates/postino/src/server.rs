@@ -1,5 +1,6 @@
 //! `postino server`: opens the data directory and the broker on it (virtual hosts, durable
-//! queues and definitions) and runs until SIGINT or SIGTERM, then closes every queue cleanly.
+//! queues and definitions), listens for AMQP 0-9-1 clients, and runs until SIGINT or SIGTERM,
+//! then closes every queue cleanly.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::IsTerminal;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
+use postino_amqp::Limits;
 use postino_core::{Broker, FlowLimits};
 use postino_storage::LogConfig;
 use postino_types::SystemClock;
@@ -28,6 +30,34 @@ pub struct ServerArgs {
     /// Log line format.
     #[arg(long, env = "POSTINO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Where AMQP 0-9-1 clients connect (`host:port`, port 0 picks one, `off` disables).
+    #[arg(long, env = "POSTINO_AMQP_LISTEN", default_value = "0.0.0.0:5672")]
+    amqp_listen: Listen,
+}
+
+/// A listener address, or `off`.
+#[derive(Debug, Clone)]
+enum Listen {
+    Off,
+    At(String),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "off" {
+            return Ok(Listen::Off);
+        }
+        let valid = text
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if valid {
+            Ok(Listen::At(text.to_owned()))
+        } else {
+            Err(format!("'{text}' is not host:port or off"))
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -79,6 +109,20 @@ fn serve(args: &ServerArgs) -> Result<()> {
         )
         .context("open the broker")?;
         info!(vhosts = ?broker.vhost_names(), "broker ready");
+        if let Listen::At(address) = &args.amqp_listen {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listen for AMQP on {address}"))?;
+            let local = listener
+                .local_addr()
+                .context("the AMQP listener's address")?;
+            tokio::spawn(postino_amqp::serve(
+                listener,
+                Arc::clone(&broker),
+                Limits::default(),
+            ));
+            info!(protocol = %"amqp", addr = %local, "listening");
+        }
         let signal = stop.await;
         info!(signal, "shutting down");
         broker.close().await.context("close the broker")?;

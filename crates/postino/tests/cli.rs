@@ -13,7 +13,7 @@ fn server_opens_its_data_directory_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("dir");
     let data_dir = dir.path().join("data");
     let mut server = postino()
-        .args(["server", "--data-dir"])
+        .args(["server", "--amqp-listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
         .env_remove("POSTINO_LOG")
         .stderr(Stdio::piped())
@@ -32,7 +32,7 @@ fn server_opens_its_data_directory_and_stops_cleanly_on_sigterm() {
     );
 
     let second = postino()
-        .args(["server", "--data-dir"])
+        .args(["server", "--amqp-listen", "off", "--data-dir"])
         .arg(&data_dir)
         .output()
         .expect("run a second server");
@@ -66,6 +66,12 @@ fn bad_usage_exits_with_code_two() {
         .expect("run");
     assert_eq!(format.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&format.stderr).contains("--log-format"));
+    let listen = postino()
+        .args(["server", "--amqp-listen", "nowhere"])
+        .output()
+        .expect("run");
+    assert_eq!(listen.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&listen.stderr).contains("--amqp-listen"));
 }
 
 #[test]

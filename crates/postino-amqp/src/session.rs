@@ -1,0 +1,1218 @@
+//! One AMQP connection: handshake, channels, and the translation of methods onto the core.
+//!
+//! A reader loop parses frames and handles them in order; a writer task owns the socket's
+//! write half, batches queued frames into one write, and sends heartbeats. Consumers forward
+//! deliveries from their queue to the writer, numbering them with their channel's delivery
+//! tags.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame, parse_frame};
+use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use bytes::{Buf, BytesMut};
+use postino_core::{
+    Binding, Broker, ConsumerSpec, CoreError, Destination, ExchangeSpec, GetSpec, Outcome,
+    QueueHandle, QueueSpec, VirtualHost,
+};
+use postino_types::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::Limits;
+use crate::convert::{headers_from_table, properties_from_amqp, properties_to_amqp};
+
+const PROTOCOL_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
+/// Bytes of a frame around its payload: type, channel, size, end.
+const FRAME_OVERHEAD: usize = 8;
+
+const CONTENT_TOO_LARGE: u16 = 311;
+const NO_ROUTE: u16 = 312;
+const ACCESS_REFUSED: u16 = 403;
+const NOT_FOUND: u16 = 404;
+const RESOURCE_LOCKED: u16 = 405;
+const PRECONDITION_FAILED: u16 = 406;
+const FRAME_ERROR: u16 = 501;
+const SYNTAX_ERROR: u16 = 502;
+const COMMAND_INVALID: u16 = 503;
+const CHANNEL_ERROR: u16 = 504;
+const UNEXPECTED_FRAME: u16 = 505;
+const NOT_ALLOWED: u16 = 530;
+const NOT_IMPLEMENTED: u16 = 540;
+const INTERNAL_ERROR: u16 = 541;
+
+/// Where an error is reported: the channel closes, or the whole connection.
+#[derive(Debug)]
+enum Fault {
+    Channel(u16, String),
+    Connection(u16, String),
+}
+
+/// The one mapping of core errors to AMQP reply codes.
+fn reply_for(error: &CoreError) -> Fault {
+    let text = error.to_string();
+    match error {
+        CoreError::NotFound { .. } => Fault::Channel(NOT_FOUND, text),
+        CoreError::PreconditionFailed { .. }
+        | CoreError::InvalidArgument { .. }
+        | CoreError::UnknownDelivery { .. }
+        | CoreError::PublishRejected { .. } => Fault::Channel(PRECONDITION_FAILED, text),
+        CoreError::AccessRefused { .. } => Fault::Channel(ACCESS_REFUSED, text),
+        CoreError::ResourceLocked { .. } => Fault::Channel(RESOURCE_LOCKED, text),
+        CoreError::QueueStopped { .. } => Fault::Channel(NOT_FOUND, text),
+        CoreError::Definitions { .. }
+        | CoreError::CorruptMessage { .. }
+        | CoreError::Storage(_) => Fault::Connection(INTERNAL_ERROR, text),
+    }
+}
+
+type Out = mpsc::UnboundedSender<AMQPFrame>;
+
+fn short(text: &str) -> ShortString {
+    ShortString::from(text)
+}
+
+/// Queues the frames of one message: its method, content header, and body frames.
+fn send_content(out: &Out, channel: u16, method: AMQPClass, message: &Message, frame_max: u32) {
+    let _ = out.send(AMQPFrame::Method(channel, method));
+    let _ = out.send(AMQPFrame::Header(
+        channel,
+        AMQPContentHeader {
+            class_id: 60,
+            body_size: message.body.len() as u64,
+            properties: properties_to_amqp(message),
+        },
+    ));
+    let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
+    for part in message.body.chunks(chunk) {
+        let _ = out.send(AMQPFrame::Body(channel, part.to_vec()));
+    }
+}
+
+/// Delivery tags of a channel: each maps to the queue and the core's delivery id.
+#[derive(Debug, Default)]
+struct Tags {
+    next: u64,
+    open: BTreeMap<u64, (QueueHandle, u64)>,
+}
+
+impl Tags {
+    fn assign(&mut self, queue: &QueueHandle, id: u64) -> u64 {
+        self.next += 1;
+        self.open.insert(self.next, (queue.clone(), id));
+        self.next
+    }
+
+    /// Takes the tags a settlement names (all up to `tag` with `multiple`; tag 0 with
+    /// `multiple` means every one), grouped by queue.
+    fn take(&mut self, tag: u64, multiple: bool) -> Result<Vec<(QueueHandle, Vec<u64>)>, u64> {
+        let tags: Vec<u64> = if multiple {
+            let upto = if tag == 0 { u64::MAX } else { tag };
+            self.open.range(..=upto).map(|(tag, _)| *tag).collect()
+        } else if self.open.contains_key(&tag) {
+            vec![tag]
+        } else {
+            return Err(tag);
+        };
+        let mut groups: Vec<(QueueHandle, Vec<u64>)> = Vec::new();
+        for tag in tags {
+            let Some((queue, id)) = self.open.remove(&tag) else {
+                continue;
+            };
+            match groups
+                .iter_mut()
+                .find(|(existing, _)| existing.name() == queue.name())
+            {
+                Some((_, ids)) => ids.push(id),
+                None => groups.push((queue, vec![id])),
+            }
+        }
+        Ok(groups)
+    }
+}
+
+/// A `basic.publish` whose content is arriving.
+#[derive(Debug)]
+struct Incoming {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    header: Option<AMQPContentHeader>,
+    body: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    queue: QueueHandle,
+    id: u64,
+    forwarder: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct Channel {
+    confirm: bool,
+    published: u64,
+    prefetch: u16,
+    incoming: Option<Incoming>,
+    tags: Arc<Mutex<Tags>>,
+    consumers: HashMap<String, Consumer>,
+    /// A channel.close was sent; frames are ignored until close-ok.
+    closing: bool,
+}
+
+fn lock(tags: &Mutex<Tags>) -> std::sync::MutexGuard<'_, Tags> {
+    tags.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Session {
+    broker: Arc<Broker>,
+    connection: u64,
+    limits: Limits,
+    frame_max: u32,
+    out: Out,
+    host: Option<Arc<VirtualHost>>,
+    channels: HashMap<u16, Channel>,
+    next_consumer: u64,
+    next_queue_name: u64,
+}
+
+/// Serves one connection until it closes or fails.
+pub(crate) async fn run(
+    mut socket: TcpStream,
+    broker: Arc<Broker>,
+    connection: u64,
+    limits: Limits,
+) -> io::Result<()> {
+    let mut buffer = BytesMut::with_capacity(64 << 10);
+    while buffer.len() < PROTOCOL_HEADER.len() {
+        if socket.read_buf(&mut buffer).await? == 0 {
+            return Ok(());
+        }
+    }
+    if &buffer[..PROTOCOL_HEADER.len()] != PROTOCOL_HEADER {
+        // Spec 4.2.2: answer a wrong header with the one we speak, then close.
+        socket.write_all(PROTOCOL_HEADER).await?;
+        return Ok(());
+    }
+    buffer.advance(PROTOCOL_HEADER.len());
+    let (mut reader, writer) = socket.into_split();
+    let (out, frames) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_frames(writer, frames, limits.heartbeat_s));
+    let mut session = Session {
+        broker,
+        connection,
+        limits,
+        frame_max: limits.frame_max,
+        out,
+        host: None,
+        channels: HashMap::new(),
+        next_consumer: 0,
+        next_queue_name: 0,
+    };
+    session.send(0, start());
+    let outcome = session.read_loop(&mut reader, &mut buffer).await;
+    session.shutdown().await;
+    drop(session);
+    let _ = writer.await;
+    outcome
+}
+
+fn start() -> AMQPClass {
+    let mut capabilities = FieldTable::default();
+    for capability in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "per_consumer_qos",
+        "authentication_failure_close",
+    ] {
+        capabilities.insert(short(capability), AMQPValue::Boolean(true));
+    }
+    let mut properties = FieldTable::default();
+    properties.insert(
+        short("product"),
+        AMQPValue::LongString(LongString::from("postino")),
+    );
+    properties.insert(
+        short("version"),
+        AMQPValue::LongString(LongString::from(env!("CARGO_PKG_VERSION"))),
+    );
+    properties.insert(short("capabilities"), AMQPValue::FieldTable(capabilities));
+    AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+        version_major: 0,
+        version_minor: 9,
+        server_properties: properties,
+        mechanisms: LongString::from("PLAIN"),
+        locales: LongString::from("en_US"),
+    }))
+}
+
+async fn write_frames(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut frames: mpsc::UnboundedReceiver<AMQPFrame>,
+    heartbeat_s: u16,
+) {
+    let mut batch = Vec::new();
+    let mut bytes = Vec::with_capacity(64 << 10);
+    let every = Duration::from_secs(u64::from(heartbeat_s.max(1)) / 2 + 1);
+    loop {
+        let received = tokio::select! {
+            received = frames.recv_many(&mut batch, 256) => received,
+            () = tokio::time::sleep(every), if heartbeat_s > 0 => {
+                batch.push(AMQPFrame::Heartbeat);
+                1
+            }
+        };
+        if received == 0 {
+            let _ = writer.shutdown().await;
+            return;
+        }
+        bytes.clear();
+        let mut closing = false;
+        for frame in batch.drain(..) {
+            closing |= matches!(
+                frame,
+                AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)))
+            );
+            match gen_frame(&frame)(WriteContext::from(std::mem::take(&mut bytes))) {
+                Ok(context) => bytes = context.into_inner().0,
+                Err(error) => {
+                    tracing::error!(%error, "could not serialise an amqp frame");
+                    return;
+                }
+            }
+        }
+        if writer.write_all(&bytes).await.is_err() || closing {
+            let _ = writer.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// What the reader loop does after a frame.
+enum Next {
+    Continue,
+    Stop,
+}
+
+impl Session {
+    fn send(&self, channel: u16, method: AMQPClass) {
+        let _ = self.out.send(AMQPFrame::Method(channel, method));
+    }
+
+    fn close_connection(&self, code: u16, text: &str) {
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: code,
+                reply_text: short(&text.chars().take(250).collect::<String>()),
+                class_id: 0,
+                method_id: 0,
+            })),
+        );
+    }
+
+    async fn read_loop(
+        &mut self,
+        reader: &mut tokio::net::tcp::OwnedReadHalf,
+        buffer: &mut BytesMut,
+    ) -> io::Result<()> {
+        loop {
+            while let Some(size) = frame_size(buffer) {
+                if size > self.frame_max as usize {
+                    self.close_connection(
+                        FRAME_ERROR,
+                        &format!("frame of {size} bytes exceeds frame_max"),
+                    );
+                    return Ok(());
+                }
+                if buffer.len() < size {
+                    break;
+                }
+                let frame = match parse_frame(&buffer[..size]) {
+                    Ok((_, frame)) => frame,
+                    Err(error) => {
+                        self.close_connection(SYNTAX_ERROR, &format!("malformed frame: {error}"));
+                        return Ok(());
+                    }
+                };
+                buffer.advance(size);
+                if let Next::Stop = self.on_frame(frame).await {
+                    return Ok(());
+                }
+            }
+            buffer.reserve(64 << 10);
+            let timeout = Duration::from_secs(u64::from(self.limits.heartbeat_s) * 2 + 10);
+            match tokio::time::timeout(timeout, reader.read_buf(buffer)).await {
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// Cancels consumers and returns unsettled deliveries when the connection goes away.
+    async fn shutdown(&mut self) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.close_channel_state(id).await;
+        }
+        if let Some(host) = &self.host {
+            let _ = host.connection_closed(self.connection).await;
+        }
+    }
+
+    async fn close_channel_state(&mut self, id: u16) {
+        let Some(channel) = self.channels.remove(&id) else {
+            return;
+        };
+        for (_, consumer) in channel.consumers {
+            let _ = consumer.queue.cancel(consumer.id).await;
+            consumer.forwarder.abort();
+        }
+        let unsettled: Vec<(QueueHandle, Vec<u64>)> =
+            lock(&channel.tags).take(0, true).unwrap_or_default();
+        for (queue, ids) in unsettled {
+            let _ = queue.settle(ids, Outcome::Requeue).await;
+        }
+    }
+
+    async fn on_frame(&mut self, frame: AMQPFrame) -> Next {
+        match frame {
+            AMQPFrame::Heartbeat
+            | AMQPFrame::InvalidHeartbeat(_)
+            | AMQPFrame::ProtocolHeader(_) => Next::Continue,
+            AMQPFrame::Method(0, AMQPClass::Connection(method)) => self.on_connection(method),
+            AMQPFrame::Method(0, _) | AMQPFrame::Header(0, _) | AMQPFrame::Body(0, _) => {
+                self.close_connection(COMMAND_INVALID, "only connection methods go on channel 0");
+                Next::Stop
+            }
+            AMQPFrame::Method(id, method) => self.on_channel_method(id, method).await,
+            AMQPFrame::Header(id, header) => self.on_header(id, header).await,
+            AMQPFrame::Body(id, body) => self.on_body(id, body).await,
+        }
+    }
+
+    fn on_connection(&mut self, method: connection::AMQPMethod) -> Next {
+        match method {
+            connection::AMQPMethod::StartOk(start_ok) => {
+                if !authenticated(&start_ok) {
+                    self.close_connection(ACCESS_REFUSED, "login refused: PLAIN guest/guest only");
+                    return Next::Stop;
+                }
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                        channel_max: self.limits.channel_max,
+                        frame_max: self.limits.frame_max,
+                        heartbeat: self.limits.heartbeat_s,
+                    })),
+                );
+                Next::Continue
+            }
+            connection::AMQPMethod::TuneOk(tune_ok) => {
+                if tune_ok.frame_max > 0 {
+                    self.frame_max = tune_ok.frame_max.min(self.limits.frame_max).max(4096);
+                }
+                Next::Continue
+            }
+            connection::AMQPMethod::Open(open) => {
+                match self.broker.vhost(open.virtual_host.as_str()) {
+                    Some(host) => {
+                        self.host = Some(host);
+                        self.send(
+                            0,
+                            AMQPClass::Connection(connection::AMQPMethod::OpenOk(
+                                connection::OpenOk {},
+                            )),
+                        );
+                        Next::Continue
+                    }
+                    None => {
+                        self.close_connection(
+                            NOT_ALLOWED,
+                            &format!("vhost '{}' not found", open.virtual_host),
+                        );
+                        Next::Stop
+                    }
+                }
+            }
+            connection::AMQPMethod::Close(_) => {
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
+                Next::Stop
+            }
+            connection::AMQPMethod::CloseOk(_) => Next::Stop,
+            _ => {
+                self.close_connection(NOT_IMPLEMENTED, "connection method not supported");
+                Next::Stop
+            }
+        }
+    }
+
+    fn close_channel(&mut self, id: u16, code: u16, text: &str, class_id: u16, method_id: u16) {
+        if let Some(channel) = self.channels.get_mut(&id) {
+            channel.closing = true;
+            channel.incoming = None;
+        }
+        self.send(
+            id,
+            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: code,
+                reply_text: short(&text.chars().take(250).collect::<String>()),
+                class_id,
+                method_id,
+            })),
+        );
+    }
+
+    fn fail(&mut self, id: u16, error: &CoreError, class_id: u16, method_id: u16) -> Next {
+        match reply_for(error) {
+            Fault::Channel(code, text) => {
+                self.close_channel(id, code, &text, class_id, method_id);
+                Next::Continue
+            }
+            Fault::Connection(code, text) => {
+                self.close_connection(code, &text);
+                Next::Stop
+            }
+        }
+    }
+
+    async fn on_channel_method(&mut self, id: u16, method: AMQPClass) -> Next {
+        let (class_id, method_id) = (method.get_amqp_class_id(), method.get_amqp_method_id());
+        if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = method {
+            if self.channels.contains_key(&id) || id > self.limits.channel_max {
+                self.close_connection(CHANNEL_ERROR, &format!("channel {id} cannot be opened"));
+                return Next::Stop;
+            }
+            self.channels.insert(id, Channel::default());
+            self.send(
+                id,
+                AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+            );
+            return Next::Continue;
+        }
+        let Some(channel) = self.channels.get(&id) else {
+            self.close_connection(CHANNEL_ERROR, &format!("channel {id} is not open"));
+            return Next::Stop;
+        };
+        if channel.closing {
+            if let AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) = method {
+                self.close_channel_state(id).await;
+            }
+            return Next::Continue;
+        }
+        if channel.incoming.is_some() {
+            self.close_connection(
+                UNEXPECTED_FRAME,
+                "a method arrived before the previous message's content",
+            );
+            return Next::Stop;
+        }
+        let Some(host) = self.host.clone() else {
+            self.close_connection(COMMAND_INVALID, "connection.open first");
+            return Next::Stop;
+        };
+        match self.on_method(&host, id, method).await {
+            Ok(next) => next,
+            Err(error) => self.fail(id, &error, class_id, method_id),
+        }
+    }
+
+    async fn on_method(
+        &mut self,
+        host: &Arc<VirtualHost>,
+        id: u16,
+        method: AMQPClass,
+    ) -> Result<Next, CoreError> {
+        match method {
+            AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                self.close_channel_state(id).await;
+                self.send(
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                );
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => {
+                self.send(
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                        active: flow.active,
+                    })),
+                );
+            }
+            AMQPClass::Exchange(method) => self.on_exchange(host, id, method)?,
+            AMQPClass::Queue(method) => self.on_queue(host, id, method).await?,
+            AMQPClass::Basic(method) => return self.on_basic(host, id, method).await,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
+                if let Some(channel) = self.channels.get_mut(&id) {
+                    channel.confirm = true;
+                }
+                if !select.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+            }
+            other => {
+                let (class_id, method_id) = (other.get_amqp_class_id(), other.get_amqp_method_id());
+                self.close_channel(
+                    id,
+                    NOT_IMPLEMENTED,
+                    "method not supported yet",
+                    class_id,
+                    method_id,
+                );
+            }
+        }
+        Ok(Next::Continue)
+    }
+
+    fn on_exchange(
+        &mut self,
+        host: &Arc<VirtualHost>,
+        id: u16,
+        method: exchange::AMQPMethod,
+    ) -> Result<(), CoreError> {
+        match method {
+            exchange::AMQPMethod::Declare(declare) => {
+                let name = declare.exchange.as_str();
+                if declare.passive {
+                    if host.exchange_spec(name).is_none() {
+                        return Err(CoreError::NotFound {
+                            kind: "exchange",
+                            name: name.to_owned(),
+                        });
+                    }
+                } else {
+                    let arguments = headers_from_table(&declare.arguments);
+                    let alternate = match arguments.get("alternate-exchange") {
+                        Some(postino_types::HeaderValue::Text(alternate)) => {
+                            Some(alternate.clone())
+                        }
+                        _ => None,
+                    };
+                    let spec = ExchangeSpec {
+                        kind: declare.kind.as_str().parse()?,
+                        durable: declare.durable,
+                        auto_delete: declare.auto_delete,
+                        internal: declare.internal,
+                        alternate,
+                        arguments,
+                    };
+                    host.declare_exchange(name, spec)?;
+                }
+                if !declare.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                            exchange::DeclareOk {},
+                        )),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Delete(delete) => {
+                host.delete_exchange(delete.exchange.as_str(), delete.if_unused)?;
+                if !delete.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Bind(bind) => {
+                host.bind(exchange_binding(
+                    &bind.source,
+                    &bind.destination,
+                    &bind.routing_key,
+                    &bind.arguments,
+                ))?;
+                if !bind.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Unbind(unbind) => {
+                host.unbind(&exchange_binding(
+                    &unbind.source,
+                    &unbind.destination,
+                    &unbind.routing_key,
+                    &unbind.arguments,
+                ))?;
+                if !unbind.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                    );
+                }
+            }
+            _ => self.close_channel(
+                id,
+                COMMAND_INVALID,
+                "a client cannot send this method",
+                40,
+                0,
+            ),
+        }
+        Ok(())
+    }
+
+    async fn on_queue(
+        &mut self,
+        host: &Arc<VirtualHost>,
+        id: u16,
+        method: queue::AMQPMethod,
+    ) -> Result<(), CoreError> {
+        match method {
+            queue::AMQPMethod::Declare(declare) => {
+                let mut name = declare.queue.as_str().to_owned();
+                let handle = if declare.passive {
+                    host.queue_for(&name, Some(self.connection))?
+                } else {
+                    if name.is_empty() {
+                        self.next_queue_name += 1;
+                        name = format!("amq.gen-{}-{}", self.connection, self.next_queue_name);
+                    } else if name.starts_with("amq.") {
+                        return Err(CoreError::AccessRefused {
+                            reason: format!("queue name '{name}' is reserved"),
+                        });
+                    }
+                    let spec = QueueSpec {
+                        durable: declare.durable,
+                        exclusive: declare.exclusive,
+                        auto_delete: declare.auto_delete,
+                        arguments: headers_from_table(&declare.arguments),
+                    };
+                    host.declare_queue_for(&name, spec, Some(self.connection))?
+                        .0
+                };
+                if !declare.nowait {
+                    let stats = handle.stats().await?;
+                    self.send(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                            queue: short(&name),
+                            message_count: stats.ready as u32,
+                            consumer_count: stats.consumers as u32,
+                        })),
+                    );
+                }
+            }
+            queue::AMQPMethod::Bind(bind) => {
+                host.bind(queue_binding(
+                    &bind.exchange,
+                    &bind.queue,
+                    &bind.routing_key,
+                    &bind.arguments,
+                ))?;
+                if !bind.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                    );
+                }
+            }
+            queue::AMQPMethod::Unbind(unbind) => {
+                host.unbind(&queue_binding(
+                    &unbind.exchange,
+                    &unbind.queue,
+                    &unbind.routing_key,
+                    &unbind.arguments,
+                ))?;
+                self.send(
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                );
+            }
+            queue::AMQPMethod::Delete(delete) => {
+                let name = delete.queue.as_str();
+                let stats = host.queue_for(name, Some(self.connection))?.stats().await?;
+                host.delete_queue_if(name, delete.if_unused, delete.if_empty)
+                    .await?;
+                if !delete.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                            message_count: stats.ready as u32,
+                        })),
+                    );
+                }
+            }
+            _ => self.close_channel(id, NOT_IMPLEMENTED, "method not supported yet", 50, 0),
+        }
+        Ok(())
+    }
+
+    async fn on_basic(
+        &mut self,
+        host: &Arc<VirtualHost>,
+        id: u16,
+        method: basic::AMQPMethod,
+    ) -> Result<Next, CoreError> {
+        match method {
+            basic::AMQPMethod::Qos(qos) => {
+                if let Some(channel) = self.channels.get_mut(&id) {
+                    channel.prefetch = qos.prefetch_count;
+                }
+                self.send(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+                );
+            }
+            basic::AMQPMethod::Publish(publish) => {
+                if let Some(channel) = self.channels.get_mut(&id) {
+                    channel.incoming = Some(Incoming {
+                        exchange: publish.exchange.as_str().to_owned(),
+                        routing_key: publish.routing_key.as_str().to_owned(),
+                        mandatory: publish.mandatory,
+                        header: None,
+                        body: Vec::new(),
+                    });
+                }
+            }
+            basic::AMQPMethod::Consume(consume) => self.consume(host, id, consume).await?,
+            basic::AMQPMethod::Cancel(cancel) => {
+                let tag = cancel.consumer_tag.as_str().to_owned();
+                let removed = self
+                    .channels
+                    .get_mut(&id)
+                    .and_then(|channel| channel.consumers.remove(&tag));
+                if let Some(consumer) = removed {
+                    consumer.queue.cancel(consumer.id).await?;
+                    consumer.forwarder.abort();
+                }
+                if !cancel.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                            consumer_tag: short(&tag),
+                        })),
+                    );
+                }
+            }
+            basic::AMQPMethod::Get(get) => {
+                let queue = host.queue_for(get.queue.as_str(), Some(self.connection))?;
+                let spec = GetSpec {
+                    auto_ack: get.no_ack,
+                    lease_ms: None,
+                };
+                match queue.get(spec, None).await? {
+                    Some(delivery) => {
+                        let stats = queue.stats().await?;
+                        let tags = Arc::clone(&self.channel(id).tags);
+                        let tag = if get.no_ack {
+                            0
+                        } else {
+                            lock(&tags).assign(&queue, delivery.id)
+                        };
+                        let annotations = &delivery.message.annotations;
+                        let method = AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                            delivery_tag: tag,
+                            redelivered: annotations.redelivered,
+                            exchange: short(&annotations.exchange),
+                            routing_key: short(&annotations.routing_key),
+                            message_count: stats.ready as u32,
+                        }));
+                        send_content(&self.out, id, method, &delivery.message, self.frame_max);
+                    }
+                    None => self.send(
+                        id,
+                        AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                    ),
+                }
+            }
+            basic::AMQPMethod::Ack(ack) => {
+                self.settle(id, ack.delivery_tag, ack.multiple, Outcome::Accept)
+                    .await?
+            }
+            basic::AMQPMethod::Nack(nack) => {
+                let outcome = if nack.requeue {
+                    Outcome::Requeue
+                } else {
+                    Outcome::Discard
+                };
+                self.settle(id, nack.delivery_tag, nack.multiple, outcome)
+                    .await?;
+            }
+            basic::AMQPMethod::Reject(reject) => {
+                let outcome = if reject.requeue {
+                    Outcome::Requeue
+                } else {
+                    Outcome::Discard
+                };
+                self.settle(id, reject.delivery_tag, false, outcome).await?;
+            }
+            basic::AMQPMethod::Recover(_) | basic::AMQPMethod::RecoverAsync(_) => {
+                let unsettled = lock(&self.channel(id).tags)
+                    .take(0, true)
+                    .unwrap_or_default();
+                for (queue, ids) in unsettled {
+                    queue.settle(ids, Outcome::Requeue).await?;
+                }
+                self.send(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                );
+            }
+            _ => self.close_channel(id, NOT_IMPLEMENTED, "method not supported yet", 60, 0),
+        }
+        Ok(Next::Continue)
+    }
+
+    fn channel(&self, id: u16) -> &Channel {
+        self.channels
+            .get(&id)
+            .expect("methods reach only open channels")
+    }
+
+    async fn consume(
+        &mut self,
+        host: &Arc<VirtualHost>,
+        id: u16,
+        consume: basic::Consume,
+    ) -> Result<(), CoreError> {
+        let queue = host.queue_for(consume.queue.as_str(), Some(self.connection))?;
+        self.next_consumer += 1;
+        let consumer_id = (self.connection << 32) | self.next_consumer;
+        let mut tag = consume.consumer_tag.as_str().to_owned();
+        if tag.is_empty() {
+            tag = format!("amq.ctag-{}-{}", self.connection, self.next_consumer);
+        }
+        if self.channel(id).consumers.contains_key(&tag) {
+            return Err(CoreError::PreconditionFailed {
+                reason: format!("consumer tag '{tag}' is in use on this channel"),
+            });
+        }
+        let priority = match headers_from_table(&consume.arguments).get("x-priority") {
+            Some(postino_types::HeaderValue::Int(priority)) => {
+                i32::try_from(*priority).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        let spec = ConsumerSpec {
+            prefetch_count: u32::from(self.channel(id).prefetch),
+            auto_ack: consume.no_ack,
+            priority,
+            ..ConsumerSpec::default()
+        };
+        let mut deliveries = queue.consume(consumer_id, spec).await?;
+        if !consume.nowait {
+            self.send(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: short(&tag),
+                })),
+            );
+        }
+        let tags = Arc::clone(&self.channel(id).tags);
+        let (out, frame_max, no_ack) = (self.out.clone(), self.frame_max, consume.no_ack);
+        let forward_queue = queue.clone();
+        let forward_tag = short(&tag);
+        let forwarder = tokio::spawn(async move {
+            while let Some(delivery) = deliveries.recv().await {
+                let delivery_tag = if no_ack {
+                    0
+                } else {
+                    lock(&tags).assign(&forward_queue, delivery.id)
+                };
+                let annotations = &delivery.message.annotations;
+                let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                    consumer_tag: forward_tag.clone(),
+                    delivery_tag,
+                    redelivered: annotations.redelivered,
+                    exchange: short(&annotations.exchange),
+                    routing_key: short(&annotations.routing_key),
+                }));
+                send_content(&out, id, method, &delivery.message, frame_max);
+            }
+        });
+        if let Some(channel) = self.channels.get_mut(&id) {
+            channel.consumers.insert(
+                tag,
+                Consumer {
+                    queue,
+                    id: consumer_id,
+                    forwarder,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn settle(
+        &mut self,
+        id: u16,
+        tag: u64,
+        multiple: bool,
+        outcome: Outcome,
+    ) -> Result<(), CoreError> {
+        let groups = lock(&self.channel(id).tags)
+            .take(tag, multiple)
+            .map_err(|tag| CoreError::UnknownDelivery { delivery: tag })?;
+        for (queue, ids) in groups {
+            queue.settle(ids, outcome).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_header(&mut self, id: u16, header: AMQPContentHeader) -> Next {
+        let body_max = self.limits.body_bytes_max;
+        let Some(channel) = self.channels.get_mut(&id) else {
+            self.close_connection(CHANNEL_ERROR, &format!("channel {id} is not open"));
+            return Next::Stop;
+        };
+        if channel.closing {
+            return Next::Continue;
+        }
+        let Some(incoming) = channel
+            .incoming
+            .as_mut()
+            .filter(|incoming| incoming.header.is_none())
+        else {
+            self.close_connection(UNEXPECTED_FRAME, "content header without basic.publish");
+            return Next::Stop;
+        };
+        if header.body_size > body_max {
+            self.close_channel(
+                id,
+                CONTENT_TOO_LARGE,
+                "message body exceeds the limit",
+                60,
+                40,
+            );
+            return Next::Continue;
+        }
+        let complete = header.body_size == 0;
+        incoming.body.reserve(header.body_size as usize);
+        incoming.header = Some(header);
+        if complete {
+            return self.publish(id).await;
+        }
+        Next::Continue
+    }
+
+    async fn on_body(&mut self, id: u16, body: Vec<u8>) -> Next {
+        let Some(channel) = self.channels.get_mut(&id) else {
+            self.close_connection(CHANNEL_ERROR, &format!("channel {id} is not open"));
+            return Next::Stop;
+        };
+        if channel.closing {
+            return Next::Continue;
+        }
+        let Some(incoming) = channel
+            .incoming
+            .as_mut()
+            .filter(|incoming| incoming.header.is_some())
+        else {
+            self.close_connection(UNEXPECTED_FRAME, "content body without a header");
+            return Next::Stop;
+        };
+        incoming.body.extend_from_slice(&body);
+        let expected = incoming
+            .header
+            .as_ref()
+            .map_or(0, |header| header.body_size);
+        match (incoming.body.len() as u64).cmp(&expected) {
+            std::cmp::Ordering::Less => Next::Continue,
+            std::cmp::Ordering::Equal => self.publish(id).await,
+            std::cmp::Ordering::Greater => {
+                self.close_connection(FRAME_ERROR, "content body longer than its header said");
+                Next::Stop
+            }
+        }
+    }
+
+    /// Publishes a completed message; in confirm mode, acks (or nacks) it once the core
+    /// confirms it, and returns it first when it was mandatory and unroutable.
+    async fn publish(&mut self, id: u16) -> Next {
+        let Some(host) = self.host.clone() else {
+            return Next::Stop;
+        };
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return Next::Stop;
+        };
+        let Some(incoming) = channel.incoming.take() else {
+            return Next::Continue;
+        };
+        let sequence = channel.confirm.then(|| {
+            channel.published += 1;
+            channel.published
+        });
+        let Incoming {
+            exchange,
+            routing_key,
+            mandatory,
+            header,
+            body,
+        } = incoming;
+        let properties = header
+            .map(|header| properties_from_amqp(&header.properties))
+            .unwrap_or_default();
+        let message = Message {
+            body: body.into(),
+            properties,
+            annotations: postino_types::Annotations::default(),
+        };
+        let returned = mandatory.then(|| message.clone());
+        match host
+            .publish_pipelined(&exchange, &routing_key, message)
+            .await
+        {
+            Ok((routed, confirm)) => {
+                if let (0, Some(message)) = (routed.queues, returned) {
+                    let method = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                        reply_code: NO_ROUTE,
+                        reply_text: short("NO_ROUTE"),
+                        exchange: short(&exchange),
+                        routing_key: short(&routing_key),
+                    }));
+                    send_content(&self.out, id, method, &message, self.frame_max);
+                }
+                if let Some(sequence) = sequence {
+                    let out = self.out.clone();
+                    tokio::spawn(async move {
+                        let method = match confirm.wait().await {
+                            Ok(()) => basic::AMQPMethod::Ack(basic::Ack {
+                                delivery_tag: sequence,
+                                multiple: false,
+                            }),
+                            Err(_) => basic::AMQPMethod::Nack(basic::Nack {
+                                delivery_tag: sequence,
+                                multiple: false,
+                                requeue: false,
+                            }),
+                        };
+                        let _ = out.send(AMQPFrame::Method(id, AMQPClass::Basic(method)));
+                    });
+                }
+                Next::Continue
+            }
+            Err(error) => match (sequence, &error) {
+                (Some(sequence), CoreError::PublishRejected { .. }) => {
+                    let nack = basic::Nack {
+                        delivery_tag: sequence,
+                        multiple: false,
+                        requeue: false,
+                    };
+                    self.send(id, AMQPClass::Basic(basic::AMQPMethod::Nack(nack)));
+                    Next::Continue
+                }
+                _ => self.fail(id, &error, 60, 40),
+            },
+        }
+    }
+}
+
+/// The size of the frame at the start of `buffer`, once its 7-byte header has arrived.
+fn frame_size(buffer: &[u8]) -> Option<usize> {
+    if buffer.len() < 7 {
+        return None;
+    }
+    let payload = u32::from_be_bytes([buffer[3], buffer[4], buffer[5], buffer[6]]) as usize;
+    Some(payload + FRAME_OVERHEAD)
+}
+
+/// PLAIN with the default user (users and permissions come with the management issue).
+fn authenticated(start_ok: &connection::StartOk) -> bool {
+    if start_ok.mechanism.as_str() != "PLAIN" {
+        return false;
+    }
+    let response = start_ok.response.as_bytes();
+    let mut parts = response.split(|byte| *byte == 0);
+    let _authzid = parts.next();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(b"guest"), Some(b"guest"))
+    )
+}
+
+fn queue_binding(
+    exchange: &ShortString,
+    queue: &ShortString,
+    key: &ShortString,
+    arguments: &FieldTable,
+) -> Binding {
+    Binding {
+        source: exchange.as_str().to_owned(),
+        destination: Destination::Queue(queue.as_str().to_owned()),
+        key: key.as_str().to_owned(),
+        arguments: headers_from_table(arguments),
+    }
+}
+
+fn exchange_binding(
+    source: &ShortString,
+    destination: &ShortString,
+    key: &ShortString,
+    arguments: &FieldTable,
+) -> Binding {
+    Binding {
+        source: source.as_str().to_owned(),
+        destination: Destination::Exchange(destination.as_str().to_owned()),
+        key: key.as_str().to_owned(),
+        arguments: headers_from_table(arguments),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_core_error_has_a_reply_code() {
+        let cases: Vec<(CoreError, u16)> = vec![
+            (
+                CoreError::NotFound {
+                    kind: "queue",
+                    name: "q".into(),
+                },
+                NOT_FOUND,
+            ),
+            (
+                CoreError::PreconditionFailed { reason: "x".into() },
+                PRECONDITION_FAILED,
+            ),
+            (
+                CoreError::AccessRefused { reason: "x".into() },
+                ACCESS_REFUSED,
+            ),
+            (
+                CoreError::ResourceLocked { queue: "q".into() },
+                RESOURCE_LOCKED,
+            ),
+            (
+                CoreError::UnknownDelivery { delivery: 1 },
+                PRECONDITION_FAILED,
+            ),
+        ];
+        for (error, code) in cases {
+            match reply_for(&error) {
+                Fault::Channel(found, _) => assert_eq!(found, code, "{error}"),
+                Fault::Connection(..) => panic!("{error} closes only its channel"),
+            }
+        }
+        let corrupt = CoreError::CorruptMessage { reason: "x" };
+        assert!(matches!(
+            reply_for(&corrupt),
+            Fault::Connection(INTERNAL_ERROR, _)
+        ));
+    }
+
+    #[test]
+    fn frame_sizes_are_read_from_the_header() {
+        assert_eq!(frame_size(&[1, 0, 1, 0, 0, 0, 4]), Some(12));
+        assert_eq!(frame_size(&[1, 0]), None);
+    }
+}

@@ -1,0 +1,279 @@
+//! lapin, RabbitMQ's Rust client, against postino over a real socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use postino_core::{Broker, FlowLimits};
+use postino_storage::LogConfig;
+use postino_types::SystemClock;
+
+async fn start(dir: Option<&std::path::Path>) -> (String, Arc<Broker>) {
+    let broker = Broker::open(
+        dir.map(std::path::Path::to_path_buf),
+        LogConfig::default(),
+        Arc::new(SystemClock),
+        FlowLimits::default(),
+    )
+    .expect("broker");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(postino_amqp::serve(
+        listener,
+        Arc::clone(&broker),
+        postino_amqp::Limits::default(),
+    ));
+    (format!("amqp://guest:guest@{address}/%2f"), broker)
+}
+
+async fn connect(uri: &str) -> Connection {
+    Connection::connect(uri, ConnectionProperties::default())
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_with_confirms_consume_and_ack() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (uri, _broker) = start(Some(dir.path())).await;
+    let connection = connect(&uri).await;
+    let channel = connection.create_channel().await.expect("channel");
+    let queue = channel
+        .queue_declare(
+            "work".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    assert_eq!(queue.message_count(), 0);
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for index in 0..10 {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                "work".into(),
+                BasicPublishOptions::default(),
+                format!("job {index}").as_bytes(),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(format!("m{index}").into()),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(matches!(confirm, Confirmation::Ack(None)), "{confirm:?}");
+    }
+    channel
+        .basic_qos(3, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = channel
+        .basic_consume(
+            "work".into(),
+            "worker".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let first = consumer.next().await.expect("a delivery").expect("ok");
+    assert_eq!(first.data, b"job 0");
+    let message_id = first
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned());
+    assert_eq!(message_id, Some("m0".to_owned()));
+    assert_eq!(*first.properties.delivery_mode(), Some(2));
+    assert!(!first.redelivered);
+    first
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .expect("nack");
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 10 {
+        let delivery = consumer.next().await.expect("a delivery").expect("ok");
+        let body = String::from_utf8(delivery.data.clone()).expect("utf-8");
+        assert_eq!(
+            delivery.redelivered,
+            body == "job 0",
+            "only the nacked message is redelivered"
+        );
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+        assert!(seen.insert(body), "each message comes once more at most");
+    }
+    let empty = channel
+        .basic_get("work".into(), BasicGetOptions::default())
+        .await
+        .expect("get");
+    assert!(empty.is_none(), "every message was acked");
+    connection.close(200, "bye".into()).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_routing_mandatory_returns_and_get() {
+    let (uri, _broker) = start(None).await;
+    let connection = connect(&uri).await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .exchange_declare(
+            "logs".into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange");
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("server-named queue");
+    assert!(queue.name().as_str().starts_with("amq.gen-"));
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            "logs".into(),
+            "kern.*".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let routed = channel
+        .basic_publish(
+            "logs".into(),
+            "kern.error".into(),
+            BasicPublishOptions::default(),
+            b"disk full",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(matches!(routed, Confirmation::Ack(None)));
+    let unroutable = channel
+        .basic_publish(
+            "logs".into(),
+            "app.info".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"nobody",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    match unroutable {
+        Confirmation::Ack(Some(returned)) => assert_eq!(returned.data, b"nobody"),
+        other => panic!("expected a returned message, got {other:?}"),
+    }
+    let message = channel
+        .basic_get(queue.name().clone(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+        .expect("a message");
+    assert_eq!(message.delivery.data, b"disk full");
+    assert_eq!(message.delivery.routing_key.as_str(), "kern.error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_right_reply_codes() {
+    let (uri, _broker) = start(None).await;
+    let bad_vhost = Connection::connect(
+        &uri.replace("%2f", "nowhere"),
+        ConnectionProperties::default(),
+    )
+    .await;
+    assert!(bad_vhost.is_err(), "an unknown vhost is refused");
+    let bad_login = Connection::connect(
+        &uri.replace("guest:guest", "guest:wrong"),
+        ConnectionProperties::default(),
+    )
+    .await;
+    assert!(bad_login.is_err(), "a wrong password is refused");
+
+    let connection = connect(&uri).await;
+    let channel = connection.create_channel().await.expect("channel");
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongString("ten".into()));
+    let error = channel
+        .queue_declare("bad".into(), QueueDeclareOptions::default(), arguments)
+        .await
+        .expect_err("a bad argument closes the channel");
+    assert!(
+        format!("{error:?}").contains("PRECONDITIONFAILED"),
+        "{error:?}"
+    );
+    let channel = connection
+        .create_channel()
+        .await
+        .expect("a new channel works");
+    let error = channel
+        .basic_get("missing".into(), BasicGetOptions::default())
+        .await
+        .expect_err("a missing queue");
+    assert!(format!("{error:?}").contains("NOTFOUND"), "{error:?}");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(
+            "q".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    let error = channel
+        .queue_declare(
+            "q".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("an inequivalent redeclaration");
+    assert!(
+        format!("{error:?}").contains("PRECONDITIONFAILED"),
+        "{error:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), connection.close(200, "bye".into()))
+        .await
+        .expect("close in time")
+        .expect("close");
+}
