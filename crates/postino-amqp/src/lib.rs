@@ -5,10 +5,11 @@
 //! and the one function that maps core errors to AMQP reply codes (`session::reply_for`).
 //!
 //! This first step covers the connection handshake (PLAIN, tune, vhost open, heartbeats), channels,
-//! exchange and queue declaration/binding/deletion, `basic.publish` (mandatory returns), publisher
-//! confirms, `basic.consume`/`cancel` with `basic.qos` prefetch, `basic.get`, and
-//! `basic.ack`/`nack`/`reject`/`recover`. Not yet: `tx.*`, `queue.purge`, AMQPLAIN, users other
-//! than guest, `connection.blocked`, server-initiated cancel, direct reply-to.
+//! exchange and queue declaration/binding/purge/deletion, `basic.publish` (mandatory returns),
+//! publisher confirms, transactions (`tx.*`), `basic.consume`/`cancel` with `basic.qos`
+//! prefetch, `basic.get`, and `basic.ack`/`nack`/`reject`/`recover`. Not yet: AMQPLAIN, users
+//! other than guest, `connection.blocked`, server-initiated cancel, direct reply-to, streams.
+//! `docs/protocols/amqp.md` has the table.
 //!
 //! The crate must not know storage: it sees only `postino-core`.
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame, parse_frame};
-use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
+use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue, tx};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::{Buf, BytesMut};
 use postino_core::{
@@ -162,6 +162,15 @@ struct Channel {
     consumers: HashMap<String, Consumer>,
     /// A channel.close was sent; frames are ignored until close-ok.
     closing: bool,
+    /// In transaction mode (`tx.select`): what the current transaction holds.
+    transaction: Option<Pending>,
+}
+
+/// Publishes and settlements of a channel's current transaction, applied on `tx.commit`.
+#[derive(Debug, Default)]
+struct Pending {
+    publishes: Vec<(String, String, bool, Message)>,
+    settles: Vec<(u64, bool, Outcome)>,
 }
 
 fn lock(tags: &Mutex<Tags>) -> std::sync::MutexGuard<'_, Tags> {
@@ -553,7 +562,14 @@ impl Session {
             AMQPClass::Exchange(method) => self.on_exchange(host, id, method)?,
             AMQPClass::Queue(method) => self.on_queue(host, id, method).await?,
             AMQPClass::Basic(method) => return self.on_basic(host, id, method).await,
+            AMQPClass::Tx(method) => self.on_tx(host, id, method).await?,
             AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
+                if self.channel(id).transaction.is_some() {
+                    return Err(CoreError::PreconditionFailed {
+                        reason: "a transactional channel cannot be put into confirm mode"
+                            .to_owned(),
+                    });
+                }
                 if let Some(channel) = self.channels.get_mut(&id) {
                     channel.confirm = true;
                 }
@@ -750,7 +766,27 @@ impl Session {
                     );
                 }
             }
-            _ => self.close_channel(id, NOT_IMPLEMENTED, "method not supported yet", 50, 0),
+            queue::AMQPMethod::Purge(purge) => {
+                let purged = host
+                    .queue_for(purge.queue.as_str(), Some(self.connection))?
+                    .purge()
+                    .await?;
+                if !purge.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                            message_count: purged as u32,
+                        })),
+                    );
+                }
+            }
+            _ => self.close_channel(
+                id,
+                COMMAND_INVALID,
+                "a client cannot send this method",
+                50,
+                0,
+            ),
         }
         Ok(())
     }
@@ -871,6 +907,107 @@ impl Session {
         Ok(Next::Continue)
     }
 
+    async fn on_tx(
+        &mut self,
+        host: &Arc<VirtualHost>,
+        id: u16,
+        method: tx::AMQPMethod,
+    ) -> Result<(), CoreError> {
+        let reply = match method {
+            tx::AMQPMethod::Select(_) => {
+                let channel = self
+                    .channels
+                    .get_mut(&id)
+                    .expect("methods reach only open channels");
+                if channel.confirm {
+                    return Err(CoreError::PreconditionFailed {
+                        reason: "a channel in confirm mode cannot be made transactional".to_owned(),
+                    });
+                }
+                channel.transaction.get_or_insert_with(Pending::default);
+                tx::AMQPMethod::SelectOk(tx::SelectOk {})
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let Some(pending) = self
+                    .channels
+                    .get_mut(&id)
+                    .and_then(|channel| channel.transaction.replace(Pending::default()))
+                else {
+                    return Err(CoreError::PreconditionFailed {
+                        reason: "channel is not transactional".to_owned(),
+                    });
+                };
+                self.commit(host, id, pending).await?;
+                tx::AMQPMethod::CommitOk(tx::CommitOk {})
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                let Some(transaction) = self
+                    .channels
+                    .get_mut(&id)
+                    .and_then(|channel| channel.transaction.as_mut())
+                else {
+                    return Err(CoreError::PreconditionFailed {
+                        reason: "channel is not transactional".to_owned(),
+                    });
+                };
+                *transaction = Pending::default();
+                tx::AMQPMethod::RollbackOk(tx::RollbackOk {})
+            }
+            _ => {
+                self.close_channel(
+                    id,
+                    COMMAND_INVALID,
+                    "a client cannot send this method",
+                    90,
+                    0,
+                );
+                return Ok(());
+            }
+        };
+        self.send(id, AMQPClass::Tx(reply));
+        Ok(())
+    }
+
+    /// Applies a channel's transaction through the core (all or nothing); unroutable mandatory
+    /// messages are returned once it is committed.
+    async fn commit(
+        &mut self,
+        host: &Arc<VirtualHost>,
+        id: u16,
+        pending: Pending,
+    ) -> Result<(), CoreError> {
+        let mut transaction = host.begin();
+        let tags = Arc::clone(&self.channel(id).tags);
+        for (tag, multiple, outcome) in pending.settles {
+            let groups = lock(&tags)
+                .take(tag, multiple)
+                .map_err(|tag| CoreError::UnknownDelivery { delivery: tag })?;
+            for (queue, ids) in groups {
+                transaction.settle(queue.name(), ids, outcome);
+            }
+        }
+        let mut mandatory = Vec::new();
+        for (exchange, routing_key, is_mandatory, message) in pending.publishes {
+            mandatory.push(
+                is_mandatory.then(|| (exchange.clone(), routing_key.clone(), message.clone())),
+            );
+            transaction.publish(&exchange, &routing_key, message);
+        }
+        let committed = transaction.commit().await?;
+        for (routed, returned) in committed.routed.iter().zip(mandatory) {
+            if let (0, Some((exchange, routing_key, message))) = (routed, returned) {
+                let method = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code: NO_ROUTE,
+                    reply_text: short("NO_ROUTE"),
+                    exchange: short(&exchange),
+                    routing_key: short(&routing_key),
+                }));
+                send_content(&self.out, id, method, &message, self.frame_max);
+            }
+        }
+        Ok(())
+    }
+
     fn channel(&self, id: u16) -> &Channel {
         self.channels
             .get(&id)
@@ -958,6 +1095,14 @@ impl Session {
         multiple: bool,
         outcome: Outcome,
     ) -> Result<(), CoreError> {
+        if let Some(pending) = self
+            .channels
+            .get_mut(&id)
+            .and_then(|channel| channel.transaction.as_mut())
+        {
+            pending.settles.push((tag, multiple, outcome));
+            return Ok(());
+        }
         let groups = lock(&self.channel(id).tags)
             .take(tag, multiple)
             .map_err(|tag| CoreError::UnknownDelivery { delivery: tag })?;
@@ -1065,6 +1210,16 @@ impl Session {
             properties,
             annotations: postino_types::Annotations::default(),
         };
+        if let Some(pending) = self
+            .channels
+            .get_mut(&id)
+            .and_then(|channel| channel.transaction.as_mut())
+        {
+            pending
+                .publishes
+                .push((exchange, routing_key, mandatory, message));
+            return Next::Continue;
+        }
         let returned = mandatory.then(|| message.clone());
         match host
             .publish_pipelined(&exchange, &routing_key, message)

@@ -277,3 +277,66 @@ async fn bad_requests_get_the_right_reply_codes() {
         .expect("close in time")
         .expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_apply_on_commit_only_and_purge_empties_a_queue() {
+    use lapin::options::{BasicAckOptions, QueuePurgeOptions};
+    let (uri, _broker) = start(None).await;
+    let connection = connect(&uri).await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(
+            "tx".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    channel.tx_select().await.expect("tx.select");
+    for body in [&b"one"[..], b"two"] {
+        channel
+            .basic_publish(
+                "".into(),
+                "tx".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish");
+    }
+    let peek = connection.create_channel().await.expect("channel");
+    let nothing = peek
+        .basic_get("tx".into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get");
+    assert!(nothing.is_none(), "uncommitted publishes are invisible");
+    channel.tx_commit().await.expect("tx.commit");
+    let first = channel
+        .basic_get("tx".into(), BasicGetOptions::default())
+        .await
+        .expect("get")
+        .expect("committed");
+    assert_eq!(first.delivery.data, b"one");
+    first
+        .delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("ack in the transaction");
+    channel.tx_rollback().await.expect("tx.rollback");
+    channel
+        .basic_recover(lapin::options::BasicRecoverOptions { requeue: true })
+        .await
+        .expect("recover");
+    let again = peek
+        .basic_get("tx".into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+        .expect("the rolled-back ack left 'one' unsettled, and recover returned it");
+    assert_eq!(again.delivery.data, b"one");
+    let purged = peek
+        .queue_purge("tx".into(), QueuePurgeOptions::default())
+        .await
+        .expect("purge");
+    assert_eq!(purged, 1, "'two' was still ready");
+}

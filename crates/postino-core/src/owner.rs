@@ -81,6 +81,9 @@ enum Command {
     Stats {
         reply: Reply<QueueStats>,
     },
+    Purge {
+        reply: Reply<u64>,
+    },
     Close {
         reply: Reply<()>,
     },
@@ -121,6 +124,7 @@ impl std::fmt::Debug for Command {
             Command::Settle { .. } => "Settle",
             Command::ChangeLease { .. } => "ChangeLease",
             Command::Stats { .. } => "Stats",
+            Command::Purge { .. } => "Purge",
             Command::Close { .. } => "Close",
             Command::Touch { .. } => "Touch",
             Command::Prepare { .. } => "Prepare",
@@ -356,6 +360,14 @@ impl QueueHandle {
     pub async fn abort_transaction(&self, transaction: u64) -> Result<Durable, CoreError> {
         self.call(|reply| Command::Abort { transaction, reply })
             .await
+    }
+
+    /// Removes every ready message; returns how many.
+    ///
+    /// # Errors
+    /// Storage errors; `QueueStopped`.
+    pub async fn purge(&self) -> Result<u64, CoreError> {
+        self.call(|reply| Command::Purge { reply }).await
     }
 
     /// Counts as a use of the queue for `x-expires` (a re-declaration).
@@ -597,6 +609,9 @@ impl<L: Log> Owner<L> {
                     let _ = reply.send(Err(error));
                 }
             },
+            Command::Purge { reply } => {
+                let _ = reply.send(self.engine.purge(now));
+            }
             Command::Stats { reply } => {
                 let _ = reply.send(Ok(self.engine.stats()));
             }

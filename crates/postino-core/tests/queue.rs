@@ -382,3 +382,22 @@ fn settled_segments_are_deleted_once_the_head_passes_them() {
         "auto-acked messages do not come back"
     );
 }
+
+#[test]
+fn purge_removes_ready_messages_for_good_and_leaves_the_unacked() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut queue = file_queue(dir.path());
+    for index in 0..5 {
+        queue
+            .publish(0, message(&format!("m{index}")))
+            .expect("publish");
+    }
+    let held = queue.consume(0, 1, prefetch(1)).expect("consume");
+    assert_eq!(held.len(), 1);
+    assert_eq!(queue.purge(0).expect("purge"), 4);
+    assert_eq!(queue.stats().ready, 0);
+    assert_eq!(queue.stats().unacked, 1);
+    queue.into_log().close().expect("close");
+    let queue = file_queue(dir.path());
+    assert_eq!(queue.stats().ready, 1, "only the unacked one comes back");
+}

@@ -468,6 +468,27 @@ impl<L: Log> QueueEngine<L> {
         Ok(found)
     }
 
+    /// Removes every ready message (AMQP `queue.purge`); in-flight and delayed ones stay.
+    /// Returns how many went.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn purge(&mut self, now_ms: i64) -> Result<u64, CoreError> {
+        let mut purged = 0;
+        while let Some((level, offset)) = self.ready.next() {
+            let bytes = self.meta(offset)?.bytes;
+            self.ready.remove(level, offset, bytes);
+            if let Some(hot) = self.hot.remove(&offset) {
+                self.hot_bytes -= store::hot_cost(&hot.message);
+            }
+            self.delivery_counts.remove(&offset);
+            self.settled.insert(offset);
+            purged += 1;
+        }
+        self.flush(now_ms)?;
+        Ok(purged)
+    }
+
     /// Forgets a waiting `get` (it timed out or its client left).
     pub fn cancel_get(&mut self, waiter: WaiterId) {
         self.waiters.retain(|(id, _)| *id != waiter);
