@@ -47,6 +47,23 @@ impl Default for Limits {
     }
 }
 
+/// Serves one AMQP connection over any byte stream (a socket, or an in-memory pipe in tests
+/// and fuzzing) until it closes.
+///
+/// # Errors
+/// I/O errors of the stream.
+pub async fn serve_connection<S>(
+    stream: S,
+    broker: Arc<Broker>,
+    connection: u64,
+    limits: Limits,
+) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    session::run(stream, broker, connection, limits).await
+}
+
 /// Accepts AMQP connections on `listener` until the task is dropped; each connection runs in
 /// its own task.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>, limits: Limits) {

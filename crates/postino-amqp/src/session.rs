@@ -19,8 +19,7 @@ use postino_core::{
     QueueHandle, QueueSpec, VirtualHost,
 };
 use postino_types::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::Limits;
@@ -189,13 +188,16 @@ struct Session {
     next_queue_name: u64,
 }
 
-/// Serves one connection until it closes or fails.
-pub(crate) async fn run(
-    mut socket: TcpStream,
+/// Serves one connection over any byte stream until it closes or fails.
+pub(crate) async fn run<S>(
+    mut socket: S,
     broker: Arc<Broker>,
     connection: u64,
     limits: Limits,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut buffer = BytesMut::with_capacity(64 << 10);
     while buffer.len() < PROTOCOL_HEADER.len() {
         if socket.read_buf(&mut buffer).await? == 0 {
@@ -208,7 +210,7 @@ pub(crate) async fn run(
         return Ok(());
     }
     buffer.advance(PROTOCOL_HEADER.len());
-    let (mut reader, writer) = socket.into_split();
+    let (mut reader, writer) = tokio::io::split(socket);
     let (out, frames) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_frames(writer, frames, limits.heartbeat_s));
     let mut session = Session {
@@ -261,8 +263,8 @@ fn start() -> AMQPClass {
     }))
 }
 
-async fn write_frames(
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut writer: W,
     mut frames: mpsc::UnboundedReceiver<AMQPFrame>,
     heartbeat_s: u16,
 ) {
@@ -328,7 +330,7 @@ impl Session {
 
     async fn read_loop(
         &mut self,
-        reader: &mut tokio::net::tcp::OwnedReadHalf,
+        reader: &mut (impl AsyncRead + Unpin),
         buffer: &mut BytesMut,
     ) -> io::Result<()> {
         loop {

@@ -1,7 +1,7 @@
 //! The project's task runner, shared by developers and CI: `cargo xtask <task>`.
 //!
 //! - `ci`: formatting check, clippy with warnings denied, `fuzz 30` when cargo-fuzz is
-//!   installed, then `test` — what CI runs.
+//!   installed (20 s per target), then `test` — what CI runs.
 //! - `test`: every test of the workspace (nextest when installed, else `cargo test`) and the
 //!   doctests.
 //! - `fuzz [SECONDS]`: every fuzz target under `fuzz/` for SECONDS each (default 60), with
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 }
 
 /// Fuzz targets, each a file in `fuzz/fuzz_targets/`.
-const FUZZ_TARGETS: &[&str] = &["batch"];
+const FUZZ_TARGETS: &[&str] = &["batch", "amqp_frame", "amqp_session"];
 
 fn cargo(args: &[&str]) -> Result<(), String> {
     cargo_in(".", args)
@@ -73,7 +73,7 @@ fn ci() -> Result<(), String> {
         "warnings",
     ])?;
     if has_subcommand("fuzz") {
-        fuzz(Some("30"))?;
+        fuzz(Some("20"))?;
     } else {
         eprintln!("xtask: cargo-fuzz is not installed, fuzzing skipped (cargo install cargo-fuzz)");
     }
