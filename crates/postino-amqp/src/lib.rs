@@ -48,7 +48,7 @@ impl Default for Limits {
 }
 
 /// Serves one AMQP connection over any byte stream (a socket, or an in-memory pipe in tests
-/// and fuzzing) until it closes.
+/// and fuzzing) until it closes; the peer counts as local (the guest user may log in).
 ///
 /// # Errors
 /// I/O errors of the stream.
@@ -61,7 +61,7 @@ pub async fn serve_connection<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    session::run(stream, broker, connection, limits).await
+    session::run(stream, broker, connection, limits, true).await
 }
 
 /// Accepts AMQP connections on `listener` until the task is dropped; each connection runs in
@@ -75,7 +75,8 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, limits: Limits) {
                 debug!(%peer, connection = id, "amqp connection accepted");
                 let broker = Arc::clone(&broker);
                 tokio::spawn(async move {
-                    if let Err(error) = session::run(socket, broker, id, limits).await {
+                    let loopback = peer.ip().is_loopback();
+                    if let Err(error) = session::run(socket, broker, id, limits, loopback).await {
                         debug!(%peer, %error, "amqp connection ended");
                     }
                 });
