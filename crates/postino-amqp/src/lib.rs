@@ -32,7 +32,7 @@ pub struct Limits {
     pub channel_max: u16,
     /// Seconds between heartbeats (0: none).
     pub heartbeat_s: u16,
-    /// Largest message body accepted (RabbitMQ's default 16 MiB).
+    /// Largest message body accepted (128 MiB, RabbitMQ 3's `max_message_size`).
     pub body_bytes_max: u64,
 }
 
@@ -42,7 +42,7 @@ impl Default for Limits {
             frame_max: 131_072,
             channel_max: 2_047,
             heartbeat_s: 60,
-            body_bytes_max: 16 << 20,
+            body_bytes_max: 128 << 20,
         }
     }
 }

@@ -340,3 +340,176 @@ async fn transactions_apply_on_commit_only_and_purge_empties_a_queue() {
         .expect("purge");
     assert_eq!(purged, 1, "'two' was still ready");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_arguments_dead_letters_priorities_exclusivity_and_a_64_mb_message() {
+    use lapin::options::{BasicAckOptions, BasicRejectOptions, ExchangeDeclareOptions};
+    let (uri, _broker) = start(None).await;
+    let connection = connect(&uri).await;
+    let channel = connection.create_channel().await.expect("channel");
+
+    // Dead-lettering with x-death.
+    channel
+        .exchange_declare(
+            "dlx".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange");
+    channel
+        .queue_declare(
+            "dead".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    channel
+        .queue_bind(
+            "dead".into(),
+            "dlx".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("dlx".into()),
+    );
+    arguments.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(9));
+    channel
+        .queue_declare("work".into(), QueueDeclareOptions::default(), arguments)
+        .await
+        .expect("declare");
+    for (body, priority) in [(&b"low"[..], 1), (b"high", 9)] {
+        channel
+            .basic_publish(
+                "".into(),
+                "work".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_priority(priority),
+            )
+            .await
+            .expect("publish");
+    }
+    let first = channel
+        .basic_get("work".into(), BasicGetOptions::default())
+        .await
+        .expect("get")
+        .expect("a message");
+    assert_eq!(
+        first.delivery.data, b"high",
+        "the higher priority goes first"
+    );
+    first
+        .delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .expect("reject");
+    let mut dead = None;
+    for _ in 0..100 {
+        dead = channel
+            .basic_get("dead".into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get");
+        if dead.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dead = dead.expect("the rejected message was dead-lettered");
+    assert_eq!(dead.delivery.data, b"high");
+    let headers = dead.delivery.properties.headers().clone().expect("headers");
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        panic!("x-death is an array: {headers:?}");
+    };
+    let Some(AMQPValue::FieldTable(death)) = deaths.as_slice().first() else {
+        panic!("x-death holds tables: {deaths:?}");
+    };
+    let text = |name: &str| match death.inner().get(name) {
+        Some(AMQPValue::LongString(text)) => text.as_bytes().to_vec(),
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(text("reason"), b"rejected");
+    assert_eq!(text("queue"), b"work");
+
+    // Exclusive queues and passive declares.
+    channel
+        .queue_declare(
+            "mine".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    let other = connect(&uri).await;
+    let other_channel = other.create_channel().await.expect("channel");
+    let error = other_channel
+        .basic_get("mine".into(), BasicGetOptions::default())
+        .await
+        .expect_err("another connection may not use an exclusive queue");
+    assert!(format!("{error:?}").contains("RESOURCELOCKED"), "{error:?}");
+    let other_channel = other.create_channel().await.expect("channel");
+    let error = other_channel
+        .queue_declare(
+            "absent".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("a passive declare of a missing queue");
+    assert!(format!("{error:?}").contains("NOTFOUND"), "{error:?}");
+
+    // A 64 MB message travels whole.
+    let big: Vec<u8> = (0..64 << 20)
+        .map(|index: u32| (index % 251) as u8)
+        .collect();
+    channel
+        .queue_declare(
+            "big".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let confirmation = channel
+        .basic_publish(
+            "".into(),
+            "big".into(),
+            BasicPublishOptions::default(),
+            &big,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(matches!(confirmation, Confirmation::Ack(None)));
+    let received = channel
+        .basic_get("big".into(), BasicGetOptions::default())
+        .await
+        .expect("get")
+        .expect("the big message");
+    assert!(received.delivery.data == big, "64 MB came back intact");
+    received
+        .delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("ack");
+}

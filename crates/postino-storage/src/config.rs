@@ -68,7 +68,8 @@ pub struct LogConfig {
     pub segment_bytes_max: u64,
     /// A non-empty segment rolls at the first append after it is this old (default: never).
     pub segment_age_max: Option<Duration>,
-    /// Appends of larger batches fail with `BatchTooLarge` (default 16 MiB).
+    /// Appends of larger batches fail with `BatchTooLarge` (default 128 MiB, so that a
+    /// 128 MiB message, RabbitMQ 3's largest, fits one batch).
     pub batch_bytes_max: usize,
     /// Bytes between two entries of the sparse offset and time indexes (default 4 KiB): reads
     /// scan at most this much before the batch they want.
@@ -89,7 +90,7 @@ impl Default for LogConfig {
             durability: Durability::Fsync,
             segment_bytes_max: 128 << 20,
             segment_age_max: None,
-            batch_bytes_max: 16 << 20,
+            batch_bytes_max: 128 << 20,
             index_interval_bytes: 4096,
             retention_bytes: None,
             retention: None,
