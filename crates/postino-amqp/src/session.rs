@@ -833,7 +833,10 @@ impl Session {
                     .get_mut(&id)
                     .and_then(|channel| channel.consumers.remove(&tag));
                 if let Some(consumer) = removed {
-                    consumer.queue.cancel(consumer.id).await?;
+                    match consumer.queue.cancel(consumer.id).await {
+                        Ok(()) | Err(CoreError::QueueStopped { .. }) => {}
+                        Err(error) => return Err(error),
+                    }
                     consumer.forwarder.abort();
                 }
                 if !cancel.nowait {
@@ -1081,6 +1084,17 @@ impl Session {
                 }));
                 send_content(&out, id, method, &delivery.message, frame_max);
             }
+            // The queue's owner stopped (the queue was deleted): tell the client, as RabbitMQ
+            // does for clients with `consumer_cancel_notify`. A client's own cancel aborts this
+            // task before it gets here.
+            let cancel = basic::Cancel {
+                consumer_tag: forward_tag,
+                nowait: true,
+            };
+            let _ = out.send(AMQPFrame::Method(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)),
+            ));
         });
         if let Some(channel) = self.channels.get_mut(&id) {
             channel.consumers.insert(

@@ -513,3 +513,41 @@ async fn queue_arguments_dead_letters_priorities_exclusivity_and_a_64_mb_message
         .await
         .expect("ack");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_queue_cancels_its_consumers() {
+    use lapin::options::QueueDeleteOptions;
+    let (uri, _broker) = start(None).await;
+    let connection = connect(&uri).await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(
+            "doomed".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    let mut consumer = channel
+        .basic_consume(
+            "doomed".into(),
+            "watcher".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let admin = connection.create_channel().await.expect("channel");
+    admin
+        .queue_delete("doomed".into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete");
+    let ended = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("the consumer hears about it");
+    assert!(
+        ended.is_none(),
+        "the server cancelled the consumer: {ended:?}"
+    );
+    assert!(channel.status().connected(), "the channel stays open");
+}
