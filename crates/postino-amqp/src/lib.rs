@@ -8,7 +8,8 @@
 //! exchange and queue declaration/binding/purge/deletion, `basic.publish` (mandatory returns),
 //! publisher confirms, transactions (`tx.*`), `basic.consume`/`cancel` with `basic.qos`
 //! prefetch, `basic.get`, and `basic.ack`/`nack`/`reject`/`recover`. Not yet: AMQPLAIN, users
-//! other than guest, `connection.blocked`, direct reply-to, streams.
+//! other than guest, direct reply-to, streams. `connection.blocked` follows the broker's
+//! flow-control alarm.
 //! `docs/protocols/amqp.md` has the table.
 //!
 //! The crate must not know storage: it sees only `postino-core`.

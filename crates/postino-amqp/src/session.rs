@@ -15,7 +15,7 @@ use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exc
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::{Buf, BytesMut};
 use postino_core::{
-    Binding, Broker, ConsumerSpec, CoreError, Destination, ExchangeSpec, GetSpec, Outcome,
+    Alarm, Binding, Broker, ConsumerSpec, CoreError, Destination, ExchangeSpec, GetSpec, Outcome,
     QueueHandle, QueueSpec, VirtualHost,
 };
 use postino_types::Message;
@@ -188,6 +188,10 @@ struct Session {
     next_queue_name: u64,
     /// The peer is on this machine: the default guest user may log in (as RabbitMQ allows).
     loopback: bool,
+    /// The client understands `connection.blocked` (its start-ok capabilities say so).
+    wants_blocked: bool,
+    /// Tells the client when the broker's flow-control alarm rises and clears.
+    alarm_watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Serves one connection over any byte stream until it closes or fails.
@@ -227,6 +231,8 @@ where
         next_consumer: 0,
         next_queue_name: 0,
         loopback,
+        wants_blocked: false,
+        alarm_watcher: None,
     };
     session.send(0, start());
     let outcome = session.read_loop(&mut reader, &mut buffer).await;
@@ -243,6 +249,7 @@ fn start() -> AMQPClass {
         "exchange_exchange_bindings",
         "basic.nack",
         "consumer_cancel_notify",
+        "connection.blocked",
         "per_consumer_qos",
         "authentication_failure_close",
     ] {
@@ -374,6 +381,9 @@ impl Session {
 
     /// Cancels consumers and returns unsettled deliveries when the connection goes away.
     async fn shutdown(&mut self) {
+        if let Some(watcher) = self.alarm_watcher.take() {
+            watcher.abort();
+        }
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for id in ids {
             self.close_channel_state(id).await;
@@ -417,6 +427,7 @@ impl Session {
     fn on_connection(&mut self, method: connection::AMQPMethod) -> Next {
         match method {
             connection::AMQPMethod::StartOk(start_ok) => {
+                self.wants_blocked = capability(&start_ok.client_properties, "connection.blocked");
                 if !self.loopback || !authenticated(&start_ok) {
                     let reason = "login refused: PLAIN guest/guest, from loopback only";
                     self.close_connection(ACCESS_REFUSED, reason);
@@ -448,6 +459,11 @@ impl Session {
                                 connection::OpenOk {},
                             )),
                         );
+                        if self.wants_blocked {
+                            let alarm = self.broker.alarm();
+                            let out = self.out.clone();
+                            self.alarm_watcher = Some(tokio::spawn(watch_alarm(alarm, out)));
+                        }
                         Next::Continue
                     }
                     None => {
@@ -1289,6 +1305,54 @@ impl Session {
             },
         }
     }
+}
+
+/// Sends `connection.blocked` while the broker's flow-control alarm holds (publishers then
+/// wait in the core anyway) and `connection.unblocked` when it clears.
+async fn watch_alarm(mut alarm: tokio::sync::watch::Receiver<Alarm>, out: Out) {
+    let mut blocked = false;
+    loop {
+        let current = *alarm.borrow_and_update();
+        let method = match (current, blocked) {
+            (Alarm::Clear, true) => {
+                Some(connection::AMQPMethod::Unblocked(connection::Unblocked {}))
+            }
+            (Alarm::Memory | Alarm::Disk, false) => {
+                let reason = if current == Alarm::Memory {
+                    "low on memory"
+                } else {
+                    "low on disk"
+                };
+                Some(connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: short(reason),
+                }))
+            }
+            _ => None,
+        };
+        if let Some(method) = method {
+            blocked = !blocked;
+            if out
+                .send(AMQPFrame::Method(0, AMQPClass::Connection(method)))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if alarm.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether a client's properties list `name` among its capabilities.
+fn capability(properties: &FieldTable, name: &str) -> bool {
+    let Some(AMQPValue::FieldTable(capabilities)) = properties.inner().get("capabilities") else {
+        return false;
+    };
+    matches!(
+        capabilities.inner().get(name),
+        Some(AMQPValue::Boolean(true))
+    )
 }
 
 /// The size of the frame at the start of `buffer`, once its 7-byte header has arrived.

@@ -551,3 +551,39 @@ async fn deleting_a_queue_cancels_its_consumers() {
     );
     assert!(channel.status().connected(), "the channel stays open");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_told_when_the_broker_blocks_and_unblocks_publishers() {
+    use postino_core::FlowLimits;
+    let (uri, broker) = start(None).await;
+    let connection = connect(&uri).await;
+    let limits = |disk_free_bytes_min| FlowLimits {
+        disk_free_bytes_min,
+        check_every: Duration::from_millis(10),
+        ..FlowLimits::default()
+    };
+    // With no data directory the disk check cannot run; memory then is the alarm to raise.
+    broker.set_limits(FlowLimits {
+        memory_bytes_max: 1,
+        ..limits(0)
+    });
+    let mut blocked = false;
+    for _ in 0..500 {
+        blocked = connection.status().blocked();
+        if blocked {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(blocked, "connection.blocked arrived");
+    broker.set_limits(limits(0));
+    let mut unblocked = false;
+    for _ in 0..500 {
+        unblocked = !connection.status().blocked();
+        if unblocked {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(unblocked, "connection.unblocked arrived");
+}
