@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -192,6 +193,8 @@ struct Session {
     wants_blocked: bool,
     /// Tells the client when the broker's flow-control alarm rises and clears.
     alarm_watcher: Option<tokio::task::JoinHandle<()>>,
+    /// The negotiated heartbeat interval in seconds, shared with the writer.
+    heartbeat: Arc<AtomicU16>,
 }
 
 /// Serves one connection over any byte stream until it closes or fails.
@@ -219,7 +222,8 @@ where
     buffer.advance(PROTOCOL_HEADER.len());
     let (mut reader, writer) = tokio::io::split(socket);
     let (out, frames) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_frames(writer, frames, limits.heartbeat_s));
+    let heartbeat = Arc::new(AtomicU16::new(limits.heartbeat_s));
+    let writer = tokio::spawn(write_frames(writer, frames, Arc::clone(&heartbeat)));
     let mut session = Session {
         broker,
         connection,
@@ -233,6 +237,7 @@ where
         loopback,
         wants_blocked: false,
         alarm_watcher: None,
+        heartbeat,
     };
     session.send(0, start());
     let outcome = session.read_loop(&mut reader, &mut buffer).await;
@@ -274,15 +279,18 @@ fn start() -> AMQPClass {
     }))
 }
 
+/// Writes queued frames in batches; sends a heartbeat after half the negotiated heartbeat
+/// interval without a write (`heartbeat` is updated by `tune-ok`; 0 turns heartbeats off).
 async fn write_frames<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut frames: mpsc::UnboundedReceiver<AMQPFrame>,
-    heartbeat_s: u16,
+    heartbeat: Arc<AtomicU16>,
 ) {
     let mut batch = Vec::new();
     let mut bytes = Vec::with_capacity(64 << 10);
-    let every = Duration::from_secs(u64::from(heartbeat_s.max(1)) / 2 + 1);
     loop {
+        let heartbeat_s = heartbeat.load(Ordering::Relaxed);
+        let every = Duration::from_millis(u64::from(heartbeat_s) * 500);
         let received = tokio::select! {
             received = frames.recv_many(&mut batch, 256) => received,
             () = tokio::time::sleep(every), if heartbeat_s > 0 => {
@@ -369,12 +377,23 @@ impl Session {
                 }
             }
             buffer.reserve(64 << 10);
-            let timeout = Duration::from_secs(u64::from(self.limits.heartbeat_s) * 2 + 10);
-            match tokio::time::timeout(timeout, reader.read_buf(buffer)).await {
+            // A peer silent for two heartbeat intervals is gone (spec 4.2.7); without
+            // heartbeats the connection waits as long as the peer keeps it open.
+            let heartbeat_s = self.heartbeat.load(Ordering::Relaxed);
+            let read = reader.read_buf(buffer);
+            let outcome = if heartbeat_s == 0 {
+                Ok(read.await)
+            } else {
+                tokio::time::timeout(Duration::from_secs(u64::from(heartbeat_s) * 2), read).await
+            };
+            match outcome {
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => return Err(error),
-                Err(_) => return Ok(()),
+                Err(_) => {
+                    tracing::info!(connection = self.connection, "missed heartbeats, closing");
+                    return Ok(());
+                }
             }
         }
     }
@@ -444,6 +463,9 @@ impl Session {
                 Next::Continue
             }
             connection::AMQPMethod::TuneOk(tune_ok) => {
+                // The client may lower the heartbeat or turn it off (0).
+                let heartbeat_s = tune_ok.heartbeat.min(self.limits.heartbeat_s);
+                self.heartbeat.store(heartbeat_s, Ordering::Relaxed);
                 if tune_ok.frame_max > 0 {
                     self.frame_max = tune_ok.frame_max.min(self.limits.frame_max).max(4096);
                 }
