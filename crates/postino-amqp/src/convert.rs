@@ -124,7 +124,10 @@ pub fn properties_to_amqp(message: &Message) -> BasicProperties {
     }
     let mut headers = source.headers.clone();
     if !message.annotations.deaths.is_empty() {
-        headers.insert("x-death".to_owned(), deaths(message));
+        headers.insert(
+            "x-death".to_owned(),
+            postino_core::record::deaths_value(&message.annotations.deaths),
+        );
     }
     if !headers.is_empty() {
         properties = properties.with_headers(table_from_headers(&headers));
@@ -160,40 +163,6 @@ pub fn properties_to_amqp(message: &Message) -> BasicProperties {
         properties = properties.with_app_id(value);
     }
     properties
-}
-
-/// RabbitMQ's `x-death`: an array of tables, most recent first.
-fn deaths(message: &Message) -> HeaderValue {
-    HeaderValue::Array(
-        message
-            .annotations
-            .deaths
-            .iter()
-            .map(|death| {
-                let mut table = Headers::new();
-                table.insert("queue".into(), HeaderValue::Text(death.queue.clone()));
-                table.insert(
-                    "reason".into(),
-                    HeaderValue::Text(death.reason.as_str().into()),
-                );
-                table.insert("exchange".into(), HeaderValue::Text(death.exchange.clone()));
-                table.insert(
-                    "routing-keys".into(),
-                    HeaderValue::Array(
-                        death
-                            .routing_keys
-                            .iter()
-                            .cloned()
-                            .map(HeaderValue::Text)
-                            .collect(),
-                    ),
-                );
-                table.insert("count".into(), HeaderValue::Int(death.count as i64));
-                table.insert("time".into(), HeaderValue::Timestamp(death.time_ms));
-                HeaderValue::Table(table)
-            })
-            .collect(),
-    )
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ pub fn push(builder: &mut BatchBuilder, message: &Message, timestamp_ms: i64) {
     text("exchange", Some(annotations.exchange.clone()));
     text("routing-key", Some(annotations.routing_key.clone()));
     if !annotations.deaths.is_empty() {
-        let deaths = HeaderValue::Array(annotations.deaths.iter().map(death_to_value).collect());
+        let deaths = deaths_value(&annotations.deaths);
         headers.push((
             format!("{PREFIX}deaths").into_bytes(),
             encode_value(&deaths),
@@ -143,6 +143,13 @@ fn set_property(message: &mut Message, property: &str, value: &[u8]) -> Result<(
         _ => return Err(corrupt("unknown postino property")),
     }
     Ok(())
+}
+
+/// A death history as RabbitMQ's `x-death` shapes it: an array of tables (`queue`, `reason`,
+/// `exchange`, `routing-keys`, `count`, `time`), most recent first.
+#[must_use]
+pub fn deaths_value(deaths: &[Death]) -> HeaderValue {
+    HeaderValue::Array(deaths.iter().map(death_to_value).collect())
 }
 
 fn death_to_value(death: &Death) -> HeaderValue {

@@ -1,0 +1,237 @@
+//! Exchange and queue methods: declarations, bindings, purge, deletion.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::{AMQPClass, exchange, queue};
+use amq_protocol::types::{FieldTable, ShortString};
+use postino_core::{Binding, CoreError, Destination, ExchangeSpec, QueueSpec, VirtualHost};
+
+use super::{COMMAND_INVALID, Session, short};
+use crate::convert::headers_from_table;
+
+impl Session {
+    pub(super) fn on_exchange(
+        &mut self,
+        host: &Arc<VirtualHost>,
+        id: u16,
+        method: exchange::AMQPMethod,
+    ) -> Result<(), CoreError> {
+        match method {
+            exchange::AMQPMethod::Declare(declare) => {
+                let name = declare.exchange.as_str();
+                if declare.passive {
+                    if host.exchange_spec(name).is_none() {
+                        return Err(CoreError::NotFound {
+                            kind: "exchange",
+                            name: name.to_owned(),
+                        });
+                    }
+                } else {
+                    let arguments = headers_from_table(&declare.arguments);
+                    let alternate = match arguments.get("alternate-exchange") {
+                        Some(postino_types::HeaderValue::Text(alternate)) => {
+                            Some(alternate.clone())
+                        }
+                        _ => None,
+                    };
+                    let spec = ExchangeSpec {
+                        kind: declare.kind.as_str().parse()?,
+                        durable: declare.durable,
+                        auto_delete: declare.auto_delete,
+                        internal: declare.internal,
+                        alternate,
+                        arguments,
+                    };
+                    host.declare_exchange(name, spec)?;
+                }
+                if !declare.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                            exchange::DeclareOk {},
+                        )),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Delete(delete) => {
+                host.delete_exchange(delete.exchange.as_str(), delete.if_unused)?;
+                if !delete.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Bind(bind) => {
+                host.bind(exchange_binding(
+                    &bind.source,
+                    &bind.destination,
+                    &bind.routing_key,
+                    &bind.arguments,
+                ))?;
+                if !bind.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Unbind(unbind) => {
+                host.unbind(&exchange_binding(
+                    &unbind.source,
+                    &unbind.destination,
+                    &unbind.routing_key,
+                    &unbind.arguments,
+                ))?;
+                if !unbind.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                    );
+                }
+            }
+            _ => self.close_channel(
+                id,
+                COMMAND_INVALID,
+                "a client cannot send this method",
+                40,
+                0,
+            ),
+        }
+        Ok(())
+    }
+
+    pub(super) async fn on_queue(
+        &mut self,
+        host: &Arc<VirtualHost>,
+        id: u16,
+        method: queue::AMQPMethod,
+    ) -> Result<(), CoreError> {
+        match method {
+            queue::AMQPMethod::Declare(declare) => {
+                let mut name = declare.queue.as_str().to_owned();
+                let handle = if declare.passive {
+                    host.queue_for(&name, Some(self.connection))?
+                } else {
+                    if name.is_empty() {
+                        self.next_queue_name += 1;
+                        name = format!("amq.gen-{}-{}", self.connection, self.next_queue_name);
+                    } else if name.starts_with("amq.") {
+                        return Err(CoreError::AccessRefused {
+                            reason: format!("queue name '{name}' is reserved"),
+                        });
+                    }
+                    let spec = QueueSpec {
+                        durable: declare.durable,
+                        exclusive: declare.exclusive,
+                        auto_delete: declare.auto_delete,
+                        arguments: headers_from_table(&declare.arguments),
+                    };
+                    host.declare_queue_for(&name, spec, Some(self.connection))?
+                        .0
+                };
+                if !declare.nowait {
+                    let stats = handle.stats().await?;
+                    self.send(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                            queue: short(&name),
+                            message_count: stats.ready as u32,
+                            consumer_count: stats.consumers as u32,
+                        })),
+                    );
+                }
+            }
+            queue::AMQPMethod::Bind(bind) => {
+                host.bind(queue_binding(
+                    &bind.exchange,
+                    &bind.queue,
+                    &bind.routing_key,
+                    &bind.arguments,
+                ))?;
+                if !bind.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                    );
+                }
+            }
+            queue::AMQPMethod::Unbind(unbind) => {
+                host.unbind(&queue_binding(
+                    &unbind.exchange,
+                    &unbind.queue,
+                    &unbind.routing_key,
+                    &unbind.arguments,
+                ))?;
+                self.send(
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                );
+            }
+            queue::AMQPMethod::Delete(delete) => {
+                let name = delete.queue.as_str();
+                let stats = host.queue_for(name, Some(self.connection))?.stats().await?;
+                host.delete_queue_if(name, delete.if_unused, delete.if_empty)
+                    .await?;
+                if !delete.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                            message_count: stats.ready as u32,
+                        })),
+                    );
+                }
+            }
+            queue::AMQPMethod::Purge(purge) => {
+                let purged = host
+                    .queue_for(purge.queue.as_str(), Some(self.connection))?
+                    .purge()
+                    .await?;
+                if !purge.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                            message_count: purged as u32,
+                        })),
+                    );
+                }
+            }
+            _ => self.close_channel(
+                id,
+                COMMAND_INVALID,
+                "a client cannot send this method",
+                50,
+                0,
+            ),
+        }
+        Ok(())
+    }
+}
+
+fn queue_binding(
+    exchange: &ShortString,
+    queue: &ShortString,
+    key: &ShortString,
+    arguments: &FieldTable,
+) -> Binding {
+    Binding {
+        source: exchange.as_str().to_owned(),
+        destination: Destination::Queue(queue.as_str().to_owned()),
+        key: key.as_str().to_owned(),
+        arguments: headers_from_table(arguments),
+    }
+}
+
+fn exchange_binding(
+    source: &ShortString,
+    destination: &ShortString,
+    key: &ShortString,
+    arguments: &FieldTable,
+) -> Binding {
+    Binding {
+        source: source.as_str().to_owned(),
+        destination: Destination::Exchange(destination.as_str().to_owned()),
+        key: key.as_str().to_owned(),
+        arguments: headers_from_table(arguments),
+    }
+}

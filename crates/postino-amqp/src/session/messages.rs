@@ -1,0 +1,508 @@
+//! `basic`, `tx` and content handling: publishing (with confirms, returns and transactions),
+//! consuming, getting and settling.
+
+use std::sync::Arc;
+
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::protocol::{AMQPClass, basic, tx};
+use postino_core::{ConsumerSpec, CoreError, GetSpec, Outcome, VirtualHost};
+use postino_types::Message;
+
+use super::{
+    CHANNEL_ERROR, COMMAND_INVALID, CONTENT_TOO_LARGE, Channel, Consumer, FRAME_ERROR, Incoming,
+    NO_ROUTE, NOT_IMPLEMENTED, Next, Pending, Session, UNEXPECTED_FRAME, lock, send_content, short,
+};
+use crate::convert::{headers_from_table, properties_from_amqp};
+
+impl Session {
+    /// `basic.return` of a mandatory message that reached no queue (312 NO_ROUTE).
+    fn return_unroutable(&self, id: u16, exchange: &str, routing_key: &str, message: &Message) {
+        let method = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+            reply_code: NO_ROUTE,
+            reply_text: short("NO_ROUTE"),
+            exchange: short(exchange),
+            routing_key: short(routing_key),
+        }));
+        send_content(&self.out, id, method, message, self.frame_max);
+    }
+
+    pub(super) async fn on_basic(
+        &mut self,
+        host: &Arc<VirtualHost>,
+        id: u16,
+        method: basic::AMQPMethod,
+    ) -> Result<Next, CoreError> {
+        match method {
+            basic::AMQPMethod::Qos(qos) => {
+                if let Some(channel) = self.channels.get_mut(&id) {
+                    channel.prefetch = qos.prefetch_count;
+                }
+                self.send(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+                );
+            }
+            basic::AMQPMethod::Publish(publish) => {
+                if let Some(channel) = self.channels.get_mut(&id) {
+                    channel.incoming = Some(Incoming {
+                        exchange: publish.exchange.as_str().to_owned(),
+                        routing_key: publish.routing_key.as_str().to_owned(),
+                        mandatory: publish.mandatory,
+                        header: None,
+                        body: Vec::new(),
+                    });
+                }
+            }
+            basic::AMQPMethod::Consume(consume) => self.consume(host, id, consume).await?,
+            basic::AMQPMethod::Cancel(cancel) => {
+                let tag = cancel.consumer_tag.as_str().to_owned();
+                let removed = self
+                    .channels
+                    .get_mut(&id)
+                    .and_then(|channel| channel.consumers.remove(&tag));
+                if let Some(consumer) = removed {
+                    match consumer.queue.cancel(consumer.id).await {
+                        Ok(()) | Err(CoreError::QueueStopped { .. }) => {}
+                        Err(error) => return Err(error),
+                    }
+                    consumer.forwarder.abort();
+                }
+                if !cancel.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                            consumer_tag: short(&tag),
+                        })),
+                    );
+                }
+            }
+            basic::AMQPMethod::Get(get) => {
+                let queue = host.queue_for(get.queue.as_str(), Some(self.connection))?;
+                let spec = GetSpec {
+                    auto_ack: get.no_ack,
+                    lease_ms: None,
+                };
+                match queue.get(spec, None).await? {
+                    Some(delivery) => {
+                        let stats = queue.stats().await?;
+                        let tags = Arc::clone(&self.channel(id).tags);
+                        let tag = if get.no_ack {
+                            0
+                        } else {
+                            lock(&tags).assign(&queue, delivery.id)
+                        };
+                        let annotations = &delivery.message.annotations;
+                        let method = AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                            delivery_tag: tag,
+                            redelivered: annotations.redelivered,
+                            exchange: short(&annotations.exchange),
+                            routing_key: short(&annotations.routing_key),
+                            message_count: stats.ready as u32,
+                        }));
+                        send_content(&self.out, id, method, &delivery.message, self.frame_max);
+                    }
+                    None => self.send(
+                        id,
+                        AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                    ),
+                }
+            }
+            basic::AMQPMethod::Ack(ack) => {
+                self.settle(id, ack.delivery_tag, ack.multiple, Outcome::Accept)
+                    .await?
+            }
+            basic::AMQPMethod::Nack(nack) => {
+                let outcome = if nack.requeue {
+                    Outcome::Requeue
+                } else {
+                    Outcome::Discard
+                };
+                self.settle(id, nack.delivery_tag, nack.multiple, outcome)
+                    .await?;
+            }
+            basic::AMQPMethod::Reject(reject) => {
+                let outcome = if reject.requeue {
+                    Outcome::Requeue
+                } else {
+                    Outcome::Discard
+                };
+                self.settle(id, reject.delivery_tag, false, outcome).await?;
+            }
+            basic::AMQPMethod::Recover(_) | basic::AMQPMethod::RecoverAsync(_) => {
+                let unsettled = lock(&self.channel(id).tags)
+                    .take(0, true)
+                    .unwrap_or_default();
+                for (queue, ids) in unsettled {
+                    queue.settle(ids, Outcome::Requeue).await?;
+                }
+                self.send(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                );
+            }
+            _ => self.close_channel(id, NOT_IMPLEMENTED, "method not supported yet", 60, 0),
+        }
+        Ok(Next::Continue)
+    }
+
+    pub(super) async fn on_tx(
+        &mut self,
+        host: &Arc<VirtualHost>,
+        id: u16,
+        method: tx::AMQPMethod,
+    ) -> Result<(), CoreError> {
+        let reply = match method {
+            tx::AMQPMethod::Select(_) => {
+                let channel = self
+                    .channels
+                    .get_mut(&id)
+                    .expect("methods reach only open channels");
+                if channel.confirm {
+                    return Err(CoreError::PreconditionFailed {
+                        reason: "a channel in confirm mode cannot be made transactional".to_owned(),
+                    });
+                }
+                channel.transaction.get_or_insert_with(Pending::default);
+                tx::AMQPMethod::SelectOk(tx::SelectOk {})
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let Some(pending) = self
+                    .channels
+                    .get_mut(&id)
+                    .and_then(|channel| channel.transaction.replace(Pending::default()))
+                else {
+                    return Err(CoreError::PreconditionFailed {
+                        reason: "channel is not transactional".to_owned(),
+                    });
+                };
+                self.commit(host, id, pending).await?;
+                tx::AMQPMethod::CommitOk(tx::CommitOk {})
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                let Some(transaction) = self
+                    .channels
+                    .get_mut(&id)
+                    .and_then(|channel| channel.transaction.as_mut())
+                else {
+                    return Err(CoreError::PreconditionFailed {
+                        reason: "channel is not transactional".to_owned(),
+                    });
+                };
+                *transaction = Pending::default();
+                tx::AMQPMethod::RollbackOk(tx::RollbackOk {})
+            }
+            _ => {
+                self.close_channel(
+                    id,
+                    COMMAND_INVALID,
+                    "a client cannot send this method",
+                    90,
+                    0,
+                );
+                return Ok(());
+            }
+        };
+        self.send(id, AMQPClass::Tx(reply));
+        Ok(())
+    }
+
+    /// Applies a channel's transaction through the core (all or nothing); unroutable mandatory
+    /// messages are returned once it is committed.
+    pub(super) async fn commit(
+        &mut self,
+        host: &Arc<VirtualHost>,
+        id: u16,
+        pending: Pending,
+    ) -> Result<(), CoreError> {
+        let mut transaction = host.begin();
+        let tags = Arc::clone(&self.channel(id).tags);
+        for (tag, multiple, outcome) in pending.settles {
+            let groups = lock(&tags)
+                .take(tag, multiple)
+                .map_err(|tag| CoreError::UnknownDelivery { delivery: tag })?;
+            for (queue, ids) in groups {
+                transaction.settle(queue.name(), ids, outcome);
+            }
+        }
+        let mut mandatory = Vec::new();
+        for (exchange, routing_key, is_mandatory, message) in pending.publishes {
+            mandatory.push(
+                is_mandatory.then(|| (exchange.clone(), routing_key.clone(), message.clone())),
+            );
+            transaction.publish(&exchange, &routing_key, message);
+        }
+        let committed = transaction.commit().await?;
+        for (routed, returned) in committed.routed.iter().zip(mandatory) {
+            if let (0, Some((exchange, routing_key, message))) = (routed, returned) {
+                self.return_unroutable(id, &exchange, &routing_key, &message);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn channel(&self, id: u16) -> &Channel {
+        self.channels
+            .get(&id)
+            .expect("methods reach only open channels")
+    }
+
+    pub(super) async fn consume(
+        &mut self,
+        host: &Arc<VirtualHost>,
+        id: u16,
+        consume: basic::Consume,
+    ) -> Result<(), CoreError> {
+        let queue = host.queue_for(consume.queue.as_str(), Some(self.connection))?;
+        self.next_consumer += 1;
+        let consumer_id = (self.connection << 32) | self.next_consumer;
+        let mut tag = consume.consumer_tag.as_str().to_owned();
+        if tag.is_empty() {
+            tag = format!("amq.ctag-{}-{}", self.connection, self.next_consumer);
+        }
+        if self.channel(id).consumers.contains_key(&tag) {
+            return Err(CoreError::PreconditionFailed {
+                reason: format!("consumer tag '{tag}' is in use on this channel"),
+            });
+        }
+        let priority = match headers_from_table(&consume.arguments).get("x-priority") {
+            Some(postino_types::HeaderValue::Int(priority)) => {
+                i32::try_from(*priority).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        let spec = ConsumerSpec {
+            prefetch_count: u32::from(self.channel(id).prefetch),
+            auto_ack: consume.no_ack,
+            priority,
+            ..ConsumerSpec::default()
+        };
+        let mut deliveries = queue.consume(consumer_id, spec).await?;
+        if !consume.nowait {
+            self.send(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: short(&tag),
+                })),
+            );
+        }
+        let tags = Arc::clone(&self.channel(id).tags);
+        let (out, frame_max, no_ack) = (self.out.clone(), self.frame_max, consume.no_ack);
+        let forward_queue = queue.clone();
+        let forward_tag = short(&tag);
+        let forwarder = tokio::spawn(async move {
+            while let Some(delivery) = deliveries.recv().await {
+                let delivery_tag = if no_ack {
+                    0
+                } else {
+                    lock(&tags).assign(&forward_queue, delivery.id)
+                };
+                let annotations = &delivery.message.annotations;
+                let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                    consumer_tag: forward_tag.clone(),
+                    delivery_tag,
+                    redelivered: annotations.redelivered,
+                    exchange: short(&annotations.exchange),
+                    routing_key: short(&annotations.routing_key),
+                }));
+                send_content(&out, id, method, &delivery.message, frame_max);
+            }
+            // The queue's owner stopped (the queue was deleted): tell the client, as RabbitMQ
+            // does for clients with `consumer_cancel_notify`. A client's own cancel aborts this
+            // task before it gets here.
+            let cancel = basic::Cancel {
+                consumer_tag: forward_tag,
+                nowait: true,
+            };
+            let _ = out.send(AMQPFrame::Method(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)),
+            ));
+        });
+        if let Some(channel) = self.channels.get_mut(&id) {
+            channel.consumers.insert(
+                tag,
+                Consumer {
+                    queue,
+                    id: consumer_id,
+                    forwarder,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) async fn settle(
+        &mut self,
+        id: u16,
+        tag: u64,
+        multiple: bool,
+        outcome: Outcome,
+    ) -> Result<(), CoreError> {
+        if let Some(pending) = self
+            .channels
+            .get_mut(&id)
+            .and_then(|channel| channel.transaction.as_mut())
+        {
+            pending.settles.push((tag, multiple, outcome));
+            return Ok(());
+        }
+        let groups = lock(&self.channel(id).tags)
+            .take(tag, multiple)
+            .map_err(|tag| CoreError::UnknownDelivery { delivery: tag })?;
+        for (queue, ids) in groups {
+            queue.settle(ids, outcome).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn on_header(&mut self, id: u16, header: AMQPContentHeader) -> Next {
+        let body_max = self.limits.body_bytes_max;
+        let Some(channel) = self.channels.get_mut(&id) else {
+            self.close_connection(CHANNEL_ERROR, &format!("channel {id} is not open"));
+            return Next::Stop;
+        };
+        if channel.closing {
+            return Next::Continue;
+        }
+        let Some(incoming) = channel
+            .incoming
+            .as_mut()
+            .filter(|incoming| incoming.header.is_none())
+        else {
+            self.close_connection(UNEXPECTED_FRAME, "content header without basic.publish");
+            return Next::Stop;
+        };
+        if header.body_size > body_max {
+            self.close_channel(
+                id,
+                CONTENT_TOO_LARGE,
+                "message body exceeds the limit",
+                60,
+                40,
+            );
+            return Next::Continue;
+        }
+        let complete = header.body_size == 0;
+        incoming.body.reserve(header.body_size as usize);
+        incoming.header = Some(header);
+        if complete {
+            return self.publish(id).await;
+        }
+        Next::Continue
+    }
+
+    pub(super) async fn on_body(&mut self, id: u16, body: Vec<u8>) -> Next {
+        let Some(channel) = self.channels.get_mut(&id) else {
+            self.close_connection(CHANNEL_ERROR, &format!("channel {id} is not open"));
+            return Next::Stop;
+        };
+        if channel.closing {
+            return Next::Continue;
+        }
+        let Some(incoming) = channel
+            .incoming
+            .as_mut()
+            .filter(|incoming| incoming.header.is_some())
+        else {
+            self.close_connection(UNEXPECTED_FRAME, "content body without a header");
+            return Next::Stop;
+        };
+        incoming.body.extend_from_slice(&body);
+        let expected = incoming
+            .header
+            .as_ref()
+            .map_or(0, |header| header.body_size);
+        match (incoming.body.len() as u64).cmp(&expected) {
+            std::cmp::Ordering::Less => Next::Continue,
+            std::cmp::Ordering::Equal => self.publish(id).await,
+            std::cmp::Ordering::Greater => {
+                self.close_connection(FRAME_ERROR, "content body longer than its header said");
+                Next::Stop
+            }
+        }
+    }
+
+    /// Publishes a completed message; in confirm mode, acks (or nacks) it once the core
+    /// confirms it, and returns it first when it was mandatory and unroutable.
+    pub(super) async fn publish(&mut self, id: u16) -> Next {
+        let Some(host) = self.host.clone() else {
+            return Next::Stop;
+        };
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return Next::Stop;
+        };
+        let Some(incoming) = channel.incoming.take() else {
+            return Next::Continue;
+        };
+        let sequence = channel.confirm.then(|| {
+            channel.published += 1;
+            channel.published
+        });
+        let Incoming {
+            exchange,
+            routing_key,
+            mandatory,
+            header,
+            body,
+        } = incoming;
+        let properties = header
+            .map(|header| properties_from_amqp(&header.properties))
+            .unwrap_or_default();
+        let message = Message {
+            body: body.into(),
+            properties,
+            annotations: postino_types::Annotations::default(),
+        };
+        if let Some(pending) = self
+            .channels
+            .get_mut(&id)
+            .and_then(|channel| channel.transaction.as_mut())
+        {
+            pending
+                .publishes
+                .push((exchange, routing_key, mandatory, message));
+            return Next::Continue;
+        }
+        let returned = mandatory.then(|| message.clone());
+        match host
+            .publish_pipelined(&exchange, &routing_key, message)
+            .await
+        {
+            Ok((routed, confirm)) => {
+                if let (0, Some(message)) = (routed.queues, returned) {
+                    self.return_unroutable(id, &exchange, &routing_key, &message);
+                }
+                if let Some(sequence) = sequence {
+                    let out = self.out.clone();
+                    tokio::spawn(async move {
+                        let method = match confirm.wait().await {
+                            Ok(()) => basic::AMQPMethod::Ack(basic::Ack {
+                                delivery_tag: sequence,
+                                multiple: false,
+                            }),
+                            Err(_) => basic::AMQPMethod::Nack(basic::Nack {
+                                delivery_tag: sequence,
+                                multiple: false,
+                                requeue: false,
+                            }),
+                        };
+                        let _ = out.send(AMQPFrame::Method(id, AMQPClass::Basic(method)));
+                    });
+                }
+                Next::Continue
+            }
+            Err(error) => match (sequence, &error) {
+                (Some(sequence), CoreError::PublishRejected { .. }) => {
+                    let nack = basic::Nack {
+                        delivery_tag: sequence,
+                        multiple: false,
+                        requeue: false,
+                    };
+                    self.send(id, AMQPClass::Basic(basic::AMQPMethod::Nack(nack)));
+                    Next::Continue
+                }
+                _ => self.fail(id, &error, 60, 40),
+            },
+        }
+    }
+}

@@ -1,0 +1,763 @@
+//! One AMQP connection: handshake, channels, and the translation of methods onto the core.
+//!
+//! A reader loop parses frames and handles them in order; a writer task owns the socket's
+//! write half, batches queued frames into one write, and sends heartbeats. Consumers forward
+//! deliveries from their queue to the writer, numbering them with their channel's delivery
+//! tags.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame, parse_frame};
+use amq_protocol::protocol::{AMQPClass, channel, confirm, connection};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use bytes::{Buf, BytesMut};
+use postino_core::{Alarm, Broker, CoreError, Outcome, QueueHandle, VirtualHost};
+use postino_types::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+mod declare;
+mod messages;
+
+use crate::Limits;
+use crate::convert::properties_to_amqp;
+
+const PROTOCOL_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
+/// Bytes of a frame around its payload: type, channel, size, end.
+const FRAME_OVERHEAD: usize = 8;
+
+const CONTENT_TOO_LARGE: u16 = 311;
+const NO_ROUTE: u16 = 312;
+const ACCESS_REFUSED: u16 = 403;
+const NOT_FOUND: u16 = 404;
+const RESOURCE_LOCKED: u16 = 405;
+const PRECONDITION_FAILED: u16 = 406;
+const FRAME_ERROR: u16 = 501;
+const SYNTAX_ERROR: u16 = 502;
+const COMMAND_INVALID: u16 = 503;
+const CHANNEL_ERROR: u16 = 504;
+const UNEXPECTED_FRAME: u16 = 505;
+const NOT_ALLOWED: u16 = 530;
+const NOT_IMPLEMENTED: u16 = 540;
+const INTERNAL_ERROR: u16 = 541;
+
+/// Where an error is reported: the channel closes, or the whole connection.
+#[derive(Debug)]
+enum Fault {
+    Channel(u16, String),
+    Connection(u16, String),
+}
+
+/// The one mapping of core errors to AMQP reply codes.
+fn reply_for(error: &CoreError) -> Fault {
+    let text = error.to_string();
+    match error {
+        CoreError::NotFound { .. } => Fault::Channel(NOT_FOUND, text),
+        CoreError::PreconditionFailed { .. }
+        | CoreError::InvalidArgument { .. }
+        | CoreError::UnknownDelivery { .. }
+        | CoreError::PublishRejected { .. } => Fault::Channel(PRECONDITION_FAILED, text),
+        CoreError::AccessRefused { .. } => Fault::Channel(ACCESS_REFUSED, text),
+        CoreError::ResourceLocked { .. } => Fault::Channel(RESOURCE_LOCKED, text),
+        CoreError::QueueStopped { .. } => Fault::Channel(NOT_FOUND, text),
+        CoreError::Definitions { .. }
+        | CoreError::CorruptMessage { .. }
+        | CoreError::Storage(_) => Fault::Connection(INTERNAL_ERROR, text),
+    }
+}
+
+type Out = mpsc::UnboundedSender<AMQPFrame>;
+
+fn short(text: &str) -> ShortString {
+    ShortString::from(text)
+}
+
+/// Queues the frames of one message: its method, content header, and body frames.
+fn send_content(out: &Out, channel: u16, method: AMQPClass, message: &Message, frame_max: u32) {
+    let _ = out.send(AMQPFrame::Method(channel, method));
+    let _ = out.send(AMQPFrame::Header(
+        channel,
+        AMQPContentHeader {
+            class_id: 60,
+            body_size: message.body.len() as u64,
+            properties: properties_to_amqp(message),
+        },
+    ));
+    let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
+    for part in message.body.chunks(chunk) {
+        let _ = out.send(AMQPFrame::Body(channel, part.to_vec()));
+    }
+}
+
+/// Delivery tags of a channel: each maps to the queue and the core's delivery id.
+#[derive(Debug, Default)]
+struct Tags {
+    next: u64,
+    open: BTreeMap<u64, (QueueHandle, u64)>,
+}
+
+impl Tags {
+    fn assign(&mut self, queue: &QueueHandle, id: u64) -> u64 {
+        self.next += 1;
+        self.open.insert(self.next, (queue.clone(), id));
+        self.next
+    }
+
+    /// Takes the tags a settlement names (all up to `tag` with `multiple`; tag 0 with
+    /// `multiple` means every one), grouped by queue.
+    fn take(&mut self, tag: u64, multiple: bool) -> Result<Vec<(QueueHandle, Vec<u64>)>, u64> {
+        let tags: Vec<u64> = if multiple {
+            let upto = if tag == 0 { u64::MAX } else { tag };
+            self.open.range(..=upto).map(|(tag, _)| *tag).collect()
+        } else if self.open.contains_key(&tag) {
+            vec![tag]
+        } else {
+            return Err(tag);
+        };
+        let mut groups: Vec<(QueueHandle, Vec<u64>)> = Vec::new();
+        for tag in tags {
+            let Some((queue, id)) = self.open.remove(&tag) else {
+                continue;
+            };
+            match groups
+                .iter_mut()
+                .find(|(existing, _)| existing.name() == queue.name())
+            {
+                Some((_, ids)) => ids.push(id),
+                None => groups.push((queue, vec![id])),
+            }
+        }
+        Ok(groups)
+    }
+}
+
+/// A `basic.publish` whose content is arriving.
+#[derive(Debug)]
+struct Incoming {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    header: Option<AMQPContentHeader>,
+    body: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    queue: QueueHandle,
+    id: u64,
+    forwarder: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct Channel {
+    confirm: bool,
+    published: u64,
+    prefetch: u16,
+    incoming: Option<Incoming>,
+    tags: Arc<Mutex<Tags>>,
+    consumers: HashMap<String, Consumer>,
+    /// A channel.close was sent; frames are ignored until close-ok.
+    closing: bool,
+    /// In transaction mode (`tx.select`): what the current transaction holds.
+    transaction: Option<Pending>,
+}
+
+/// Publishes and settlements of a channel's current transaction, applied on `tx.commit`.
+#[derive(Debug, Default)]
+struct Pending {
+    publishes: Vec<(String, String, bool, Message)>,
+    settles: Vec<(u64, bool, Outcome)>,
+}
+
+fn lock(tags: &Mutex<Tags>) -> std::sync::MutexGuard<'_, Tags> {
+    tags.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Session {
+    broker: Arc<Broker>,
+    connection: u64,
+    limits: Limits,
+    frame_max: u32,
+    out: Out,
+    host: Option<Arc<VirtualHost>>,
+    channels: HashMap<u16, Channel>,
+    next_consumer: u64,
+    next_queue_name: u64,
+    /// The peer is on this machine: the default guest user may log in (as RabbitMQ allows).
+    loopback: bool,
+    /// The client understands `connection.blocked` (its start-ok capabilities say so).
+    wants_blocked: bool,
+    /// Tells the client when the broker's flow-control alarm rises and clears.
+    alarm_watcher: Option<tokio::task::JoinHandle<()>>,
+    /// The negotiated heartbeat interval in seconds, shared with the writer.
+    heartbeat: Arc<AtomicU16>,
+}
+
+/// Serves one connection over any byte stream until it closes or fails.
+pub(crate) async fn run<S>(
+    mut socket: S,
+    broker: Arc<Broker>,
+    connection: u64,
+    limits: Limits,
+    loopback: bool,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut buffer = BytesMut::with_capacity(64 << 10);
+    while buffer.len() < PROTOCOL_HEADER.len() {
+        if socket.read_buf(&mut buffer).await? == 0 {
+            return Ok(());
+        }
+    }
+    if &buffer[..PROTOCOL_HEADER.len()] != PROTOCOL_HEADER {
+        // Spec 4.2.2: answer a wrong header with the one we speak, then close.
+        socket.write_all(PROTOCOL_HEADER).await?;
+        return Ok(());
+    }
+    buffer.advance(PROTOCOL_HEADER.len());
+    let (mut reader, writer) = tokio::io::split(socket);
+    let (out, frames) = mpsc::unbounded_channel();
+    let heartbeat = Arc::new(AtomicU16::new(limits.heartbeat_s));
+    let writer = tokio::spawn(write_frames(writer, frames, Arc::clone(&heartbeat)));
+    let mut session = Session {
+        broker,
+        connection,
+        limits,
+        frame_max: limits.frame_max,
+        out,
+        host: None,
+        channels: HashMap::new(),
+        next_consumer: 0,
+        next_queue_name: 0,
+        loopback,
+        wants_blocked: false,
+        alarm_watcher: None,
+        heartbeat,
+    };
+    session.send(0, start());
+    let outcome = session.read_loop(&mut reader, &mut buffer).await;
+    session.shutdown().await;
+    drop(session);
+    let _ = writer.await;
+    outcome
+}
+
+fn start() -> AMQPClass {
+    let mut capabilities = FieldTable::default();
+    for capability in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "per_consumer_qos",
+        "authentication_failure_close",
+    ] {
+        capabilities.insert(short(capability), AMQPValue::Boolean(true));
+    }
+    let mut properties = FieldTable::default();
+    properties.insert(
+        short("product"),
+        AMQPValue::LongString(LongString::from("postino")),
+    );
+    properties.insert(
+        short("version"),
+        AMQPValue::LongString(LongString::from(env!("CARGO_PKG_VERSION"))),
+    );
+    properties.insert(short("capabilities"), AMQPValue::FieldTable(capabilities));
+    AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+        version_major: 0,
+        version_minor: 9,
+        server_properties: properties,
+        mechanisms: LongString::from("PLAIN"),
+        locales: LongString::from("en_US"),
+    }))
+}
+
+/// Writes queued frames in batches; sends a heartbeat after half the negotiated heartbeat
+/// interval without a write (`heartbeat` is updated by `tune-ok`; 0 turns heartbeats off).
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut frames: mpsc::UnboundedReceiver<AMQPFrame>,
+    heartbeat: Arc<AtomicU16>,
+) {
+    let mut batch = Vec::new();
+    let mut bytes = Vec::with_capacity(64 << 10);
+    loop {
+        let heartbeat_s = heartbeat.load(Ordering::Relaxed);
+        let every = Duration::from_millis(u64::from(heartbeat_s) * 500);
+        let received = tokio::select! {
+            received = frames.recv_many(&mut batch, 256) => received,
+            () = tokio::time::sleep(every), if heartbeat_s > 0 => {
+                batch.push(AMQPFrame::Heartbeat);
+                1
+            }
+        };
+        if received == 0 {
+            let _ = writer.shutdown().await;
+            return;
+        }
+        bytes.clear();
+        let mut closing = false;
+        for frame in batch.drain(..) {
+            closing |= matches!(
+                frame,
+                AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)))
+            );
+            match gen_frame(&frame)(WriteContext::from(std::mem::take(&mut bytes))) {
+                Ok(context) => bytes = context.into_inner().0,
+                Err(error) => {
+                    tracing::error!(%error, "could not serialise an amqp frame");
+                    return;
+                }
+            }
+        }
+        if writer.write_all(&bytes).await.is_err() || closing {
+            let _ = writer.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// What the reader loop does after a frame.
+enum Next {
+    Continue,
+    Stop,
+}
+
+impl Session {
+    fn send(&self, channel: u16, method: AMQPClass) {
+        let _ = self.out.send(AMQPFrame::Method(channel, method));
+    }
+
+    fn close_connection(&self, code: u16, text: &str) {
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: code,
+                reply_text: short(&text.chars().take(250).collect::<String>()),
+                class_id: 0,
+                method_id: 0,
+            })),
+        );
+    }
+
+    async fn read_loop(
+        &mut self,
+        reader: &mut (impl AsyncRead + Unpin),
+        buffer: &mut BytesMut,
+    ) -> io::Result<()> {
+        loop {
+            while let Some(size) = frame_size(buffer) {
+                if size > self.frame_max as usize {
+                    self.close_connection(
+                        FRAME_ERROR,
+                        &format!("frame of {size} bytes exceeds frame_max"),
+                    );
+                    return Ok(());
+                }
+                if buffer.len() < size {
+                    break;
+                }
+                let frame = match parse_frame(&buffer[..size]) {
+                    Ok((_, frame)) => frame,
+                    Err(error) => {
+                        self.close_connection(SYNTAX_ERROR, &format!("malformed frame: {error}"));
+                        return Ok(());
+                    }
+                };
+                buffer.advance(size);
+                if let Next::Stop = self.on_frame(frame).await {
+                    return Ok(());
+                }
+            }
+            buffer.reserve(64 << 10);
+            // A peer silent for two heartbeat intervals is gone (spec 4.2.7); without
+            // heartbeats the connection waits as long as the peer keeps it open.
+            let heartbeat_s = self.heartbeat.load(Ordering::Relaxed);
+            let read = reader.read_buf(buffer);
+            let outcome = if heartbeat_s == 0 {
+                Ok(read.await)
+            } else {
+                tokio::time::timeout(Duration::from_secs(u64::from(heartbeat_s) * 2), read).await
+            };
+            match outcome {
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    tracing::info!(connection = self.connection, "missed heartbeats, closing");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Cancels consumers and returns unsettled deliveries when the connection goes away.
+    async fn shutdown(&mut self) {
+        if let Some(watcher) = self.alarm_watcher.take() {
+            watcher.abort();
+        }
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.close_channel_state(id).await;
+        }
+        if let Some(host) = &self.host {
+            let _ = host.connection_closed(self.connection).await;
+        }
+    }
+
+    async fn close_channel_state(&mut self, id: u16) {
+        let Some(channel) = self.channels.remove(&id) else {
+            return;
+        };
+        for (_, consumer) in channel.consumers {
+            let _ = consumer.queue.cancel(consumer.id).await;
+            consumer.forwarder.abort();
+        }
+        let unsettled: Vec<(QueueHandle, Vec<u64>)> =
+            lock(&channel.tags).take(0, true).unwrap_or_default();
+        for (queue, ids) in unsettled {
+            let _ = queue.settle(ids, Outcome::Requeue).await;
+        }
+    }
+
+    async fn on_frame(&mut self, frame: AMQPFrame) -> Next {
+        match frame {
+            AMQPFrame::Heartbeat
+            | AMQPFrame::InvalidHeartbeat(_)
+            | AMQPFrame::ProtocolHeader(_) => Next::Continue,
+            AMQPFrame::Method(0, AMQPClass::Connection(method)) => self.on_connection(method),
+            AMQPFrame::Method(0, _) | AMQPFrame::Header(0, _) | AMQPFrame::Body(0, _) => {
+                self.close_connection(COMMAND_INVALID, "only connection methods go on channel 0");
+                Next::Stop
+            }
+            AMQPFrame::Method(id, method) => self.on_channel_method(id, method).await,
+            AMQPFrame::Header(id, header) => self.on_header(id, header).await,
+            AMQPFrame::Body(id, body) => self.on_body(id, body).await,
+        }
+    }
+
+    fn on_connection(&mut self, method: connection::AMQPMethod) -> Next {
+        match method {
+            connection::AMQPMethod::StartOk(start_ok) => {
+                self.wants_blocked = capability(&start_ok.client_properties, "connection.blocked");
+                if !self.loopback || !authenticated(&start_ok) {
+                    let reason = "login refused: PLAIN guest/guest, from loopback only";
+                    self.close_connection(ACCESS_REFUSED, reason);
+                    return Next::Stop;
+                }
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                        channel_max: self.limits.channel_max,
+                        frame_max: self.limits.frame_max,
+                        heartbeat: self.limits.heartbeat_s,
+                    })),
+                );
+                Next::Continue
+            }
+            connection::AMQPMethod::TuneOk(tune_ok) => {
+                // The client may lower the heartbeat or turn it off (0).
+                let heartbeat_s = tune_ok.heartbeat.min(self.limits.heartbeat_s);
+                self.heartbeat.store(heartbeat_s, Ordering::Relaxed);
+                if tune_ok.frame_max > 0 {
+                    self.frame_max = tune_ok.frame_max.min(self.limits.frame_max).max(4096);
+                }
+                Next::Continue
+            }
+            connection::AMQPMethod::Open(open) => {
+                match self.broker.vhost(open.virtual_host.as_str()) {
+                    Some(host) => {
+                        self.host = Some(host);
+                        self.send(
+                            0,
+                            AMQPClass::Connection(connection::AMQPMethod::OpenOk(
+                                connection::OpenOk {},
+                            )),
+                        );
+                        if self.wants_blocked {
+                            let alarm = self.broker.alarm();
+                            let out = self.out.clone();
+                            self.alarm_watcher = Some(tokio::spawn(watch_alarm(alarm, out)));
+                        }
+                        Next::Continue
+                    }
+                    None => {
+                        self.close_connection(
+                            NOT_ALLOWED,
+                            &format!("vhost '{}' not found", open.virtual_host),
+                        );
+                        Next::Stop
+                    }
+                }
+            }
+            connection::AMQPMethod::Close(_) => {
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
+                Next::Stop
+            }
+            connection::AMQPMethod::CloseOk(_) => Next::Stop,
+            _ => {
+                self.close_connection(NOT_IMPLEMENTED, "connection method not supported");
+                Next::Stop
+            }
+        }
+    }
+
+    fn close_channel(&mut self, id: u16, code: u16, text: &str, class_id: u16, method_id: u16) {
+        if let Some(channel) = self.channels.get_mut(&id) {
+            channel.closing = true;
+            channel.incoming = None;
+        }
+        self.send(
+            id,
+            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: code,
+                reply_text: short(&text.chars().take(250).collect::<String>()),
+                class_id,
+                method_id,
+            })),
+        );
+    }
+
+    fn fail(&mut self, id: u16, error: &CoreError, class_id: u16, method_id: u16) -> Next {
+        match reply_for(error) {
+            Fault::Channel(code, text) => {
+                self.close_channel(id, code, &text, class_id, method_id);
+                Next::Continue
+            }
+            Fault::Connection(code, text) => {
+                self.close_connection(code, &text);
+                Next::Stop
+            }
+        }
+    }
+
+    async fn on_channel_method(&mut self, id: u16, method: AMQPClass) -> Next {
+        let (class_id, method_id) = (method.get_amqp_class_id(), method.get_amqp_method_id());
+        if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = method {
+            if self.channels.contains_key(&id) || id > self.limits.channel_max {
+                self.close_connection(CHANNEL_ERROR, &format!("channel {id} cannot be opened"));
+                return Next::Stop;
+            }
+            self.channels.insert(id, Channel::default());
+            self.send(
+                id,
+                AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+            );
+            return Next::Continue;
+        }
+        let Some(channel) = self.channels.get(&id) else {
+            self.close_connection(CHANNEL_ERROR, &format!("channel {id} is not open"));
+            return Next::Stop;
+        };
+        if channel.closing {
+            if let AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) = method {
+                self.close_channel_state(id).await;
+            }
+            return Next::Continue;
+        }
+        if channel.incoming.is_some() {
+            self.close_connection(
+                UNEXPECTED_FRAME,
+                "a method arrived before the previous message's content",
+            );
+            return Next::Stop;
+        }
+        let Some(host) = self.host.clone() else {
+            self.close_connection(COMMAND_INVALID, "connection.open first");
+            return Next::Stop;
+        };
+        match self.on_method(&host, id, method).await {
+            Ok(next) => next,
+            Err(error) => self.fail(id, &error, class_id, method_id),
+        }
+    }
+
+    async fn on_method(
+        &mut self,
+        host: &Arc<VirtualHost>,
+        id: u16,
+        method: AMQPClass,
+    ) -> Result<Next, CoreError> {
+        match method {
+            AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                self.close_channel_state(id).await;
+                self.send(
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                );
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => {
+                self.send(
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                        active: flow.active,
+                    })),
+                );
+            }
+            AMQPClass::Exchange(method) => self.on_exchange(host, id, method)?,
+            AMQPClass::Queue(method) => self.on_queue(host, id, method).await?,
+            AMQPClass::Basic(method) => return self.on_basic(host, id, method).await,
+            AMQPClass::Tx(method) => self.on_tx(host, id, method).await?,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
+                if self.channel(id).transaction.is_some() {
+                    return Err(CoreError::PreconditionFailed {
+                        reason: "a transactional channel cannot be put into confirm mode"
+                            .to_owned(),
+                    });
+                }
+                if let Some(channel) = self.channels.get_mut(&id) {
+                    channel.confirm = true;
+                }
+                if !select.nowait {
+                    self.send(
+                        id,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+            }
+            other => {
+                let (class_id, method_id) = (other.get_amqp_class_id(), other.get_amqp_method_id());
+                self.close_channel(
+                    id,
+                    NOT_IMPLEMENTED,
+                    "method not supported yet",
+                    class_id,
+                    method_id,
+                );
+            }
+        }
+        Ok(Next::Continue)
+    }
+}
+
+/// Sends `connection.blocked` while the broker's flow-control alarm holds (publishers then
+/// wait in the core anyway) and `connection.unblocked` when it clears.
+async fn watch_alarm(mut alarm: tokio::sync::watch::Receiver<Alarm>, out: Out) {
+    let mut blocked = false;
+    loop {
+        let current = *alarm.borrow_and_update();
+        let method = match (current, blocked) {
+            (Alarm::Clear, true) => {
+                Some(connection::AMQPMethod::Unblocked(connection::Unblocked {}))
+            }
+            (Alarm::Memory | Alarm::Disk, false) => {
+                let reason = if current == Alarm::Memory {
+                    "low on memory"
+                } else {
+                    "low on disk"
+                };
+                Some(connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: short(reason),
+                }))
+            }
+            _ => None,
+        };
+        if let Some(method) = method {
+            blocked = !blocked;
+            if out
+                .send(AMQPFrame::Method(0, AMQPClass::Connection(method)))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if alarm.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether a client's properties list `name` among its capabilities.
+fn capability(properties: &FieldTable, name: &str) -> bool {
+    let Some(AMQPValue::FieldTable(capabilities)) = properties.inner().get("capabilities") else {
+        return false;
+    };
+    matches!(
+        capabilities.inner().get(name),
+        Some(AMQPValue::Boolean(true))
+    )
+}
+
+/// The size of the frame at the start of `buffer`, once its 7-byte header has arrived.
+fn frame_size(buffer: &[u8]) -> Option<usize> {
+    if buffer.len() < 7 {
+        return None;
+    }
+    let payload = u32::from_be_bytes([buffer[3], buffer[4], buffer[5], buffer[6]]) as usize;
+    Some(payload + FRAME_OVERHEAD)
+}
+
+/// PLAIN with the default user (users and permissions come with the management issue).
+fn authenticated(start_ok: &connection::StartOk) -> bool {
+    if start_ok.mechanism.as_str() != "PLAIN" {
+        return false;
+    }
+    let response = start_ok.response.as_bytes();
+    let mut parts = response.split(|byte| *byte == 0);
+    let _authzid = parts.next();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(b"guest"), Some(b"guest"))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_core_error_has_a_reply_code() {
+        let cases: Vec<(CoreError, u16)> = vec![
+            (
+                CoreError::NotFound {
+                    kind: "queue",
+                    name: "q".into(),
+                },
+                NOT_FOUND,
+            ),
+            (
+                CoreError::PreconditionFailed { reason: "x".into() },
+                PRECONDITION_FAILED,
+            ),
+            (
+                CoreError::AccessRefused { reason: "x".into() },
+                ACCESS_REFUSED,
+            ),
+            (
+                CoreError::ResourceLocked { queue: "q".into() },
+                RESOURCE_LOCKED,
+            ),
+            (
+                CoreError::UnknownDelivery { delivery: 1 },
+                PRECONDITION_FAILED,
+            ),
+        ];
+        for (error, code) in cases {
+            match reply_for(&error) {
+                Fault::Channel(found, _) => assert_eq!(found, code, "{error}"),
+                Fault::Connection(..) => panic!("{error} closes only its channel"),
+            }
+        }
+        let corrupt = CoreError::CorruptMessage { reason: "x" };
+        assert!(matches!(
+            reply_for(&corrupt),
+            Fault::Connection(INTERNAL_ERROR, _)
+        ));
+    }
+
+    #[test]
+    fn frame_sizes_are_read_from_the_header() {
+        assert_eq!(frame_size(&[1, 0, 1, 0, 0, 0, 4]), Some(12));
+        assert_eq!(frame_size(&[1, 0]), None);
+    }
+}
