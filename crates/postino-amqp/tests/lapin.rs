@@ -515,7 +515,7 @@ async fn queue_arguments_dead_letters_priorities_exclusivity_and_a_64_mb_message
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_queue_cancels_its_consumers() {
+async fn deleting_a_queue_cancels_its_consumers_and_deleting_twice_succeeds() {
     use lapin::options::QueueDeleteOptions;
     let (uri, _broker) = start(None).await;
     let connection = connect(&uri).await;
@@ -550,6 +550,19 @@ async fn deleting_a_queue_cancels_its_consumers() {
         "the server cancelled the consumer: {ended:?}"
     );
     assert!(channel.status().connected(), "the channel stays open");
+    let again = admin
+        .queue_delete("doomed".into(), QueueDeleteOptions::default())
+        .await
+        .expect("deleting a missing queue succeeds, as in RabbitMQ");
+    assert_eq!(again, 0, "no messages were in it");
+    admin
+        .exchange_delete(
+            "never-declared".into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
+        .expect("deleting a missing exchange succeeds, as in RabbitMQ");
+    assert!(admin.status().connected(), "the admin channel stays open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //!
 //! Benchmarks report; they never assert on time.
 
+pub mod amqp;
 pub mod broker;
 pub mod storage;
 

@@ -43,6 +43,13 @@ struct BenchArgs {
     /// Only the scenarios whose label contains this (e.g. `append/fsync`, `recover_cold`).
     #[arg(long, default_value = "")]
     filter: String,
+    /// `amqp`: postino's AMQP URI; without it the benchmark starts this binary's server on a
+    /// scratch directory under `--dir`.
+    #[arg(long)]
+    uri: Option<String>,
+    /// `amqp`: the reference broker's (RabbitMQ's) AMQP URI.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    peer_uri: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -51,6 +58,8 @@ enum BenchTarget {
     Storage,
     /// The broker core in-process: publish, deliver, ack; fan-out; RAM per ready message.
     Core,
+    /// AMQP 0-9-1 over sockets with lapin, beside RabbitMQ: confirms, transient, fan-out, RPC.
+    Amqp,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +79,7 @@ fn bench(args: &BenchArgs) -> ExitCode {
     let (name, columns) = match args.target {
         BenchTarget::Storage => ("storage", postino_bench::storage::columns()),
         BenchTarget::Core => ("core", postino_bench::broker::columns()),
+        BenchTarget::Amqp => ("amqp", postino_bench::amqp::columns()),
     };
     let mut printer = postino_bench::Printer::new(args.json, columns);
     if !args.json {
@@ -87,6 +97,16 @@ fn bench(args: &BenchArgs) -> ExitCode {
         BenchTarget::Core => {
             postino_bench::broker::run(&args.dir, size, &args.filter, &mut printer)
         }
+        BenchTarget::Amqp => std::env::current_exe()
+            .map_err(anyhow::Error::from)
+            .and_then(|postino_binary| {
+                let targets = postino_bench::amqp::Targets {
+                    uri: args.uri.clone(),
+                    postino_binary,
+                    peer_uri: args.peer_uri.clone(),
+                };
+                postino_bench::amqp::run(&args.dir, &targets, size, &args.filter, &mut printer)
+            }),
     };
     match outcome {
         Ok(_) => ExitCode::SUCCESS,

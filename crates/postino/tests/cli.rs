@@ -177,3 +177,64 @@ fn core_bench_prints_every_scenario() {
         "every message waits in the delay index"
     );
 }
+
+#[test]
+fn amqp_bench_runs_every_scenario_against_the_server_it_starts() {
+    let dir = tempfile::tempdir().expect("dir");
+    let output = postino()
+        .args(["bench", "amqp", "--quick", "--json", "--dir"])
+        .arg(dir.path())
+        .args(["--peer-uri", "amqp://guest:guest@127.0.0.1:1/%2f"])
+        .output()
+        .expect("run the benchmark");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("RabbitMQ is not reachable"),
+        "a missing reference is said, not hidden"
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let mut seen = Vec::new();
+    for row in &rows {
+        assert_eq!(row["broker"], "postino", "{row}");
+        for field in [
+            "msgs_per_s",
+            "p50_us",
+            "p99_us",
+            "p999_us",
+            "broker_cpu_s_per_m",
+        ] {
+            assert!(row[field].is_number(), "{field} missing in {row}");
+        }
+        let messages = row["messages"].as_u64().expect("messages");
+        let expected = if row["scenario"] == "rpc" { 200 } else { 2_000 };
+        assert_eq!(messages, expected, "every message arrived: {row}");
+        seen.push(format!(
+            "{}/{}",
+            row["scenario"].as_str().expect("name"),
+            row["msg_size"]
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            "confirms/16",
+            "confirms/1024",
+            "transient/16",
+            "transient/1024",
+            "fanout/16",
+            "fanout/1024",
+            "rpc/16",
+            "rpc/1024"
+        ]
+    );
+    let leftovers = std::fs::read_dir(dir.path()).expect("list").count();
+    assert_eq!(leftovers, 0, "the benchmark cleans up its scratch data");
+}

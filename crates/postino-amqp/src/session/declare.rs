@@ -9,6 +9,15 @@ use postino_core::{Binding, CoreError, Destination, ExchangeSpec, QueueSpec, Vir
 use super::{COMMAND_INVALID, Session, short};
 use crate::convert::headers_from_table;
 
+/// Deleting what does not exist succeeds, as in RabbitMQ: deletes are idempotent, so a client
+/// can clean up without checking first.
+fn absent_is_deleted(outcome: Result<(), CoreError>) -> Result<(), CoreError> {
+    match outcome {
+        Err(CoreError::NotFound { .. }) => Ok(()),
+        other => other,
+    }
+}
+
 impl Session {
     pub(super) fn on_exchange(
         &mut self,
@@ -54,7 +63,9 @@ impl Session {
                 }
             }
             exchange::AMQPMethod::Delete(delete) => {
-                host.delete_exchange(delete.exchange.as_str(), delete.if_unused)?;
+                absent_is_deleted(
+                    host.delete_exchange(delete.exchange.as_str(), delete.if_unused),
+                )?;
                 if !delete.nowait {
                     self.send(
                         id,
@@ -170,14 +181,23 @@ impl Session {
             }
             queue::AMQPMethod::Delete(delete) => {
                 let name = delete.queue.as_str();
-                let stats = host.queue_for(name, Some(self.connection))?.stats().await?;
-                host.delete_queue_if(name, delete.if_unused, delete.if_empty)
-                    .await?;
+                let message_count = match host.queue_for(name, Some(self.connection)) {
+                    Ok(handle) => {
+                        let stats = handle.stats().await?;
+                        absent_is_deleted(
+                            host.delete_queue_if(name, delete.if_unused, delete.if_empty)
+                                .await,
+                        )?;
+                        stats.ready as u32
+                    }
+                    Err(CoreError::NotFound { .. }) => 0,
+                    Err(error) => return Err(error),
+                };
                 if !delete.nowait {
                     self.send(
                         id,
                         AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
-                            message_count: stats.ready as u32,
+                            message_count,
                         })),
                     );
                 }

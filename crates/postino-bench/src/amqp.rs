@@ -1,0 +1,647 @@
+//! `postino bench amqp`: postino and RabbitMQ over real sockets, driven by the same third-party
+//! client (lapin) in the same run.
+//!
+//! - `confirms`: persistent messages to a durable queue, publisher confirms with up to `WINDOW`
+//!   in flight, one consumer with manual acks and prefetch `PREFETCH`.
+//! - `transient`: non-persistent messages to a non-durable queue, fire-and-forget (no
+//!   confirms), one consumer with automatic acks.
+//! - `fanout`: persistent messages with confirms to a fanout exchange bound to 10 durable
+//!   queues, one consumer with manual acks each; the figure counts deliveries.
+//! - `rpc`: one request at a time to a server that replies to `reply_to`; the figure counts
+//!   round trips and the latency is the round trip.
+//!
+//! Latency is publish → delivery (round trip for `rpc`). Broker CPU is read from
+//! `/proc/<pid>/stat` of the broker process: postino is started by the benchmark (the same
+//! binary, `server` on a scratch directory); RabbitMQ's is the local `beam.smp`.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_lite::StreamExt;
+use hdrhistogram::Histogram;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::storage::Size;
+use crate::{Printer, Row};
+
+/// Publishes awaiting their confirm at once.
+const WINDOW: usize = 256;
+/// Each consumer's prefetch.
+const PREFETCH: u16 = 256;
+/// Queues a fanout exchange feeds.
+const FANOUT_QUEUES: usize = 10;
+
+/// Where the two brokers are.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    /// postino's AMQP URI; `None` starts `postino_binary server` on a scratch directory.
+    pub uri: Option<String>,
+    /// The postino binary to start when `uri` is `None`.
+    pub postino_binary: PathBuf,
+    /// RabbitMQ's AMQP URI.
+    pub peer_uri: String,
+}
+
+/// The columns of the table view.
+#[must_use]
+pub fn columns() -> Vec<&'static str> {
+    vec![
+        "scenario",
+        "broker",
+        "msg_size",
+        "msgs_per_s",
+        "p50_us",
+        "p99_us",
+        "p999_us",
+        "broker_cpu_s_per_m",
+        "ratio",
+    ]
+}
+
+fn messages(size: Size) -> u64 {
+    match size {
+        Size::Quick => 2_000,
+        Size::Full => 100_000,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Confirms,
+    Transient,
+    Fanout,
+    Rpc,
+}
+
+impl Scenario {
+    const ALL: [Self; 4] = [Self::Confirms, Self::Transient, Self::Fanout, Self::Rpc];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Confirms => "confirms",
+            Self::Transient => "transient",
+            Self::Fanout => "fanout",
+            Self::Rpc => "rpc",
+        }
+    }
+
+    /// Messages published: fan-out multiplies them by its queues, RPC is one at a time.
+    fn published(self, size: Size) -> u64 {
+        match self {
+            Self::Confirms | Self::Transient => messages(size),
+            Self::Fanout => messages(size) / FANOUT_QUEUES as u64,
+            Self::Rpc => messages(size) / 10,
+        }
+    }
+}
+
+/// One broker under test: its URI and the process whose CPU it spends.
+struct Target {
+    name: &'static str,
+    uri: String,
+    pid: Option<u32>,
+}
+
+/// What one scenario measured.
+struct Measured {
+    counted: u64,
+    elapsed: Duration,
+    latencies: Histogram<u64>,
+    broker_cpu: Option<Duration>,
+}
+
+/// Runs the AMQP scenarios whose label contains `filter`; postino's scratch data goes under
+/// `parent`.
+///
+/// # Errors
+/// A broker that cannot be started or reached, or a protocol error during a scenario.
+pub fn run(
+    parent: &Path,
+    targets: &Targets,
+    size: Size,
+    filter: &str,
+    printer: &mut Printer,
+) -> Result<Vec<Row>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    let scratch = tempfile::Builder::new()
+        .prefix("postino-bench-amqp-")
+        .tempdir_in(parent)
+        .with_context(|| format!("create a scratch directory in {}", parent.display()))?;
+    let mut server = None;
+    let postino = match &targets.uri {
+        Some(uri) => Target {
+            name: "postino",
+            uri: uri.clone(),
+            pid: None,
+        },
+        None => {
+            let (child, uri) = start_postino(&targets.postino_binary, scratch.path())?;
+            let pid = child.id();
+            server = Some(ServerGuard(child));
+            Target {
+                name: "postino",
+                uri,
+                pid: Some(pid),
+            }
+        }
+    };
+    let peer = Target {
+        name: "rabbitmq",
+        uri: targets.peer_uri.clone(),
+        pid: find_process("beam.smp"),
+    };
+    let peer_up = runtime.block_on(connect(&peer.uri)).is_ok();
+    if !peer_up {
+        eprintln!(
+            "RabbitMQ is not reachable at {}: its rows are left out (start it with \
+             shared/tools/start-peers.sh)",
+            peer.uri
+        );
+    }
+    let mut rows = Vec::new();
+    for scenario in Scenario::ALL {
+        for msg_size in [16usize, 1024] {
+            if !format!("{}/{msg_size}", scenario.name()).contains(filter) {
+                continue;
+            }
+            let count = scenario.published(size);
+            let reference = if peer_up {
+                let measured = runtime.block_on(measure(&peer, scenario, msg_size, count))?;
+                let row = row(scenario, &peer, msg_size, &measured);
+                printer.print(&row);
+                rows.push(row);
+                Some(measured.rate())
+            } else {
+                None
+            };
+            let measured = runtime.block_on(measure(&postino, scenario, msg_size, count))?;
+            let mut row = row(scenario, &postino, msg_size, &measured);
+            if let Some(reference) = reference {
+                row = row.with_rounded("ratio", measured.rate() / reference, 2);
+            }
+            printer.print(&row);
+            rows.push(row);
+        }
+    }
+    drop(server);
+    Ok(rows)
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.counted as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn row(scenario: Scenario, target: &Target, msg_size: usize, measured: &Measured) -> Row {
+    let percentile = |quantile: f64| measured.latencies.value_at_quantile(quantile);
+    let mut row = Row::new(scenario.name())
+        .with("broker", target.name)
+        .with("msg_size", msg_size)
+        .with("messages", measured.counted)
+        .with_rounded("msgs_per_s", measured.rate(), 0)
+        .with("p50_us", percentile(0.5))
+        .with("p99_us", percentile(0.99))
+        .with("p999_us", percentile(0.999));
+    if let Some(cpu) = measured.broker_cpu {
+        let per_million = cpu.as_secs_f64() * 1e6 / measured.counted as f64;
+        row = row.with_rounded("broker_cpu_s_per_m", per_million, 1);
+    }
+    row
+}
+
+/// Kills the started server when the benchmark ends, however it ends.
+struct ServerGuard(Child);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        // The server may already have exited; either way it is reaped below.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `binary server` on a free loopback port with its data in `dir`; returns it and its
+/// URI once it listens. Its log keeps being drained so it never blocks on a full pipe.
+fn start_postino(binary: &Path, dir: &Path) -> Result<(Child, String)> {
+    let mut child = Command::new(binary)
+        .args(["server", "--amqp-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env_remove("POSTINO_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {}", binary.display()))?;
+    let stderr = child.stderr.take().context("the server's stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let address = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("listening protocol=amqp") => {
+                let address = line.rsplit("addr=").next().unwrap_or_default().trim();
+                break address.to_owned();
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(error).context("read the server's log"),
+            None => bail!("the server exited before listening"),
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((child, format!("amqp://guest:guest@{address}/%2f")))
+}
+
+/// The pid of the first process whose command name is `name`.
+fn find_process(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim() == name).then_some(pid)
+        })
+}
+
+/// CPU time (user + system) process `pid` has used so far.
+fn cpu_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3 (state).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    let ticks = rustix::param::clock_ticks_per_second();
+    Some(Duration::from_secs_f64(
+        (user + system) as f64 / ticks as f64,
+    ))
+}
+
+async fn connect(uri: &str) -> Result<Connection> {
+    Connection::connect(uri, ConnectionProperties::default())
+        .await
+        .with_context(|| format!("connect to {uri}"))
+}
+
+/// Runs one scenario against `target`, each side on its own connection.
+async fn measure(
+    target: &Target,
+    scenario: Scenario,
+    msg_size: usize,
+    count: u64,
+) -> Result<Measured> {
+    let publisher = connect(&target.uri).await?;
+    let consumer = connect(&target.uri).await?;
+    let setup = publisher.create_channel().await?;
+    let queues = declare(&setup, scenario, msg_size).await?;
+    let cpu_before = target.pid.and_then(cpu_of);
+    let started = Instant::now();
+    let (counted, latencies) = match scenario {
+        Scenario::Rpc => rpc(&publisher, &consumer, &queues[0], msg_size, count).await?,
+        _ => pipeline(&publisher, &consumer, scenario, &queues, msg_size, count).await?,
+    };
+    let elapsed = started.elapsed();
+    let broker_cpu = target
+        .pid
+        .and_then(cpu_of)
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    for queue in &queues {
+        setup
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .with_context(|| format!("delete {queue}"))?;
+    }
+    if scenario == Scenario::Fanout {
+        setup
+            .exchange_delete(fanout_exchange().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    close_channel(&setup).await?;
+    consumer
+        .close(200, "done".into())
+        .await
+        .context("close the consumers' connection")?;
+    publisher
+        .close(200, "done".into())
+        .await
+        .context("close the publisher's connection")?;
+    Ok(Measured {
+        counted,
+        elapsed,
+        latencies,
+        broker_cpu,
+    })
+}
+
+/// Closes a channel and waits for the broker's close-ok: lapin closes a dropped channel in the
+/// background, which would race the connection's close.
+async fn close_channel(channel: &Channel) -> Result<()> {
+    channel
+        .close(200, "done".into())
+        .await
+        .context("close a channel")
+}
+
+fn fanout_exchange() -> &'static str {
+    "bench.fanout"
+}
+
+/// Declares the scenario's queues (empty: any left from an earlier run are deleted first).
+async fn declare(channel: &Channel, scenario: Scenario, msg_size: usize) -> Result<Vec<String>> {
+    let durable = !matches!(scenario, Scenario::Transient | Scenario::Rpc);
+    let count = if scenario == Scenario::Fanout {
+        FANOUT_QUEUES
+    } else {
+        1
+    };
+    if scenario == Scenario::Fanout {
+        channel
+            .exchange_declare(
+                fanout_exchange().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let mut names = Vec::new();
+    for index in 0..count {
+        let name = format!("bench.{}.{msg_size}.{index}", scenario.name());
+        channel
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        if scenario == Scenario::Fanout {
+            channel
+                .queue_bind(
+                    name.as_str().into(),
+                    fanout_exchange().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// A body of `msg_size` bytes (at least 8) whose first 8 are the nanoseconds since `epoch`.
+fn stamped(epoch: Instant, msg_size: usize) -> Vec<u8> {
+    let mut body = vec![b'p'; msg_size.max(8)];
+    let nanos = epoch.elapsed().as_nanos() as u64;
+    body[..8].copy_from_slice(&nanos.to_be_bytes());
+    body
+}
+
+/// Microseconds since the stamp at the start of `body`.
+fn age_us(epoch: Instant, body: &[u8]) -> u64 {
+    let mut sent = [0u8; 8];
+    sent.copy_from_slice(&body[..8]);
+    let now = epoch.elapsed().as_nanos() as u64;
+    now.saturating_sub(u64::from_be_bytes(sent)) / 1_000
+}
+
+fn histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram")
+}
+
+/// Publishes `count` messages while consumers on `queues` take them; returns the deliveries
+/// counted and their latencies.
+async fn pipeline(
+    publisher: &Connection,
+    consumer: &Connection,
+    scenario: Scenario,
+    queues: &[String],
+    msg_size: usize,
+    count: u64,
+) -> Result<(u64, Histogram<u64>)> {
+    let epoch = Instant::now();
+    let manual_ack = scenario != Scenario::Transient;
+    let mut consumers = Vec::new();
+    for queue in queues {
+        let channel = consumer.create_channel().await?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
+        let stream = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: !manual_ack,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        consumers.push((
+            channel,
+            tokio::spawn(drain(stream, count, manual_ack, epoch)),
+        ));
+    }
+    let channel = publisher.create_channel().await?;
+    let confirms = scenario != Scenario::Transient;
+    if confirms {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+    }
+    let (exchange, routing_key) = if scenario == Scenario::Fanout {
+        (fanout_exchange(), "")
+    } else {
+        ("", queues[0].as_str())
+    };
+    let properties = BasicProperties::default().with_delivery_mode(if confirms { 2 } else { 1 });
+    let mut pending = VecDeque::with_capacity(WINDOW);
+    for _ in 0..count {
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                &stamped(epoch, msg_size),
+                properties.clone(),
+            )
+            .await?;
+        if confirms {
+            pending.push_back(confirm);
+            if pending.len() == WINDOW
+                && let Some(oldest) = pending.pop_front()
+            {
+                check_ack(oldest.await?)?;
+            }
+        }
+    }
+    for confirm in pending {
+        check_ack(confirm.await?)?;
+    }
+    let mut total = 0;
+    let mut latencies = histogram()?;
+    for (consumer_channel, consumer) in consumers {
+        let (counted, local) = consumer.await.context("a consumer task")??;
+        total += counted;
+        latencies.add(&local).context("merge latencies")?;
+        close_channel(&consumer_channel).await?;
+    }
+    close_channel(&channel).await?;
+    Ok((total, latencies))
+}
+
+fn check_ack(confirmation: lapin::Confirmation) -> Result<()> {
+    if confirmation.is_nack() {
+        bail!("the broker nacked a publish");
+    }
+    Ok(())
+}
+
+/// Takes `count` deliveries from `stream`, acking each when `manual_ack`.
+async fn drain(
+    mut stream: lapin::Consumer,
+    count: u64,
+    manual_ack: bool,
+    epoch: Instant,
+) -> Result<(u64, Histogram<u64>)> {
+    let mut latencies = histogram()?;
+    let mut counted = 0;
+    while counted < count {
+        let delivery = stream
+            .next()
+            .await
+            .context("the consumer was cancelled")??;
+        latencies.saturating_record(age_us(epoch, &delivery.data));
+        if manual_ack {
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+        counted += 1;
+    }
+    Ok((counted, latencies))
+}
+
+/// `count` round trips, one at a time: a request to `queue` answered by a server task on the
+/// other connection through the client's exclusive reply queue.
+async fn rpc(
+    client: &Connection,
+    server: &Connection,
+    queue: &str,
+    msg_size: usize,
+    count: u64,
+) -> Result<(u64, Histogram<u64>)> {
+    let server_channel = server.create_channel().await?;
+    let mut requests = server_channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let responder = tokio::spawn(async move {
+        for _ in 0..count {
+            let request = requests
+                .next()
+                .await
+                .context("the server's consumer was cancelled")??;
+            let reply_to = request
+                .properties
+                .reply_to()
+                .clone()
+                .context("a request without reply_to")?;
+            let mut properties = BasicProperties::default();
+            if let Some(id) = request.properties.correlation_id() {
+                properties = properties.with_correlation_id(id.clone());
+            }
+            server_channel
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    &request.data,
+                    properties,
+                )
+                .await?;
+        }
+        close_channel(&server_channel).await
+    });
+    let channel = client.create_channel().await?;
+    let reply_queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut replies = channel
+        .basic_consume(
+            reply_queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let epoch = Instant::now();
+    let mut latencies = histogram()?;
+    for index in 0..count {
+        let properties = BasicProperties::default()
+            .with_reply_to(reply_queue.name().clone())
+            .with_correlation_id(index.to_string().into());
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &stamped(epoch, msg_size),
+                properties,
+            )
+            .await?;
+        let reply = replies
+            .next()
+            .await
+            .context("the reply consumer was cancelled")??;
+        let correlation = reply
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|id| id.as_str());
+        if correlation != Some(index.to_string().as_str()) {
+            bail!("reply {correlation:?} to request {index}");
+        }
+        latencies.saturating_record(age_us(epoch, &reply.data));
+    }
+    responder.await.context("the server task")??;
+    close_channel(&channel).await?;
+    Ok((count, latencies))
+}
