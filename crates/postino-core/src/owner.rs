@@ -10,7 +10,7 @@ use std::time::Duration;
 use postino_storage::{Durable, Log};
 use postino_types::{Clock, Message};
 use tokio::sync::{mpsc, oneshot};
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::error::CoreError;
 use crate::queue::{
@@ -300,6 +300,25 @@ impl QueueHandle {
             reply,
         })
         .await
+    }
+
+    /// Settles deliveries without waiting for the owner: returns once the command is in the
+    /// mailbox, so a client's stream of acks costs no round trip each and the owner takes a
+    /// burst of them in one drain. Commands keep their order, so a later command sees the
+    /// settlement. The owner logs an error it cannot report (an id no longer in flight).
+    ///
+    /// # Errors
+    /// `QueueStopped` when the owner is gone.
+    pub async fn settle_pipelined(&self, ids: Vec<u64>, outcome: Outcome) -> Result<(), CoreError> {
+        let (reply, _unheard) = oneshot::channel();
+        self.mailbox
+            .send(Command::Settle {
+                ids,
+                outcome,
+                reply,
+            })
+            .await
+            .map_err(|_| self.stopped())
     }
 
     /// Moves a delivery's lease deadline (see [`QueueEngine::change_lease`]).
@@ -593,7 +612,9 @@ impl<L: Log> Owner<L> {
                     self.dispatch(Ok(pushes));
                 }
                 Err(error) => {
-                    let _ = reply.send(Err(error));
+                    if let Err(Err(error)) = reply.send(Err(error)) {
+                        warn!(queue = %self.engine.name(), %error, "a pipelined settle failed");
+                    }
                 }
             },
             Command::ChangeLease {

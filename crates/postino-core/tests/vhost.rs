@@ -447,3 +447,58 @@ async fn deleting_a_queue_in_use_or_not_empty_is_refused_when_asked() {
         .expect("unused and empty now");
     assert!(host.queue("busy").is_none());
 }
+
+#[tokio::test]
+async fn pipelined_acks_are_applied_in_order_and_survive_an_immediate_close() {
+    let dir = tempfile::tempdir().expect("dir");
+    {
+        let host = open(Some(dir.path()));
+        let (queue, _) = host
+            .declare_queue("acks", QueueSpec::durable())
+            .expect("declare");
+        for index in 0..3 {
+            queue
+                .publish(Message::new(format!("m{index}").into_bytes()).persistent())
+                .await
+                .expect("publish")
+                .wait()
+                .expect("durable");
+        }
+        let first = queue
+            .get(GetSpec::default(), None)
+            .await
+            .expect("get")
+            .expect("m0");
+        let second = queue
+            .get(GetSpec::default(), None)
+            .await
+            .expect("get")
+            .expect("m1");
+        queue
+            .settle_pipelined(vec![first.id], Outcome::Accept)
+            .await
+            .expect("queued");
+        queue
+            .settle_pipelined(vec![first.id], Outcome::Accept)
+            .await
+            .expect("a second ack of the same id is queued, refused by the owner, and logged");
+        queue
+            .settle_pipelined(vec![second.id], Outcome::Accept)
+            .await
+            .expect("queued");
+        let stats = queue.stats().await.expect("the owner is still running");
+        assert_eq!(
+            (stats.ready, stats.unacked),
+            (1, 0),
+            "both acks were applied before the later command"
+        );
+        host.close().await.expect("close");
+    }
+    let host = open(Some(dir.path()));
+    let queue = host.queue("acks").expect("durable");
+    assert_eq!(
+        queue.stats().await.expect("stats").ready,
+        1,
+        "only m2 is left"
+    );
+}

@@ -350,7 +350,13 @@ impl Session {
             .take(tag, multiple)
             .map_err(|tag| CoreError::UnknownDelivery { delivery: tag })?;
         for (queue, ids) in groups {
-            queue.settle(ids, outcome).await?;
+            // Acks are pipelined (the tag table above already refused unknown tags); a
+            // requeue or discard waits, so its errors reach the client.
+            if outcome == Outcome::Accept {
+                queue.settle_pipelined(ids, outcome).await?;
+            } else {
+                queue.settle(ids, outcome).await?;
+            }
         }
         Ok(())
     }
