@@ -32,7 +32,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::storage::Size;
-use crate::{Printer, Row};
+use crate::{Printer, Row, age_us, latency_histogram, stamped_body};
 
 /// Publishes awaiting their confirm at once.
 const WINDOW: usize = 256;
@@ -409,26 +409,6 @@ async fn declare(channel: &Channel, scenario: Scenario, msg_size: usize) -> Resu
     Ok(names)
 }
 
-/// A body of `msg_size` bytes (at least 8) whose first 8 are the nanoseconds since `epoch`.
-fn stamped(epoch: Instant, msg_size: usize) -> Vec<u8> {
-    let mut body = vec![b'p'; msg_size.max(8)];
-    let nanos = epoch.elapsed().as_nanos() as u64;
-    body[..8].copy_from_slice(&nanos.to_be_bytes());
-    body
-}
-
-/// Microseconds since the stamp at the start of `body`.
-fn age_us(epoch: Instant, body: &[u8]) -> u64 {
-    let mut sent = [0u8; 8];
-    sent.copy_from_slice(&body[..8]);
-    let now = epoch.elapsed().as_nanos() as u64;
-    now.saturating_sub(u64::from_be_bytes(sent)) / 1_000
-}
-
-fn histogram() -> Result<Histogram<u64>> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram")
-}
-
 /// Publishes `count` messages while consumers on `queues` take them; returns the deliveries
 /// counted and their latencies.
 async fn pipeline(
@@ -483,7 +463,7 @@ async fn pipeline(
                 exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions::default(),
-                &stamped(epoch, msg_size),
+                &stamped_body(epoch, msg_size),
                 properties.clone(),
             )
             .await?;
@@ -500,7 +480,7 @@ async fn pipeline(
         check_ack(confirm.await?)?;
     }
     let mut total = 0;
-    let mut latencies = histogram()?;
+    let mut latencies = latency_histogram()?;
     for (consumer_channel, consumer) in consumers {
         let (counted, local) = consumer.await.context("a consumer task")??;
         total += counted;
@@ -525,14 +505,14 @@ async fn drain(
     manual_ack: bool,
     epoch: Instant,
 ) -> Result<(u64, Histogram<u64>)> {
-    let mut latencies = histogram()?;
+    let mut latencies = latency_histogram()?;
     let mut counted = 0;
     while counted < count {
         let delivery = stream
             .next()
             .await
             .context("the consumer was cancelled")??;
-        latencies.saturating_record(age_us(epoch, &delivery.data));
+        latencies.saturating_record(age_us(&delivery.data, epoch.elapsed().as_nanos() as u64));
         if manual_ack {
             delivery.ack(BasicAckOptions::default()).await?;
         }
@@ -613,7 +593,7 @@ async fn rpc(
         )
         .await?;
     let epoch = Instant::now();
-    let mut latencies = histogram()?;
+    let mut latencies = latency_histogram()?;
     for index in 0..count {
         let properties = BasicProperties::default()
             .with_reply_to(reply_queue.name().clone())
@@ -623,7 +603,7 @@ async fn rpc(
                 "".into(),
                 queue.into(),
                 BasicPublishOptions::default(),
-                &stamped(epoch, msg_size),
+                &stamped_body(epoch, msg_size),
                 properties,
             )
             .await?;
@@ -639,7 +619,7 @@ async fn rpc(
         if correlation != Some(index.to_string().as_str()) {
             bail!("reply {correlation:?} to request {index}");
         }
-        latencies.saturating_record(age_us(epoch, &reply.data));
+        latencies.saturating_record(age_us(&reply.data, epoch.elapsed().as_nanos() as u64));
     }
     responder.await.context("the server task")??;
     close_channel(&channel).await?;

@@ -28,7 +28,7 @@ use postino_types::{HeaderValue, Headers, Message, SystemClock};
 use tokio::sync::Mutex;
 
 use crate::storage::Size;
-use crate::{Printer, Row, process_cpu};
+use crate::{Printer, Row, age_us, latency_histogram, process_cpu, stamped_body};
 
 /// Publishes awaiting their confirm at once.
 const WINDOW: usize = 256;
@@ -135,10 +135,7 @@ fn host(dir: &Path, durable: bool, durability: Durability) -> Result<Arc<Virtual
 
 /// A message whose first 8 bytes are the nanoseconds since `epoch` at publish.
 fn stamped(epoch: Instant, msg_size: usize, persistent: bool) -> Message {
-    let mut body = vec![b'p'; msg_size.max(8)];
-    let nanos = epoch.elapsed().as_nanos() as u64;
-    body[..8].copy_from_slice(&nanos.to_be_bytes());
-    let message = Message::new(body);
+    let message = Message::new(stamped_body(epoch, msg_size));
     if persistent {
         message.persistent()
     } else {
@@ -159,7 +156,7 @@ async fn consume(
         ..ConsumerSpec::default()
     };
     let mut deliveries = queue.consume(consumer, spec).await.context("consume")?;
-    let mut local = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")?;
+    let mut local = latency_histogram()?;
     while let Some(first) = deliveries.recv().await {
         let mut batch = vec![first];
         while batch.len() < PREFETCH as usize {
@@ -170,9 +167,7 @@ async fn consume(
         }
         let now = epoch.elapsed().as_nanos() as u64;
         for delivery in &batch {
-            let mut sent = [0u8; 8];
-            sent.copy_from_slice(&delivery.message.body[..8]);
-            local.saturating_record(now.saturating_sub(u64::from_be_bytes(sent)) / 1_000);
+            local.saturating_record(age_us(&delivery.message.body, now));
         }
         let ids: Vec<u64> = batch.iter().map(|delivery| delivery.id).collect();
         let count = ids.len() as u64;
@@ -217,9 +212,7 @@ async fn flow(
     } = load;
     let epoch = Instant::now();
     let acked = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")?,
-    ));
+    let latencies = Arc::new(Mutex::new(latency_histogram()?));
     let mut tasks = Vec::new();
     let mut next_consumer = 0;
     for queue in queues {

@@ -24,7 +24,7 @@ use hdrhistogram::Histogram;
 use postino_storage::batch::BatchBuilder;
 use postino_storage::{Durability, FileLog, Log, LogConfig, Offset};
 
-use crate::{Printer, Row, process_cpu};
+use crate::{Printer, Row, latency_histogram, process_cpu};
 
 /// Appends awaiting durability at once.
 const WINDOW: usize = 128;
@@ -235,8 +235,7 @@ fn append(
         ..LogConfig::default()
     };
     let mut bytes = sample_batch(msg_size, batch);
-    let mut latencies =
-        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")?;
+    let mut latencies = latency_histogram()?;
     let (mut log_rates, mut ceiling_rates, mut cpu_per_msg, mut syncs) =
         (vec![], vec![], vec![], 0);
     // Log and ceiling alternate (A B A B …) with dirty pages flushed before each run, so that

@@ -1,11 +1,31 @@
-//! The `postino` binary as a user runs it: server start and stop, exit codes, the storage
-//! benchmark's output.
+//! The `postino` binary as a user runs it: server start and stop, exit codes, the
+//! benchmarks' output.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 fn postino() -> Command {
     Command::new(env!("CARGO_BIN_EXE_postino"))
+}
+
+/// Runs `postino bench <target> --quick --json --dir <dir> <extra>`, checks it succeeded, and
+/// returns its rows and its stderr.
+fn bench_json(target: &str, dir: &Path, extra: &[&str]) -> (Vec<serde_json::Value>, String) {
+    let output = postino()
+        .args(["bench", target, "--quick", "--json", "--dir"])
+        .arg(dir)
+        .args(extra)
+        .output()
+        .expect("run the benchmark");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    let rows = String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    (rows, stderr)
 }
 
 #[test]
@@ -77,21 +97,7 @@ fn bad_usage_exits_with_code_two() {
 #[test]
 fn storage_bench_prints_one_json_object_per_scenario() {
     let dir = tempfile::tempdir().expect("dir");
-    let output = postino()
-        .args(["bench", "storage", "--quick", "--json", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run the benchmark");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let rows: Vec<serde_json::Value> = String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect();
+    let (rows, _) = bench_json("storage", dir.path(), &[]);
     let appends: Vec<&serde_json::Value> = rows
         .iter()
         .filter(|row| row["scenario"] == "append")
@@ -126,21 +132,7 @@ fn storage_bench_prints_one_json_object_per_scenario() {
 #[test]
 fn core_bench_prints_every_scenario() {
     let dir = tempfile::tempdir().expect("dir");
-    let output = postino()
-        .args(["bench", "core", "--quick", "--json", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run the benchmark");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let rows: Vec<serde_json::Value> = String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect();
+    let (rows, _) = bench_json("core", dir.path(), &[]);
     let pipelines: Vec<&serde_json::Value> = rows
         .iter()
         .filter(|row| row["scenario"] == "pipeline")
@@ -181,26 +173,15 @@ fn core_bench_prints_every_scenario() {
 #[test]
 fn amqp_bench_runs_every_scenario_against_the_server_it_starts() {
     let dir = tempfile::tempdir().expect("dir");
-    let output = postino()
-        .args(["bench", "amqp", "--quick", "--json", "--dir"])
-        .arg(dir.path())
-        .args(["--peer-uri", "amqp://guest:guest@127.0.0.1:1/%2f"])
-        .output()
-        .expect("run the benchmark");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let (rows, stderr) = bench_json(
+        "amqp",
+        dir.path(),
+        &["--peer-uri", "amqp://guest:guest@127.0.0.1:1/%2f"],
     );
     assert!(
-        String::from_utf8_lossy(&output.stderr).contains("RabbitMQ is not reachable"),
+        stderr.contains("RabbitMQ is not reachable"),
         "a missing reference is said, not hidden"
     );
-    let rows: Vec<serde_json::Value> = String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect();
     let mut seen = Vec::new();
     for row in &rows {
         assert_eq!(row["broker"], "postino", "{row}");
