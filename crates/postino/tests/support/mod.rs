@@ -1,0 +1,36 @@
+//! The real `postino` binary as tests start and stop it.
+
+use std::io::{BufRead, BufReader, Lines};
+use std::path::Path;
+use std::process::{Child, ChildStderr, Command, Stdio};
+
+/// Starts the server on a temporary port; returns it, its AMQP address and its log lines.
+pub fn start(data_dir: &Path) -> (Child, String, Lines<BufReader<ChildStderr>>) {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_postino"))
+        .args(["server", "--amqp-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("POSTINO_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the server");
+    let mut lines = BufReader::new(server.stderr.take().expect("stderr")).lines();
+    let line = lines
+        .by_ref()
+        .map(|line| line.expect("log line"))
+        .find(|line| line.contains("listening protocol=amqp"))
+        .expect("the server announces its AMQP listener");
+    let address = line
+        .rsplit("addr=")
+        .next()
+        .expect("an address")
+        .trim()
+        .to_owned();
+    (server, address, lines)
+}
+
+/// Stops the server with SIGTERM and checks it exits cleanly.
+pub fn stop(mut server: Child) {
+    let pid = rustix::process::Pid::from_raw(server.id() as i32).expect("a child pid is positive");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    assert_eq!(server.wait().expect("exit").code(), Some(0));
+}
