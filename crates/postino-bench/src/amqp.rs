@@ -427,17 +427,7 @@ async fn pipeline(
         channel
             .basic_qos(PREFETCH, BasicQosOptions::default())
             .await?;
-        let stream = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: !manual_ack,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let stream = consume(&channel, queue, !manual_ack).await?;
         consumers.push((
             channel,
             tokio::spawn(drain(stream, count, manual_ack, epoch)),
@@ -491,6 +481,18 @@ async fn pipeline(
     Ok((total, latencies))
 }
 
+/// Starts a consumer with a server-generated tag on `queue`.
+async fn consume(channel: &Channel, queue: &str, no_ack: bool) -> Result<lapin::Consumer> {
+    let options = BasicConsumeOptions {
+        no_ack,
+        ..BasicConsumeOptions::default()
+    };
+    channel
+        .basic_consume(queue.into(), "".into(), options, FieldTable::default())
+        .await
+        .with_context(|| format!("consume from {queue}"))
+}
+
 fn check_ack(confirmation: lapin::Confirmation) -> Result<()> {
     if confirmation.is_nack() {
         bail!("the broker nacked a publish");
@@ -531,17 +533,7 @@ async fn rpc(
     count: u64,
 ) -> Result<(u64, Histogram<u64>)> {
     let server_channel = server.create_channel().await?;
-    let mut requests = server_channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut requests = consume(&server_channel, queue, true).await?;
     let responder = tokio::spawn(async move {
         for _ in 0..count {
             let request = requests
@@ -581,17 +573,7 @@ async fn rpc(
             FieldTable::default(),
         )
         .await?;
-    let mut replies = channel
-        .basic_consume(
-            reply_queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut replies = consume(&channel, reply_queue.name().as_str(), true).await?;
     let epoch = Instant::now();
     let mut latencies = latency_histogram()?;
     for index in 0..count {

@@ -53,25 +53,21 @@ impl Session {
                     };
                     host.declare_exchange(name, spec)?;
                 }
-                if !declare.nowait {
-                    self.send(
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
-                            exchange::DeclareOk {},
-                        )),
-                    );
-                }
+                self.reply_unless_nowait(
+                    declare.nowait,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+                );
             }
             exchange::AMQPMethod::Delete(delete) => {
                 absent_is_deleted(
                     host.delete_exchange(delete.exchange.as_str(), delete.if_unused),
                 )?;
-                if !delete.nowait {
-                    self.send(
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
-                    );
-                }
+                self.reply_unless_nowait(
+                    delete.nowait,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                );
             }
             exchange::AMQPMethod::Bind(bind) => {
                 host.bind(exchange_binding(
@@ -80,12 +76,11 @@ impl Session {
                     &bind.routing_key,
                     &bind.arguments,
                 ))?;
-                if !bind.nowait {
-                    self.send(
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
-                    );
-                }
+                self.reply_unless_nowait(
+                    bind.nowait,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                );
             }
             exchange::AMQPMethod::Unbind(unbind) => {
                 host.unbind(&exchange_binding(
@@ -94,12 +89,11 @@ impl Session {
                     &unbind.routing_key,
                     &unbind.arguments,
                 ))?;
-                if !unbind.nowait {
-                    self.send(
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
-                    );
-                }
+                self.reply_unless_nowait(
+                    unbind.nowait,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                );
             }
             _ => self.close_channel(
                 id,
@@ -160,12 +154,11 @@ impl Session {
                     &bind.routing_key,
                     &bind.arguments,
                 ))?;
-                if !bind.nowait {
-                    self.send(
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
-                    );
-                }
+                self.reply_unless_nowait(
+                    bind.nowait,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                );
             }
             queue::AMQPMethod::Unbind(unbind) => {
                 host.unbind(&queue_binding(
@@ -193,28 +186,26 @@ impl Session {
                     Err(CoreError::NotFound { .. }) => 0,
                     Err(error) => return Err(error),
                 };
-                if !delete.nowait {
-                    self.send(
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
-                            message_count,
-                        })),
-                    );
-                }
+                self.reply_unless_nowait(
+                    delete.nowait,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                        message_count,
+                    })),
+                );
             }
             queue::AMQPMethod::Purge(purge) => {
                 let purged = host
                     .queue_for(purge.queue.as_str(), Some(self.connection))?
                     .purge()
                     .await?;
-                if !purge.nowait {
-                    self.send(
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
-                            message_count: purged as u32,
-                        })),
-                    );
-                }
+                self.reply_unless_nowait(
+                    purge.nowait,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                        message_count: purged as u32,
+                    })),
+                );
             }
             _ => self.close_channel(
                 id,

@@ -67,14 +67,13 @@ impl Session {
                     }
                     consumer.forwarder.abort();
                 }
-                if !cancel.nowait {
-                    self.send(
-                        id,
-                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
-                            consumer_tag: short(&tag),
-                        })),
-                    );
-                }
+                self.reply_unless_nowait(
+                    cancel.nowait,
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: short(&tag),
+                    })),
+                );
             }
             basic::AMQPMethod::Get(get) => {
                 let queue = host.queue_for(get.queue.as_str(), Some(self.connection))?;
@@ -277,14 +276,13 @@ impl Session {
             ..ConsumerSpec::default()
         };
         let mut deliveries = queue.consume(consumer_id, spec).await?;
-        if !consume.nowait {
-            self.send(
-                id,
-                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                    consumer_tag: short(&tag),
-                })),
-            );
-        }
+        self.reply_unless_nowait(
+            consume.nowait,
+            id,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: short(&tag),
+            })),
+        );
         let tags = Arc::clone(&self.channel(id).tags);
         let (out, frame_max, no_ack) = (self.out.clone(), self.frame_max, consume.no_ack);
         let forward_queue = queue.clone();

@@ -335,6 +335,13 @@ impl Session {
         let _ = self.out.send(AMQPFrame::Method(channel, method));
     }
 
+    /// Sends a method's reply unless the client asked for none (`nowait`).
+    fn reply_unless_nowait(&self, nowait: bool, channel: u16, reply: AMQPClass) {
+        if !nowait {
+            self.send(channel, reply);
+        }
+    }
+
     fn close_connection(&self, code: u16, text: &str) {
         self.send(
             0,
@@ -618,12 +625,11 @@ impl Session {
                 if let Some(channel) = self.channels.get_mut(&id) {
                     channel.confirm = true;
                 }
-                if !select.nowait {
-                    self.send(
-                        id,
-                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
-                    );
-                }
+                self.reply_unless_nowait(
+                    select.nowait,
+                    id,
+                    AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                );
             }
             other => {
                 let (class_id, method_id) = (other.get_amqp_class_id(), other.get_amqp_method_id());
