@@ -132,15 +132,8 @@ pub fn run(
     filter: &str,
     printer: &mut Printer,
 ) -> Result<Vec<Row>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("start the runtime")?;
-    let scratch = tempfile::Builder::new()
-        .prefix("postino-bench-amqp-")
-        .tempdir_in(parent)
-        .with_context(|| format!("create a scratch directory in {}", parent.display()))?;
+    let runtime = crate::runtime()?;
+    let scratch = crate::scratch_dir(parent, "postino-bench-amqp-")?;
     let mut server = None;
     let postino = match &targets.uri {
         Some(uri) => Target {

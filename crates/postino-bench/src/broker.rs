@@ -28,7 +28,7 @@ use postino_types::{HeaderValue, Headers, Message, SystemClock};
 use tokio::sync::Mutex;
 
 use crate::storage::Size;
-use crate::{Printer, Row, age_us, latency_histogram, process_cpu, stamped_body};
+use crate::{Printer, Row, age_us, append_windowed, latency_histogram, process_cpu, stamped_body};
 
 /// Publishes awaiting their confirm at once.
 const WINDOW: usize = 256;
@@ -72,15 +72,8 @@ fn backlog(size: Size) -> u64 {
 /// # Errors
 /// Any core or storage error.
 pub fn run(parent: &Path, size: Size, filter: &str, printer: &mut Printer) -> Result<Vec<Row>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("start the runtime")?;
-    let scratch = tempfile::Builder::new()
-        .prefix("postino-bench-")
-        .tempdir_in(parent)
-        .with_context(|| format!("create a scratch directory in {}", parent.display()))?;
+    let runtime = crate::runtime()?;
+    let scratch = crate::scratch_dir(parent, "postino-bench-")?;
     let mut rows = Vec::new();
     for durable in [true, false] {
         for msg_size in [16usize, 1024] {
@@ -337,22 +330,10 @@ fn log_ceiling(dir: &Path, durable: bool, msg_size: usize, count: u64) -> Result
 
 /// Appends `batch` `count` times keeping `WINDOW` tickets in flight; appends per second.
 fn append_window(log: &mut impl Log, batch: &mut [u8], count: u64) -> Result<f64> {
-    let started = Instant::now();
-    let mut pending = VecDeque::with_capacity(WINDOW);
-    for _ in 0..count {
-        pending.push_back(log.append(batch).context("append")?.durable);
-        if pending.len() >= WINDOW {
-            pending
-                .pop_front()
-                .expect("full window")
-                .wait()
-                .context("durable")?;
-        }
-    }
-    for ticket in pending {
-        ticket.wait().context("durable")?;
-    }
-    Ok(count as f64 / started.elapsed().as_secs_f64())
+    let elapsed = append_windowed(count, WINDOW, || {
+        Ok(log.append(batch).context("append")?.durable)
+    })?;
+    Ok(count as f64 / elapsed.as_secs_f64())
 }
 
 async fn fanout(dir: &Path, count: u64) -> Result<Row> {

@@ -7,6 +7,7 @@
 pub mod amqp;
 pub mod broker;
 pub mod storage;
+pub mod stream;
 
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,58 @@ impl Printer {
             .collect();
         println!("{}", cells.join(" "));
     }
+}
+
+/// A scratch directory under `parent` (removed when dropped), named `prefix…`.
+///
+/// # Errors
+/// When it cannot be created.
+pub fn scratch_dir(parent: &std::path::Path, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(parent)
+        .with_context(|| format!("create a scratch directory in {}", parent.display()))
+}
+
+/// The runtime benchmarks run on: two workers, as this machine has two cores.
+///
+/// # Errors
+/// When it cannot start.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the runtime")
+}
+
+/// Runs `start` `count` times, each starting an append and returning its ticket, keeping at
+/// most `window` tickets unresolved (waiting for the oldest first): how a pipelining producer
+/// drives a bare log. Returns the elapsed time.
+///
+/// # Errors
+/// The first error of `start` or of a ticket.
+pub fn append_windowed(
+    count: u64,
+    window: usize,
+    mut start: impl FnMut() -> anyhow::Result<postino_storage::Durable>,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut pending = std::collections::VecDeque::with_capacity(window);
+    for _ in 0..count {
+        pending.push_back(start()?);
+        if pending.len() >= window {
+            pending
+                .pop_front()
+                .expect("full window")
+                .wait()
+                .context("durable")?;
+        }
+    }
+    for ticket in pending {
+        ticket.wait().context("durable")?;
+    }
+    Ok(started.elapsed())
 }
 
 /// A latency histogram in microseconds, from 1 µs to 10 minutes, 3 significant digits.

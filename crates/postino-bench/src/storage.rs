@@ -88,10 +88,7 @@ impl Size {
 /// # Errors
 /// Any storage or file-system error.
 pub fn run(parent: &Path, size: Size, filter: &str, printer: &mut Printer) -> Result<Vec<Row>> {
-    let scratch = tempfile::Builder::new()
-        .prefix("postino-bench-")
-        .tempdir_in(parent)
-        .with_context(|| format!("create a scratch directory in {}", parent.display()))?;
+    let scratch = crate::scratch_dir(parent, "postino-bench-")?;
     let mut rows = Vec::new();
     let mut emit = |row: Row| {
         printer.print(&row);

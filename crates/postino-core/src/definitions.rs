@@ -16,22 +16,28 @@ use crate::vhost::{QueueEntry, QueueSpec, State, VirtualHost};
 
 /// Writes the durable definitions of `state` to `path` atomically.
 pub(crate) fn save(state: &State, path: &Path) -> Result<(), CoreError> {
-    let fail = |reason: String| CoreError::Definitions {
-        path: path.display().to_string(),
-        reason,
-    };
-    let document = definitions(state);
-    let dir = path.parent().expect("definitions live in a directory");
-    fs::create_dir_all(dir).map_err(|error| fail(error.to_string()))?;
-    let temporary = path.with_extension("json.tmp");
-    let mut file = fs::File::create(&temporary).map_err(|error| fail(error.to_string()))?;
-    file.write_all(document.to_string().as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|error| fail(error.to_string()))?;
-    fs::rename(&temporary, path).map_err(|error| fail(error.to_string()))?;
-    fs::File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|error| fail(error.to_string()))
+    write_atomically(path, definitions(state).to_string().as_bytes()).map_err(|error| {
+        CoreError::Definitions {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        }
+    })
+}
+
+/// Replaces the file at `path` with `contents` so that a crash leaves the old or the new
+/// contents, never a mix: write a temporary file, fsync it, rename it over, fsync the directory.
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .expect("a file to replace lives in a directory");
+    fs::create_dir_all(dir)?;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let mut file = fs::File::create(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&temporary, path)?;
+    fs::File::open(dir)?.sync_all()
 }
 
 /// Re-creates the exchanges, queues and bindings saved at `path`.
@@ -104,11 +110,13 @@ fn definitions(state: &State) -> Value {
             .exchange(name)
             .is_some_and(|spec| spec.durable && !name.is_empty())
     };
+    // A stream of a host that saves definitions keeps its records: it is durable.
     let durable_queue = |name: &str| {
         state
             .queues
             .get(name)
             .is_some_and(|entry| entry.spec.durable)
+            || state.streams.contains_key(name)
     };
     let mut exchanges = Vec::new();
     let mut bindings = Vec::new();

@@ -38,6 +38,42 @@ pub enum CoreError {
     /// A stored message does not decode.
     #[error("stored message is corrupt: {reason}")]
     CorruptMessage { reason: &'static str },
+    /// A stream read named an offset outside the partition's log (Kafka
+    /// OFFSET_OUT_OF_RANGE); the reader chooses how to reset.
+    #[error("offset {requested} of {stream}/{partition} is out of range [{earliest}, {latest}]")]
+    OffsetOutOfRange {
+        stream: String,
+        partition: u32,
+        requested: u64,
+        earliest: u64,
+        latest: u64,
+    },
+    /// The stream has no such partition (Kafka UNKNOWN_TOPIC_OR_PARTITION).
+    #[error("stream '{stream}' has no partition {partition} (it has {partitions})")]
+    UnknownPartition {
+        stream: String,
+        partition: u32,
+        partitions: u32,
+    },
+    /// A producer's epoch is older than the partition's (Kafka INVALID_PRODUCER_EPOCH): a newer
+    /// instance of the same producer took over.
+    #[error("producer {producer_id} epoch {epoch} is fenced by epoch {current_epoch}")]
+    ProducerFenced {
+        producer_id: i64,
+        epoch: i16,
+        current_epoch: i16,
+    },
+    /// A producer's batch does not continue its sequence (Kafka OUT_OF_ORDER_SEQUENCE_NUMBER):
+    /// a batch before it was lost, so writing it would reorder or leave a gap.
+    #[error("producer {producer_id} sent sequence {received}, expected {expected}")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        received: i32,
+    },
+    /// A partition's owner task has stopped (the stream was deleted or its log failed).
+    #[error("partition {stream}/{partition} is not running")]
+    PartitionStopped { stream: String, partition: u32 },
     /// The queue's log failed (AMQP 541 internal-error; the queue stops).
     #[error("storage: {0}")]
     Storage(#[from] LogError),

@@ -5,7 +5,9 @@
 //! after durability), [`Topology`] (exchanges, bindings, `route`), [`QueueEngine`] (publish,
 //! consume, get, settle, leases, recovery from its log) run by an owner task behind a
 //! [`QueueHandle`], [`OffsetSet`], [`CoreError`]; [`record`] maps a [`postino_types::Message`]
-//! onto a log record.
+//! onto a log record; [`Stream`] (partitions, each a log with its owner task behind a
+//! [`PartitionHandle`]: produce with idempotent-producer checks, fetch by offset with long
+//! polling, retention).
 //!
 //! Invariants: the core never sees protocol types and never reads the wall clock (every call
 //! takes `now_ms`); each queue is mutated by one owner; a message is settled for good only after
@@ -21,6 +23,7 @@ pub mod options;
 pub mod owner;
 pub mod queue;
 pub mod record;
+pub mod stream;
 pub mod topology;
 pub mod transaction;
 pub mod vhost;
@@ -33,6 +36,10 @@ pub use owner::{Enqueued, Lifecycle, QueueEvent, QueueHandle};
 pub use queue::{
     ConsumerId, ConsumerSpec, DeadLetter, Delivery, GetOutcome, GetSpec, Outcome, Published, Push,
     QueueEngine, QueueStats, QueueStore, WaiterId,
+};
+pub use stream::{
+    FetchSpec, Fetched, OnOutOfRange, PartitionHandle, Partitioner, Produced, ProducerRecord,
+    StartAt, Stream, StreamSpec,
 };
 pub use topology::{Binding, Destination, ExchangeKind, ExchangeSpec, Topology, topic_matches};
 pub use transaction::{Committed, Transaction};

@@ -42,7 +42,20 @@ pub const MAILBOX_CAPACITY: usize = 1024;
 /// Commands the owner takes from its mailbox at once.
 const DRAIN_MAX: usize = 256;
 
-type Reply<T> = oneshot::Sender<Result<T, CoreError>>;
+/// Where an owner sends a command's outcome.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, CoreError>>;
+
+/// Sends a command built around a reply channel to an owner's mailbox and waits for the
+/// outcome; `stopped` is the error when the owner is gone.
+pub(crate) async fn call<C, T>(
+    mailbox: &mpsc::Sender<C>,
+    command: impl FnOnce(Reply<T>) -> C,
+    stopped: impl Fn() -> CoreError,
+) -> Result<T, CoreError> {
+    let (reply, answer) = oneshot::channel();
+    mailbox.send(command(reply)).await.map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
+}
 
 enum Command {
     Publish {
@@ -170,12 +183,7 @@ impl QueueHandle {
     }
 
     async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, CoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.mailbox
-            .send(command(reply))
-            .await
-            .map_err(|_| self.stopped())?;
-        answer.await.map_err(|_| self.stopped())?
+        crate::owner::call(&self.mailbox, command, || self.stopped()).await
     }
 
     fn stopped(&self) -> CoreError {

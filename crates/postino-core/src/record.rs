@@ -14,8 +14,19 @@ use crate::error::CoreError;
 const PREFIX: &str = "postino.";
 const APP_ESCAPE: &str = "postino.app.";
 
-/// Appends `message` to `builder` as one record stamped `timestamp_ms`.
+/// Appends `message` to `builder` as one record stamped `timestamp_ms`, without a key.
 pub fn push(builder: &mut BatchBuilder, message: &Message, timestamp_ms: i64) {
+    push_keyed(builder, None, message, timestamp_ms);
+}
+
+/// Appends `message` to `builder` as one record with `key` (a stream's partitioning key)
+/// stamped `timestamp_ms`.
+pub fn push_keyed(
+    builder: &mut BatchBuilder,
+    key: Option<&[u8]>,
+    message: &Message,
+    timestamp_ms: i64,
+) {
     let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let properties = &message.properties;
     let mut text = |name: &str, value: Option<String>| {
@@ -67,7 +78,7 @@ pub fn push(builder: &mut BatchBuilder, message: &Message, timestamp_ms: i64) {
         .iter()
         .map(|(name, value)| (name.as_slice(), Some(value.as_slice())))
         .collect();
-    builder.push(timestamp_ms, None, Some(&message.body), &borrowed);
+    builder.push(timestamp_ms, key, Some(&message.body), &borrowed);
 }
 
 /// The message a record holds.

@@ -21,6 +21,7 @@ use crate::error::CoreError;
 use crate::options::QueueOptions;
 use crate::owner::{Enqueued, Lifecycle, QueueEvent, QueueHandle};
 use crate::queue::{DeadLetter, QueueEngine, QueueStore};
+use crate::stream::{ProducerIds, Stream, StreamEnqueued};
 use crate::topology::{Binding, ExchangeSpec, Topology};
 use crate::transaction::{Coordinator, Transaction};
 
@@ -56,19 +57,32 @@ impl QueueSpec {
     }
 }
 
+/// Where a routed message goes.
+enum Target {
+    Queue(QueueHandle),
+    Stream(Arc<Stream>),
+}
+
 /// Where a publish went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Routed {
-    /// Queues that took the message; 0 means it was unroutable.
+    /// Queues and streams that took the message; 0 means it was unroutable.
     pub queues: usize,
 }
 
-/// Resolves when a pipelined publish is durable on every durable queue it went to.
+/// A message handed to one target's owner, not yet appended.
+#[derive(Debug)]
+enum Pending {
+    Queue(Enqueued),
+    Partition(StreamEnqueued),
+}
+
+/// Resolves when a pipelined publish is durable on every durable queue or stream it went to.
 #[derive(Debug)]
 #[must_use = "a publish is confirmed only once its Confirm resolves"]
 pub struct Confirm {
-    /// Each queue's pending append, and whether its durability must be awaited.
-    appends: Vec<(Enqueued, bool)>,
+    /// Each target's pending append, and whether its durability must be awaited.
+    appends: Vec<(Pending, bool)>,
 }
 
 impl Confirm {
@@ -78,8 +92,11 @@ impl Confirm {
     /// A queue's append error; `Storage(Failed)` when a queue's sync failed: the outcome is
     /// unknown.
     pub async fn wait(self) -> Result<(), CoreError> {
-        for (enqueued, durable) in self.appends {
-            let ticket = enqueued.appended().await?;
+        for (pending, durable) in self.appends {
+            let ticket = match pending {
+                Pending::Queue(enqueued) => enqueued.appended().await?,
+                Pending::Partition(enqueued) => enqueued.appended().await?.durable,
+            };
             if durable {
                 ticket.await?;
             }
@@ -116,6 +133,7 @@ fn check_owner(
 pub(crate) struct State {
     pub(crate) topology: Topology,
     pub(crate) queues: BTreeMap<String, QueueEntry>,
+    pub(crate) streams: BTreeMap<String, Arc<Stream>>,
 }
 
 /// One virtual host, shared as `Arc<VirtualHost>`. Calls that start queues must run inside a
@@ -123,10 +141,12 @@ pub(crate) struct State {
 #[derive(Debug)]
 pub struct VirtualHost {
     name: String,
-    dir: Option<PathBuf>,
-    log_config: LogConfig,
-    clock: Arc<dyn Clock>,
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) log_config: LogConfig,
+    pub(crate) clock: Arc<dyn Clock>,
     state: Mutex<State>,
+    /// Ids for idempotent producers of this host's streams.
+    pub(crate) producer_ids: Mutex<ProducerIds>,
     /// Where queue owners send dead letters and lifecycle events; a task handles them.
     events: mpsc::UnboundedSender<QueueEvent>,
     /// Publishers wait while it holds an alarm.
@@ -167,18 +187,22 @@ impl VirtualHost {
     ) -> Result<Arc<Self>, CoreError> {
         let (events, received) = mpsc::unbounded_channel();
         let (coordinator, in_doubt) = Coordinator::open(dir.as_deref(), &log_config, &clock)?;
+        let producer_ids = ProducerIds::open(dir.as_ref().map(|dir| dir.join("producer-ids")))?;
         let host = Arc::new(Self {
             name: name.to_owned(),
             dir,
             log_config,
             clock,
             state: Mutex::new(State::default()),
+            producer_ids: Mutex::new(producer_ids),
             events,
             flow,
             coordinator: tokio::sync::Mutex::new(coordinator),
             in_doubt,
         });
         tokio::spawn(handle_events(Arc::downgrade(&host), received));
+        // Streams first: saved bindings may name them.
+        host.open_streams()?;
         if let Some(path) = host.definitions_path().filter(|path| path.exists()) {
             definitions::load(&host, &path)?;
         }
@@ -215,7 +239,7 @@ impl VirtualHost {
         let durable = spec.durable;
         let created = state.topology.declare_exchange(name, spec)?;
         if created && durable {
-            self.save(&state)?;
+            self.save_definitions(&state)?;
         }
         Ok(created)
     }
@@ -227,7 +251,7 @@ impl VirtualHost {
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), CoreError> {
         let mut state = self.lock();
         state.topology.delete_exchange(name, if_unused)?;
-        self.save(&state)
+        self.save_definitions(&state)
     }
 
     /// Declares a queue and starts its owner; returns its handle and whether it was created.
@@ -272,6 +296,11 @@ impl VirtualHost {
             });
             return Ok((handle, false));
         }
+        if state.streams.contains_key(name) {
+            return Err(CoreError::PreconditionFailed {
+                reason: format!("'{name}' is a stream, not a queue"),
+            });
+        }
         if spec.exclusive && connection.is_none() {
             return Err(CoreError::InvalidArgument {
                 name: "exclusive".to_owned(),
@@ -291,7 +320,7 @@ impl VirtualHost {
             },
         );
         if persisted {
-            self.save(&state)?;
+            self.save_definitions(&state)?;
         }
         Ok((handle, true))
     }
@@ -413,7 +442,7 @@ impl VirtualHost {
                     name: name.to_owned(),
                 })?;
             state.topology.remove_queue(name);
-            self.save(&state)?;
+            self.save_definitions(&state)?;
             entry
         };
         if let Err(error) = entry.handle.close().await {
@@ -428,20 +457,30 @@ impl VirtualHost {
         Ok(())
     }
 
-    /// Stops every queue's owner, syncing and closing their logs.
+    /// Stops every queue's and partition's owner, syncing and closing their logs.
     ///
     /// # Errors
     /// The first error met; every queue is asked to close regardless.
     pub async fn close(&self) -> Result<(), CoreError> {
-        let handles: Vec<QueueHandle> = self
-            .lock()
-            .queues
-            .values()
-            .map(|entry| entry.handle.clone())
-            .collect();
+        let (handles, streams): (Vec<QueueHandle>, Vec<Arc<Stream>>) = {
+            let state = self.lock();
+            let handles = state
+                .queues
+                .values()
+                .map(|entry| entry.handle.clone())
+                .collect();
+            (handles, state.streams.values().cloned().collect())
+        };
         let mut outcome = Ok(());
         for handle in handles {
             if let Err(error) = handle.close().await
+                && outcome.is_ok()
+            {
+                outcome = Err(error);
+            }
+        }
+        for stream in streams {
+            if let Err(error) = stream.close().await
                 && outcome.is_ok()
             {
                 outcome = Err(error);
@@ -472,6 +511,11 @@ impl VirtualHost {
         let queues = state
             .topology
             .route(exchange, routing_key, &message.properties.headers)?;
+        if let Some(stream) = queues.iter().find(|name| state.streams.contains_key(*name)) {
+            return Err(CoreError::PreconditionFailed {
+                reason: format!("a transaction cannot publish to stream '{stream}' yet"),
+            });
+        }
         Ok(queues
             .into_iter()
             .filter_map(|queue| {
@@ -510,7 +554,7 @@ impl VirtualHost {
     pub fn bind(&self, binding: Binding) -> Result<(), CoreError> {
         let mut state = self.lock();
         state.topology.bind(binding)?;
-        self.save(&state)
+        self.save_definitions(&state)
     }
 
     /// Removes a binding.
@@ -520,7 +564,7 @@ impl VirtualHost {
     pub fn unbind(&self, binding: &Binding) -> Result<(), CoreError> {
         let mut state = self.lock();
         state.topology.unbind(binding)?;
-        self.save(&state)
+        self.save_definitions(&state)
     }
 
     /// Routes a message and appends it to every queue it reaches. Returns once the message is
@@ -561,20 +605,21 @@ impl VirtualHost {
             // A closed channel means nobody raises alarms any more: publish.
             let _ = flow.wait_for(|alarm| *alarm == Alarm::Clear).await;
         }
-        let targets: Vec<(QueueHandle, bool)> = {
+        let targets: Vec<(Target, bool)> = {
             let state = self.lock();
-            let queues =
-                state
-                    .topology
-                    .route(exchange, routing_key, &message.properties.headers)?;
-            queues
+            let names = state
+                .topology
+                .route(exchange, routing_key, &message.properties.headers)?;
+            names
                 .iter()
-                .filter_map(|queue| state.queues.get(queue))
-                .map(|entry| {
-                    (
-                        entry.handle.clone(),
-                        entry.spec.durable && self.dir.is_some(),
-                    )
+                .filter_map(|name| {
+                    if let Some(entry) = state.queues.get(name) {
+                        let durable = entry.spec.durable && self.dir.is_some();
+                        Some((Target::Queue(entry.handle.clone()), durable))
+                    } else {
+                        let stream = state.streams.get(name)?;
+                        Some((Target::Stream(Arc::clone(stream)), self.dir.is_some()))
+                    }
                 })
                 .collect()
         };
@@ -584,17 +629,23 @@ impl VirtualHost {
         let mut appends = Vec::with_capacity(targets.len());
         let last = targets.len().saturating_sub(1);
         let mut message = Some(message);
-        for (index, (handle, durable)) in targets.iter().enumerate() {
-            // The last queue takes the message itself; the others a copy (bodies are shared).
+        for (index, (target, durable)) in targets.iter().enumerate() {
+            // The last target takes the message itself; the others a copy (bodies are shared).
             let copy = if index == last {
                 message.take()
             } else {
                 message.clone()
+            }
+            .expect("one message per target");
+            let pending = match target {
+                Target::Queue(handle) => Pending::Queue(handle.enqueue(copy).await?),
+                Target::Stream(stream) => Pending::Partition(
+                    stream
+                        .enqueue_routed(routing_key, &copy, self.now_ms())
+                        .await?,
+                ),
             };
-            let enqueued = handle
-                .enqueue(copy.expect("one message per target"))
-                .await?;
-            appends.push((enqueued, persistent && *durable));
+            appends.push((pending, persistent && *durable));
         }
         Ok((
             Routed {
@@ -609,7 +660,7 @@ impl VirtualHost {
     }
 
     /// Writes the durable definitions atomically.
-    fn save(&self, state: &State) -> Result<(), CoreError> {
+    pub(crate) fn save_definitions(&self, state: &State) -> Result<(), CoreError> {
         match self.definitions_path() {
             Some(path) => definitions::save(state, &path),
             None => Ok(()),

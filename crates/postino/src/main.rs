@@ -58,6 +58,9 @@ enum BenchTarget {
     Storage,
     /// The broker core in-process: publish, deliver, ack; fan-out; RAM per ready message.
     Core,
+    /// Streams in-process: produce per durability policy and partition count, consume from
+    /// the earliest offset, idempotent production.
+    Stream,
     /// AMQP 0-9-1 over sockets with lapin, beside RabbitMQ: confirms, transient, fan-out, RPC.
     Amqp,
 }
@@ -79,6 +82,7 @@ fn bench(args: &BenchArgs) -> ExitCode {
     let (name, columns) = match args.target {
         BenchTarget::Storage => ("storage", postino_bench::storage::columns()),
         BenchTarget::Core => ("core", postino_bench::broker::columns()),
+        BenchTarget::Stream => ("stream", postino_bench::stream::columns()),
         BenchTarget::Amqp => ("amqp", postino_bench::amqp::columns()),
     };
     let mut printer = postino_bench::Printer::new(args.json, columns);
@@ -96,6 +100,9 @@ fn bench(args: &BenchArgs) -> ExitCode {
         }
         BenchTarget::Core => {
             postino_bench::broker::run(&args.dir, size, &args.filter, &mut printer)
+        }
+        BenchTarget::Stream => {
+            postino_bench::stream::run(&args.dir, size, &args.filter, &mut printer)
         }
         BenchTarget::Amqp => std::env::current_exe()
             .map_err(anyhow::Error::from)

@@ -171,6 +171,39 @@ fn core_bench_prints_every_scenario() {
 }
 
 #[test]
+fn stream_bench_prints_every_scenario_with_its_ceiling() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (rows, _) = bench_json("stream", dir.path(), &[]);
+    let count = |scenario: &str| {
+        rows.iter()
+            .filter(|row| row["scenario"] == scenario)
+            .count()
+    };
+    assert_eq!(
+        count("produce/fsync"),
+        4,
+        "100 B and 1 KB x 1 and 8 partitions"
+    );
+    assert_eq!(count("produce/none"), 4);
+    assert_eq!(count("consume"), 4);
+    assert_eq!(count("idempotent"), 2);
+    for row in &rows {
+        for field in [
+            "msgs_per_s",
+            "mb_per_s",
+            "cpu_us_per_msg",
+            "ceiling_msgs_per_s",
+            "ratio",
+        ] {
+            assert!(
+                row[field].as_f64().is_some_and(|value| value > 0.0),
+                "{field} missing in {row}"
+            );
+        }
+    }
+}
+
+#[test]
 fn amqp_bench_runs_every_scenario_against_the_server_it_starts() {
     let dir = tempfile::tempdir().expect("dir");
     let (rows, stderr) = bench_json(

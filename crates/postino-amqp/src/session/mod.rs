@@ -56,11 +56,16 @@ enum Fault {
 fn reply_for(error: &CoreError) -> Fault {
     let text = error.to_string();
     match error {
-        CoreError::NotFound { .. } => Fault::Channel(NOT_FOUND, text),
+        CoreError::NotFound { .. }
+        | CoreError::UnknownPartition { .. }
+        | CoreError::PartitionStopped { .. } => Fault::Channel(NOT_FOUND, text),
         CoreError::PreconditionFailed { .. }
         | CoreError::InvalidArgument { .. }
         | CoreError::UnknownDelivery { .. }
-        | CoreError::PublishRejected { .. } => Fault::Channel(PRECONDITION_FAILED, text),
+        | CoreError::PublishRejected { .. }
+        | CoreError::OffsetOutOfRange { .. }
+        | CoreError::ProducerFenced { .. }
+        | CoreError::OutOfOrderSequence { .. } => Fault::Channel(PRECONDITION_FAILED, text),
         CoreError::AccessRefused { .. } => Fault::Channel(ACCESS_REFUSED, text),
         CoreError::ResourceLocked { .. } => Fault::Channel(RESOURCE_LOCKED, text),
         CoreError::QueueStopped { .. } => Fault::Channel(NOT_FOUND, text),
@@ -745,6 +750,32 @@ mod tests {
             ),
             (
                 CoreError::UnknownDelivery { delivery: 1 },
+                PRECONDITION_FAILED,
+            ),
+            (
+                CoreError::UnknownPartition {
+                    stream: "s".into(),
+                    partition: 3,
+                    partitions: 1,
+                },
+                NOT_FOUND,
+            ),
+            (
+                CoreError::OffsetOutOfRange {
+                    stream: "s".into(),
+                    partition: 0,
+                    requested: 9,
+                    earliest: 0,
+                    latest: 1,
+                },
+                PRECONDITION_FAILED,
+            ),
+            (
+                CoreError::ProducerFenced {
+                    producer_id: 1,
+                    epoch: 0,
+                    current_epoch: 1,
+                },
                 PRECONDITION_FAILED,
             ),
         ];

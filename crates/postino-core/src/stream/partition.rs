@@ -1,0 +1,429 @@
+//! One partition of a stream as a plain struct over its log: produce (with idempotent-producer
+//! checks), fetch up to the high watermark, offset lookup, retention. Its owner task
+//! (`stream::owner`) is the only caller.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use postino_storage::batch::{Batch, BatchHeader};
+use postino_storage::{Durable, Log, LogError, Offset};
+
+use crate::error::CoreError;
+use crate::stream::producers::{Admit, Producers};
+
+/// Where a reader starts (Kafka's ListOffsets and `auto.offset.reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The first offset still stored.
+    Earliest,
+    /// The offset the next record will get: only new records.
+    Latest,
+    /// This offset.
+    Offset(u64),
+    /// The first record stamped at or after this time (ms since the epoch); latest when every
+    /// record is older.
+    Timestamp(i64),
+}
+
+/// What a read below the earliest or past the latest offset does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnOutOfRange {
+    /// Fail with `OffsetOutOfRange` (Kafka `auto.offset.reset=none`).
+    #[default]
+    Fail,
+    /// Read from the earliest offset instead.
+    Earliest,
+    /// Read from the latest offset instead.
+    Latest,
+}
+
+/// A produced batch's offsets.
+#[derive(Debug, Clone)]
+pub struct Produced {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    /// Resolves when the batch is durable: the produce may be acknowledged then.
+    pub durable: Durable,
+    /// The batch was a retry of one already written (idempotent producer); nothing was
+    /// written again.
+    pub duplicate: bool,
+}
+
+/// What a fetch read.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The offset read from (the one asked for, or where the reset policy moved it).
+    pub from: u64,
+    /// Whole batches, the first one holding `from` (it may start before it), none at or past
+    /// the high watermark.
+    pub batches: Vec<Batch>,
+    /// Offsets below this are durable and readable (Kafka's high watermark).
+    pub high_watermark: u64,
+    /// The earliest offset stored (Kafka's log start offset).
+    pub log_start: u64,
+}
+
+impl Fetched {
+    /// Bytes of the batches.
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.batches.iter().map(|batch| batch.bytes().len()).sum()
+    }
+}
+
+/// A partition's offsets and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub earliest: u64,
+    pub high_watermark: u64,
+    pub next: u64,
+    pub size_bytes: u64,
+    pub producers: usize,
+}
+
+/// One partition: its log and its producers.
+#[derive(Debug)]
+pub struct PartitionEngine<L: Log> {
+    stream: Arc<str>,
+    partition: u32,
+    log: L,
+    producers: Producers,
+}
+
+impl<L: Log> PartitionEngine<L> {
+    /// Opens the partition over `log`, rebuilding the producer state from its batches.
+    ///
+    /// # Errors
+    /// Storage errors reading the log.
+    pub fn open(stream: Arc<str>, partition: u32, log: L) -> Result<Self, CoreError> {
+        let mut producers = Producers::default();
+        let next = log.next_offset().0;
+        let mut at = log.earliest_offset().0;
+        while at < next {
+            let batches = log.read(Offset(at), 1 << 20)?;
+            let Some(last) = batches.last() else { break };
+            at = last.last_offset() + 1;
+            for batch in &batches {
+                if !batch.header().is_control() {
+                    producers.record(batch.header(), batch.base_offset(), Durable::ready());
+                }
+            }
+        }
+        Ok(Self {
+            stream,
+            partition,
+            log,
+            producers,
+        })
+    }
+
+    /// The stream's name.
+    #[must_use]
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The partition's number.
+    #[must_use]
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    fn bad_batch(reason: impl Into<String>) -> CoreError {
+        CoreError::InvalidArgument {
+            name: "batch".to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Appends one RecordBatch v2 as a producer sent it (compressed or not); a retry of a
+    /// batch an idempotent producer already wrote returns the first offsets instead.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for bytes that are not one valid batch, a control batch, or a
+    /// transactional batch; `ProducerFenced`, `OutOfOrderSequence`; storage errors
+    /// (`Storage(BatchTooLarge)` for a batch over the log's limit).
+    pub fn produce(&mut self, mut batch: BytesMut) -> Result<Produced, CoreError> {
+        let header =
+            BatchHeader::parse(&batch).map_err(|error| Self::bad_batch(error.to_string()))?;
+        if header.is_control() {
+            return Err(Self::bad_batch(
+                "control batches are written by the broker only",
+            ));
+        }
+        if header.is_transactional() {
+            return Err(Self::bad_batch(
+                "transactional batches need a transaction coordinator, which streams do not have yet",
+            ));
+        }
+        match self.producers.check(&header)? {
+            Admit::Duplicate {
+                base_offset,
+                last_offset,
+                durable,
+            } => Ok(Produced {
+                base_offset,
+                last_offset,
+                durable,
+                duplicate: true,
+            }),
+            Admit::Append => {
+                let appended = self.log.append(&mut batch).map_err(|error| match error {
+                    LogError::InvalidBatch(error) => Self::bad_batch(error.to_string()),
+                    other => CoreError::Storage(other),
+                })?;
+                self.producers
+                    .record(&header, appended.base_offset.0, appended.durable.clone());
+                Ok(Produced {
+                    base_offset: appended.base_offset.0,
+                    last_offset: appended.last_offset.0,
+                    durable: appended.durable,
+                    duplicate: false,
+                })
+            }
+        }
+    }
+
+    /// Offsets below this are durable and may be read.
+    #[must_use]
+    pub fn high_watermark(&self) -> u64 {
+        self.log.durable_offset().0
+    }
+
+    /// Offsets and size.
+    #[must_use]
+    pub fn stats(&self) -> PartitionStats {
+        PartitionStats {
+            earliest: self.log.earliest_offset().0,
+            high_watermark: self.high_watermark(),
+            next: self.log.next_offset().0,
+            size_bytes: self.log.size_bytes(),
+            producers: self.producers.len(),
+        }
+    }
+
+    /// The offset a reader starting at `start` reads first.
+    ///
+    /// # Errors
+    /// `OffsetOutOfRange` for an offset outside the log; storage errors of a timestamp lookup.
+    pub fn resolve(&self, start: StartAt) -> Result<u64, CoreError> {
+        match start {
+            StartAt::Earliest => Ok(self.log.earliest_offset().0),
+            StartAt::Latest => Ok(self.high_watermark()),
+            StartAt::Offset(offset) => {
+                self.check_range(offset)?;
+                Ok(offset)
+            }
+            StartAt::Timestamp(timestamp_ms) => Ok(self
+                .log
+                .offset_for_timestamp(timestamp_ms)?
+                .map_or_else(|| self.high_watermark(), |offset| offset.0)),
+        }
+    }
+
+    fn check_range(&self, offset: u64) -> Result<(), CoreError> {
+        let earliest = self.log.earliest_offset().0;
+        let latest = self.log.next_offset().0;
+        if offset < earliest || offset > latest {
+            return Err(CoreError::OffsetOutOfRange {
+                stream: self.stream.to_string(),
+                partition: self.partition,
+                requested: offset,
+                earliest,
+                latest,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads whole batches from the one holding `from`, up to `max_bytes` (at least one batch)
+    /// and never at or past the high watermark.
+    ///
+    /// # Errors
+    /// `OffsetOutOfRange` under [`OnOutOfRange::Fail`]; storage errors (`Corrupt`).
+    pub fn fetch(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        on_out_of_range: OnOutOfRange,
+    ) -> Result<Fetched, CoreError> {
+        let from = match (self.check_range(from), on_out_of_range) {
+            (Ok(()), _) => from,
+            (Err(error), OnOutOfRange::Fail) => return Err(error),
+            (Err(_), OnOutOfRange::Earliest) => self.log.earliest_offset().0,
+            (Err(_), OnOutOfRange::Latest) => self.high_watermark(),
+        };
+        let high_watermark = self.high_watermark();
+        let batches = if from < high_watermark {
+            let mut batches = self.log.read(Offset(from), max_bytes)?;
+            batches.retain(|batch| batch.base_offset() < high_watermark);
+            batches
+        } else {
+            Vec::new()
+        };
+        Ok(Fetched {
+            from,
+            batches,
+            high_watermark,
+            log_start: self.log.earliest_offset().0,
+        })
+    }
+
+    /// Applies the stream's retention; returns how many segments went.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn enforce_retention(&mut self) -> Result<usize, CoreError> {
+        Ok(self.log.enforce_retention()?)
+    }
+
+    /// Syncs and closes the log.
+    ///
+    /// # Errors
+    /// Storage errors while syncing.
+    pub fn close(self) -> Result<(), CoreError>
+    where
+        L: Sized,
+    {
+        Ok(self.log.close()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postino_storage::batch::BatchBuilder;
+    use postino_storage::{LogConfig, MemLog, MemStore};
+    use postino_types::ManualClock;
+
+    fn engine(store: &MemStore) -> PartitionEngine<MemLog> {
+        let log = MemLog::open(store, LogConfig::default(), Arc::new(ManualClock::new(0)))
+            .expect("memory log opens");
+        PartitionEngine::open("s".into(), 0, log).expect("partition opens")
+    }
+
+    fn batch(producer: Option<(i64, i16, i32)>, values: &[&str]) -> BytesMut {
+        let mut builder = match producer {
+            Some((id, epoch, sequence)) => BatchBuilder::new().producer(id, epoch, sequence),
+            None => BatchBuilder::new(),
+        };
+        for value in values {
+            builder.push(1_000, None, Some(value.as_bytes()), &[]);
+        }
+        builder.build()
+    }
+
+    #[test]
+    fn produced_batches_get_consecutive_offsets_and_read_back() {
+        let mut partition = engine(&MemStore::new());
+        let first = partition
+            .produce(batch(None, &["a", "b"]))
+            .expect("produced");
+        let second = partition.produce(batch(None, &["c"])).expect("produced");
+        assert_eq!((first.base_offset, first.last_offset), (0, 1));
+        assert_eq!(second.base_offset, 2);
+        let fetched = partition
+            .fetch(1, 1 << 20, OnOutOfRange::Fail)
+            .expect("fetched");
+        assert_eq!(fetched.batches.len(), 2);
+        assert_eq!(fetched.high_watermark, 3);
+    }
+
+    #[test]
+    fn a_retried_batch_is_not_written_twice_even_after_reopening() {
+        let store = MemStore::new();
+        let mut partition = engine(&store);
+        partition
+            .produce(batch(Some((9, 0, 0)), &["a", "b"]))
+            .expect("produced");
+        partition.close().expect("closed");
+        let mut partition = engine(&store);
+        let retry = partition
+            .produce(batch(Some((9, 0, 0)), &["a", "b"]))
+            .expect("answered");
+        assert!(retry.duplicate);
+        assert_eq!(retry.base_offset, 0);
+        assert_eq!(partition.stats().next, 2);
+        let gap = partition.produce(batch(Some((9, 0, 5)), &["x"]));
+        assert!(matches!(
+            gap,
+            Err(CoreError::OutOfOrderSequence { expected: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn out_of_range_reads_fail_or_reset_as_asked() {
+        let mut partition = engine(&MemStore::new());
+        partition.produce(batch(None, &["a"])).expect("produced");
+        assert!(matches!(
+            partition.fetch(5, 1024, OnOutOfRange::Fail),
+            Err(CoreError::OffsetOutOfRange {
+                requested: 5,
+                latest: 1,
+                ..
+            })
+        ));
+        let reset = partition
+            .fetch(5, 1024, OnOutOfRange::Earliest)
+            .expect("reset to earliest");
+        assert_eq!((reset.from, reset.batches.len()), (0, 1));
+        let latest = partition
+            .fetch(5, 1024, OnOutOfRange::Latest)
+            .expect("reset to latest");
+        assert_eq!((latest.from, latest.batches.len()), (1, 0));
+    }
+
+    #[test]
+    fn control_transactional_and_malformed_batches_are_refused() {
+        let mut partition = engine(&MemStore::new());
+        let marker = postino_storage::batch::control_batch(
+            postino_storage::batch::ControlKind::Commit,
+            1,
+            0,
+            0,
+            0,
+        );
+        assert!(matches!(
+            partition.produce(marker),
+            Err(CoreError::InvalidArgument { .. })
+        ));
+        let mut transactional = BatchBuilder::new().producer(1, 0, 0).transactional();
+        transactional.push(0, None, Some(b"x"), &[]);
+        assert!(matches!(
+            partition.produce(transactional.build()),
+            Err(CoreError::InvalidArgument { .. })
+        ));
+        let mut corrupt = batch(None, &["a"]);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0xff;
+        assert!(matches!(
+            partition.produce(corrupt),
+            Err(CoreError::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            partition.produce(BytesMut::from(&b"short"[..])),
+            Err(CoreError::InvalidArgument { .. })
+        ));
+        assert_eq!(partition.stats().next, 0);
+    }
+
+    #[test]
+    fn a_timestamp_resolves_to_the_first_record_at_or_after_it() {
+        let mut partition = engine(&MemStore::new());
+        for (at, value) in [(100, "a"), (200, "b"), (300, "c")] {
+            let mut builder = BatchBuilder::new();
+            builder.push(at, None, Some(value.as_bytes()), &[]);
+            partition.produce(builder.build()).expect("produced");
+        }
+        assert_eq!(
+            partition.resolve(StartAt::Timestamp(150)).expect("found"),
+            1
+        );
+        assert_eq!(
+            partition.resolve(StartAt::Timestamp(999)).expect("found"),
+            3
+        );
+        assert_eq!(partition.resolve(StartAt::Earliest).expect("found"), 0);
+        assert_eq!(partition.resolve(StartAt::Latest).expect("found"), 3);
+    }
+}
