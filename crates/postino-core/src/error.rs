@@ -71,10 +71,43 @@ pub enum CoreError {
         expected: i32,
         received: i32,
     },
+    /// A consumer-group request was refused; `error` says why (each maps to a Kafka code).
+    #[error("group '{group}': {error}")]
+    Group { group: String, error: GroupError },
     /// A partition's owner task has stopped (the stream was deleted or its log failed).
     #[error("partition {stream}/{partition} is not running")]
     PartitionStopped { stream: String, partition: u32 },
     /// The queue's log failed (AMQP 541 internal-error; the queue stops).
     #[error("storage: {0}")]
     Storage(#[from] LogError),
+}
+
+/// Why a consumer-group request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// The member id is not (or no longer) in the group (Kafka UNKNOWN_MEMBER_ID): join again.
+    #[error("unknown member")]
+    UnknownMember,
+    /// The request names another generation than the group's (Kafka ILLEGAL_GENERATION).
+    #[error("stale generation")]
+    IllegalGeneration,
+    /// The group is rebalancing: join again (Kafka REBALANCE_IN_PROGRESS).
+    #[error("rebalance in progress")]
+    RebalanceInProgress,
+    /// The member's protocol type or assignment protocols do not match the group's (Kafka
+    /// INCONSISTENT_GROUP_PROTOCOL).
+    #[error("inconsistent group protocol")]
+    InconsistentProtocol,
+    /// A newer member took this static instance id (Kafka FENCED_INSTANCE_ID).
+    #[error("fenced instance id")]
+    FencedInstance,
+    /// The session timeout is outside the broker's bounds (Kafka INVALID_SESSION_TIMEOUT).
+    #[error("invalid session timeout")]
+    InvalidSessionTimeout,
+    /// The group has as many members as it may (Kafka GROUP_MAX_SIZE_REACHED).
+    #[error("group is full")]
+    GroupFull,
+    /// The group has members: it cannot be deleted (Kafka NON_EMPTY_GROUP).
+    #[error("group has members")]
+    NotEmpty,
 }

@@ -18,6 +18,7 @@
 pub mod broker;
 mod definitions;
 pub mod error;
+pub mod group;
 pub mod offsets;
 pub mod options;
 pub mod owner;
@@ -29,7 +30,8 @@ pub mod transaction;
 pub mod vhost;
 
 pub use broker::{Alarm, Broker, DEFAULT_VHOST, FlowLimits};
-pub use error::CoreError;
+pub use error::{CoreError, GroupError};
+pub use group::{Committer, GroupHandle, GroupLimits, Join, Joined, OffsetCommit};
 pub use offsets::OffsetSet;
 pub use options::{Overflow, QueueOptions};
 pub use owner::{Enqueued, Lifecycle, QueueEvent, QueueHandle};

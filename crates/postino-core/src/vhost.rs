@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use crate::broker::Alarm;
 use crate::definitions;
 use crate::error::CoreError;
+use crate::group::{GroupHandle, GroupLimits, OffsetStore};
 use crate::options::QueueOptions;
 use crate::owner::{Enqueued, Lifecycle, QueueEvent, QueueHandle};
 use crate::queue::{DeadLetter, QueueEngine, QueueStore};
@@ -147,6 +148,8 @@ pub struct VirtualHost {
     state: Mutex<State>,
     /// Ids for idempotent producers of this host's streams.
     pub(crate) producer_ids: Mutex<ProducerIds>,
+    /// The consumer groups' coordinator.
+    groups: GroupHandle,
     /// Where queue owners send dead letters and lifecycle events; a task handles them.
     events: mpsc::UnboundedSender<QueueEvent>,
     /// Publishers wait while it holds an alarm.
@@ -188,6 +191,7 @@ impl VirtualHost {
         let (events, received) = mpsc::unbounded_channel();
         let (coordinator, in_doubt) = Coordinator::open(dir.as_deref(), &log_config, &clock)?;
         let producer_ids = ProducerIds::open(dir.as_ref().map(|dir| dir.join("producer-ids")))?;
+        let groups = open_groups(dir.as_deref(), &log_config, &clock)?;
         let host = Arc::new(Self {
             name: name.to_owned(),
             dir,
@@ -195,6 +199,7 @@ impl VirtualHost {
             clock,
             state: Mutex::new(State::default()),
             producer_ids: Mutex::new(producer_ids),
+            groups,
             events,
             flow,
             coordinator: tokio::sync::Mutex::new(coordinator),
@@ -457,7 +462,8 @@ impl VirtualHost {
         Ok(())
     }
 
-    /// Stops every queue's and partition's owner, syncing and closing their logs.
+    /// Stops every queue's and partition's owner and the group coordinator, syncing and closing
+    /// their logs.
     ///
     /// # Errors
     /// The first error met; every queue is asked to close regardless.
@@ -486,7 +492,18 @@ impl VirtualHost {
                 outcome = Err(error);
             }
         }
+        if let Err(error) = self.groups.close().await
+            && outcome.is_ok()
+        {
+            outcome = Err(error);
+        }
         outcome
+    }
+
+    /// The host's consumer-group coordinator.
+    #[must_use]
+    pub fn groups(&self) -> &GroupHandle {
+        &self.groups
     }
 
     /// The spec of an exchange, if it exists.
@@ -707,6 +724,31 @@ async fn handle_events(host: Weak<VirtualHost>, mut events: mpsc::UnboundedRecei
 }
 
 /// A queue's directory under its host's.
+/// Starts the group coordinator over its offsets log (`<dir>/groups/offsets/`, in memory
+/// without a directory). Small segments let compaction give disk back soon.
+fn open_groups(
+    dir: Option<&Path>,
+    log_config: &LogConfig,
+    clock: &Arc<dyn Clock>,
+) -> Result<GroupHandle, CoreError> {
+    let config = LogConfig {
+        segment_bytes_max: 4 << 20,
+        batch_bytes_max: 4 << 20,
+        ..log_config.clone()
+    };
+    let limits = GroupLimits::default();
+    Ok(match dir {
+        Some(dir) => {
+            let log = FileLog::open(dir.join("groups").join("offsets"), config)?;
+            GroupHandle::spawn(OffsetStore::open(log)?, limits, Arc::clone(clock))
+        }
+        None => {
+            let log = MemLog::open(&MemStore::new(), config, Arc::clone(clock))?;
+            GroupHandle::spawn(OffsetStore::open(log)?, limits, Arc::clone(clock))
+        }
+    })
+}
+
 fn queue_dir(dir: &Path, name: &str) -> PathBuf {
     dir.join("queues").join(escape_name(name))
 }

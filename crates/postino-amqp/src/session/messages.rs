@@ -61,11 +61,10 @@ impl Session {
                     .get_mut(&id)
                     .and_then(|channel| channel.consumers.remove(&tag));
                 if let Some(consumer) = removed {
-                    match consumer.queue.cancel(consumer.id).await {
+                    match consumer.end().await {
                         Ok(()) | Err(CoreError::QueueStopped { .. }) => {}
                         Err(error) => return Err(error),
                     }
-                    consumer.forwarder.abort();
                 }
                 self.reply_unless_nowait(
                     cancel.nowait,
@@ -287,6 +286,8 @@ impl Session {
         let (out, frame_max, no_ack) = (self.out.clone(), self.frame_max, consume.no_ack);
         let forward_queue = queue.clone();
         let forward_tag = short(&tag);
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let forward_ended = Arc::clone(&ended);
         let forwarder = tokio::spawn(async move {
             while let Some(delivery) = deliveries.recv().await {
                 let delivery_tag = if no_ack {
@@ -305,8 +306,11 @@ impl Session {
                 send_content(&out, id, method, &delivery.message, frame_max);
             }
             // The queue's owner stopped (the queue was deleted): tell the client, as RabbitMQ
-            // does for clients with `consumer_cancel_notify`. A client's own cancel aborts this
-            // task before it gets here.
+            // does for clients with `consumer_cancel_notify`, unless the client or its channel
+            // ended the consumer.
+            if forward_ended.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
             let cancel = basic::Cancel {
                 consumer_tag: forward_tag,
                 nowait: true,
@@ -323,6 +327,8 @@ impl Session {
                     queue,
                     id: consumer_id,
                     forwarder,
+                    auto_ack: no_ack,
+                    ended,
                 },
             );
         }

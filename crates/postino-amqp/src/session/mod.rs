@@ -65,7 +65,8 @@ fn reply_for(error: &CoreError) -> Fault {
         | CoreError::PublishRejected { .. }
         | CoreError::OffsetOutOfRange { .. }
         | CoreError::ProducerFenced { .. }
-        | CoreError::OutOfOrderSequence { .. } => Fault::Channel(PRECONDITION_FAILED, text),
+        | CoreError::OutOfOrderSequence { .. }
+        | CoreError::Group { .. } => Fault::Channel(PRECONDITION_FAILED, text),
         CoreError::AccessRefused { .. } => Fault::Channel(ACCESS_REFUSED, text),
         CoreError::ResourceLocked { .. } => Fault::Channel(RESOURCE_LOCKED, text),
         CoreError::QueueStopped { .. } => Fault::Channel(NOT_FOUND, text),
@@ -154,7 +155,35 @@ struct Incoming {
 struct Consumer {
     queue: QueueHandle,
     id: u64,
+    /// Writes the consumer's deliveries to the connection until the queue's owner drops them.
     forwarder: tokio::task::JoinHandle<()>,
+    auto_ack: bool,
+    /// Set when the client or the channel ends the consumer: the forwarder then does not tell
+    /// the client that the queue cancelled it.
+    ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Consumer {
+    /// Ends the consumer so that none of its frames follows: the caller's next frame (a
+    /// `cancel-ok` or `close-ok`) is the last word on it. With manual acks the forwarder stops
+    /// first and the queue takes back every unsettled delivery, those not yet written
+    /// included; with auto-ack (deliveries are settled when handed over) the queue stops
+    /// first and the forwarder writes what it was handed, so nothing is lost.
+    async fn end(self) -> Result<(), CoreError> {
+        self.ended.store(true, std::sync::atomic::Ordering::Release);
+        if !self.auto_ack {
+            self.forwarder.abort();
+            let _ = self.forwarder.await;
+            return self.queue.cancel(self.id).await;
+        }
+        let outcome = self.queue.cancel(self.id).await;
+        if !matches!(outcome, Ok(()) | Err(CoreError::QueueStopped { .. })) {
+            // The queue may still hold the sink: do not wait for it to close.
+            self.forwarder.abort();
+        }
+        let _ = self.forwarder.await;
+        outcome
+    }
 }
 
 #[derive(Debug, Default)]
@@ -429,8 +458,7 @@ impl Session {
             return;
         };
         for (_, consumer) in channel.consumers {
-            let _ = consumer.queue.cancel(consumer.id).await;
-            consumer.forwarder.abort();
+            let _ = consumer.end().await;
         }
         let unsettled: Vec<(QueueHandle, Vec<u64>)> =
             lock(&channel.tags).take(0, true).unwrap_or_default();
