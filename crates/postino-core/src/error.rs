@@ -74,6 +74,12 @@ pub enum CoreError {
     /// A consumer-group request was refused; `error` says why (each maps to a Kafka code).
     #[error("group '{group}': {error}")]
     Group { group: String, error: GroupError },
+    /// A transactional request was refused; `error` says why (each maps to a Kafka code).
+    #[error("transaction{}: {error}", transactional_id.as_ref().map(|id| format!(" '{id}'")).unwrap_or_default())]
+    Transaction {
+        transactional_id: Option<String>,
+        error: TransactionError,
+    },
     /// A partition's owner task has stopped (the stream was deleted or its log failed).
     #[error("partition {stream}/{partition} is not running")]
     PartitionStopped { stream: String, partition: u32 },
@@ -110,4 +116,25 @@ pub enum GroupError {
     /// The group has members: it cannot be deleted (Kafka NON_EMPTY_GROUP).
     #[error("group has members")]
     NotEmpty,
+}
+
+/// Why a transactional request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TransactionError {
+    /// The request does not fit the transaction's state, e.g. a commit after an abort began
+    /// (Kafka INVALID_TXN_STATE).
+    #[error("invalid transaction state")]
+    InvalidState,
+    /// A transactional batch for a partition the coordinator did not add to the producer's
+    /// transaction (Kafka INVALID_TXN_STATE).
+    #[error("the partition is not in the producer's transaction")]
+    NotInTransaction,
+    /// The producer id does not belong to the transactional id (Kafka
+    /// INVALID_PRODUCER_ID_MAPPING).
+    #[error("producer id does not match the transactional id")]
+    UnknownProducerId,
+    /// The transaction timeout is outside the broker's bounds (Kafka
+    /// INVALID_TRANSACTION_TIMEOUT).
+    #[error("invalid transaction timeout")]
+    InvalidTimeout,
 }

@@ -16,6 +16,7 @@
 //! What it must not know: sockets, frames, protocol error codes.
 
 pub mod broker;
+mod compacted;
 mod definitions;
 pub mod error;
 pub mod group;
@@ -30,7 +31,7 @@ pub mod transaction;
 pub mod vhost;
 
 pub use broker::{Alarm, Broker, DEFAULT_VHOST, FlowLimits};
-pub use error::{CoreError, GroupError};
+pub use error::{CoreError, GroupError, TransactionError};
 pub use group::{Committer, GroupHandle, GroupLimits, Join, Joined, OffsetCommit};
 pub use offsets::OffsetSet;
 pub use options::{Overflow, QueueOptions};

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use postino_storage::{FileLog, LogConfig, MemLog, MemStore};
+use postino_storage::{FileLog, Log, LogConfig, MemLog, MemStore};
 use postino_types::{Clock, DeliveryMode, Headers, Message};
 use tokio::sync::{mpsc, watch};
 
@@ -22,6 +22,7 @@ use crate::group::{GroupHandle, GroupLimits, OffsetStore};
 use crate::options::QueueOptions;
 use crate::owner::{Enqueued, Lifecycle, QueueEvent, QueueHandle};
 use crate::queue::{DeadLetter, QueueEngine, QueueStore};
+use crate::stream::transactions::{self, ProducerTransactions};
 use crate::stream::{ProducerIds, Stream, StreamEnqueued};
 use crate::topology::{Binding, ExchangeSpec, Topology};
 use crate::transaction::{Coordinator, Transaction};
@@ -150,6 +151,8 @@ pub struct VirtualHost {
     pub(crate) producer_ids: Mutex<ProducerIds>,
     /// The consumer groups' coordinator.
     groups: GroupHandle,
+    /// Transactional producers of the host's streams; its lock serialises their requests.
+    pub(crate) producer_transactions: Arc<tokio::sync::Mutex<ProducerTransactions>>,
     /// Where queue owners send dead letters and lifecycle events; a task handles them.
     events: mpsc::UnboundedSender<QueueEvent>,
     /// Publishers wait while it holds an alarm.
@@ -192,6 +195,12 @@ impl VirtualHost {
         let (coordinator, in_doubt) = Coordinator::open(dir.as_deref(), &log_config, &clock)?;
         let producer_ids = ProducerIds::open(dir.as_ref().map(|dir| dir.join("producer-ids")))?;
         let groups = open_groups(dir.as_deref(), &log_config, &clock)?;
+        let producer_transactions = transactions::open_state(internal_log(
+            dir.as_deref(),
+            "transactional-ids",
+            &log_config,
+            &clock,
+        )?)?;
         let host = Arc::new(Self {
             name: name.to_owned(),
             dir,
@@ -200,6 +209,7 @@ impl VirtualHost {
             state: Mutex::new(State::default()),
             producer_ids: Mutex::new(producer_ids),
             groups,
+            producer_transactions,
             events,
             flow,
             coordinator: tokio::sync::Mutex::new(coordinator),
@@ -208,6 +218,13 @@ impl VirtualHost {
         tokio::spawn(handle_events(Arc::downgrade(&host), received));
         // Streams first: saved bindings may name them.
         host.open_streams()?;
+        let coordinator_state = Arc::clone(&host.producer_transactions)
+            .try_lock_owned()
+            .expect("nobody else holds the transaction coordinator while the host opens");
+        tokio::spawn(VirtualHost::run_transaction_coordinator(
+            Arc::downgrade(&host),
+            coordinator_state,
+        ));
         if let Some(path) = host.definitions_path().filter(|path| path.exists()) {
             definitions::load(&host, &path)?;
         }
@@ -724,29 +741,37 @@ async fn handle_events(host: Weak<VirtualHost>, mut events: mpsc::UnboundedRecei
 }
 
 /// A queue's directory under its host's.
-/// Starts the group coordinator over its offsets log (`<dir>/groups/offsets/`, in memory
-/// without a directory). Small segments let compaction give disk back soon.
-fn open_groups(
+/// One of the host's internal logs: `<dir>/<path>` in 4 MiB segments (so that compaction gives
+/// disk back soon), in memory without a directory.
+fn internal_log(
     dir: Option<&Path>,
+    path: &str,
     log_config: &LogConfig,
     clock: &Arc<dyn Clock>,
-) -> Result<GroupHandle, CoreError> {
+) -> Result<Box<dyn Log>, CoreError> {
     let config = LogConfig {
         segment_bytes_max: 4 << 20,
         batch_bytes_max: 4 << 20,
         ..log_config.clone()
     };
-    let limits = GroupLimits::default();
     Ok(match dir {
-        Some(dir) => {
-            let log = FileLog::open(dir.join("groups").join("offsets"), config)?;
-            GroupHandle::spawn(OffsetStore::open(log)?, limits, Arc::clone(clock))
-        }
-        None => {
-            let log = MemLog::open(&MemStore::new(), config, Arc::clone(clock))?;
-            GroupHandle::spawn(OffsetStore::open(log)?, limits, Arc::clone(clock))
-        }
+        Some(dir) => Box::new(FileLog::open(dir.join(path), config)?),
+        None => Box::new(MemLog::open(&MemStore::new(), config, Arc::clone(clock))?),
     })
+}
+
+/// Starts the group coordinator over its offsets log (`<dir>/groups/offsets/`).
+fn open_groups(
+    dir: Option<&Path>,
+    log_config: &LogConfig,
+    clock: &Arc<dyn Clock>,
+) -> Result<GroupHandle, CoreError> {
+    let log = internal_log(dir, "groups/offsets", log_config, clock)?;
+    Ok(GroupHandle::spawn(
+        OffsetStore::open(log)?,
+        GroupLimits::default(),
+        Arc::clone(clock),
+    ))
 }
 
 fn queue_dir(dir: &Path, name: &str) -> PathBuf {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use postino_core::group::assign::{Strategy, Subscription};
+use postino_core::group::assign::{Strategy, encode_subscription};
 use postino_core::group::{Answer, GroupState, Membership};
 use postino_core::{
     Committer, CoreError, GroupError, GroupLimits, Join, OffsetCommit, StreamSpec, VirtualHost,
@@ -248,75 +248,47 @@ async fn consumers_share_a_stream_and_their_commits_survive_a_restart() {
         consumers.push(tokio::spawn(async move {
             let groups = host.groups();
             let mut member = None;
+            let subscription =
+                encode_subscription(&BTreeSet::from(["orders".to_owned()]), &BTreeSet::new());
             loop {
-                let joined = groups
-                    .join("billing", join(member.as_deref(), None, "orders"))
-                    .await?;
+                let mut request = join(member.as_deref(), None, "");
+                request.protocols = vec![("range".to_owned(), subscription.clone())];
+                let joined = groups.join("billing", request).await?;
                 member = Some(joined.member_id.clone());
-                let assignments = if joined.leader == joined.member_id {
-                    let subscriptions: Vec<Subscription> = joined
-                        .members
-                        .iter()
-                        .map(|member| Subscription {
-                            member: member.member_id.clone(),
-                            streams: BTreeSet::from([
-                                String::from_utf8_lossy(&member.metadata).into_owned()
-                            ]),
-                            owned: BTreeSet::new(),
-                        })
-                        .collect();
-                    let partitions = BTreeMap::from([("orders".to_owned(), 6)]);
-                    Strategy::Range
-                        .assign(&subscriptions, &partitions)
-                        .into_iter()
-                        .map(|(member, given)| {
-                            let text: Vec<String> = given
-                                .iter()
-                                .map(|(_, partition)| partition.to_string())
-                                .collect();
-                            (member, Bytes::from(text.join(",")))
-                        })
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                match groups
-                    .sync("billing", &joined.member_id, joined.generation, assignments)
+                let counts =
+                    |stream: &str| host.stream(stream).map(|found| found.partition_count());
+                let assignment = match groups
+                    .sync_assigned("billing", &joined, Strategy::Range, counts)
                     .await
                 {
-                    Ok(assignment) => loop {
-                        // Done once the group is stable with all three in this generation.
-                        let description = groups.describe("billing").await?.expect("group");
-                        if description.state == GroupState::Stable
-                            && description.members.len() == 3
-                            && description.generation == joined.generation
-                        {
-                            return Ok::<_, CoreError>((
-                                joined.member_id,
-                                joined.generation,
-                                assignment,
-                            ));
-                        }
-                        match groups
-                            .heartbeat("billing", &joined.member_id, joined.generation)
-                            .await
-                        {
-                            Ok(()) => {
-                                tokio::time::sleep(std::time::Duration::from_millis(10)).await
-                            }
-                            Err(CoreError::Group {
-                                error:
-                                    GroupError::RebalanceInProgress | GroupError::IllegalGeneration,
-                                ..
-                            }) => break,
-                            Err(error) => return Err(error),
-                        }
-                    },
-                    Err(CoreError::Group {
-                        error: GroupError::RebalanceInProgress,
-                        ..
-                    }) => continue,
+                    Ok(assignment) => assignment,
+                    Err(CoreError::Group { .. }) => continue,
                     Err(error) => return Err(error),
+                };
+                loop {
+                    // Done once the group is stable with all three in this generation.
+                    let description = groups.describe("billing").await?.expect("group");
+                    if description.state == GroupState::Stable
+                        && description.members.len() == 3
+                        && description.generation == joined.generation
+                    {
+                        return Ok::<_, CoreError>((
+                            joined.member_id,
+                            joined.generation,
+                            assignment,
+                        ));
+                    }
+                    match groups
+                        .heartbeat("billing", &joined.member_id, joined.generation)
+                        .await
+                    {
+                        Ok(()) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                        Err(CoreError::Group {
+                            error: GroupError::RebalanceInProgress | GroupError::IllegalGeneration,
+                            ..
+                        }) => break,
+                        Err(error) => return Err(error),
+                    }
                 }
             }
         }));
@@ -327,12 +299,7 @@ async fn consumers_share_a_stream_and_their_commits_survive_a_restart() {
         let (member, generation, assignment) =
             consumer.await.expect("consumer task").expect("consumer");
         members.push((member, generation));
-        for partition in String::from_utf8_lossy(&assignment)
-            .split(',')
-            .filter(|text| !text.is_empty())
-        {
-            assigned.push(partition.parse::<u32>().expect("a partition"));
-        }
+        assigned.extend(assignment.into_iter().map(|(_, partition)| partition));
     }
     assigned.sort_unstable();
     let generations: BTreeSet<i32> = members.iter().map(|(_, generation)| *generation).collect();

@@ -187,6 +187,12 @@ fn stream_bench_prints_every_scenario_with_its_ceiling() {
     assert_eq!(count("produce/none"), 4);
     assert_eq!(count("consume"), 4);
     assert_eq!(count("idempotent"), 2);
+    assert_eq!(count("transactional"), 2);
+    assert_eq!(
+        count("group"),
+        2,
+        "4 members on 8 partitions, 100 B and 1 KB"
+    );
     for row in &rows {
         for field in [
             "msgs_per_s",

@@ -66,7 +66,8 @@ fn reply_for(error: &CoreError) -> Fault {
         | CoreError::OffsetOutOfRange { .. }
         | CoreError::ProducerFenced { .. }
         | CoreError::OutOfOrderSequence { .. }
-        | CoreError::Group { .. } => Fault::Channel(PRECONDITION_FAILED, text),
+        | CoreError::Group { .. }
+        | CoreError::Transaction { .. } => Fault::Channel(PRECONDITION_FAILED, text),
         CoreError::AccessRefused { .. } => Fault::Channel(ACCESS_REFUSED, text),
         CoreError::ResourceLocked { .. } => Fault::Channel(RESOURCE_LOCKED, text),
         CoreError::QueueStopped { .. } => Fault::Channel(NOT_FOUND, text),

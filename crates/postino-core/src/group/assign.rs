@@ -10,6 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::Bytes;
+
 /// A stream partition: stream name and partition number.
 pub type StreamPartition = (String, u32);
 
@@ -251,9 +253,112 @@ pub fn cooperative_sticky(
     target
 }
 
+/// Writes a string with a u16 length.
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    out.extend_from_slice(&text.as_bytes()[..text.len().min(usize::from(u16::MAX))]);
+}
+
+/// Reads what `put_text` wrote.
+fn take_text(input: &mut &[u8]) -> Option<String> {
+    let length = usize::from(u16::from_be_bytes(take::<2>(input)?));
+    let text = input.get(..length)?;
+    *input = &input[length..];
+    String::from_utf8(text.to_vec()).ok()
+}
+
+fn take<const N: usize>(input: &mut &[u8]) -> Option<[u8; N]> {
+    let bytes: [u8; N] = input.get(..N)?.try_into().ok()?;
+    *input = &input[N..];
+    Some(bytes)
+}
+
+fn put_partitions(out: &mut Vec<u8>, partitions: &BTreeSet<StreamPartition>) {
+    out.extend_from_slice(&(partitions.len() as u32).to_be_bytes());
+    for (stream, partition) in partitions {
+        put_text(out, stream);
+        out.extend_from_slice(&partition.to_be_bytes());
+    }
+}
+
+fn take_partitions(input: &mut &[u8]) -> Option<BTreeSet<StreamPartition>> {
+    let count = u32::from_be_bytes(take::<4>(input)?);
+    (0..count)
+        .map(|_| Some((take_text(input)?, u32::from_be_bytes(take::<4>(input)?))))
+        .collect()
+}
+
+/// A member's subscription as join metadata for postino's own clients (version 0: `u16 0`,
+/// `u32` stream count, each stream as `u16` length + UTF-8, then the owned partitions as `u32`
+/// count, each stream + `u32` partition).
+#[must_use]
+pub fn encode_subscription(streams: &BTreeSet<String>, owned: &BTreeSet<StreamPartition>) -> Bytes {
+    let mut out = vec![0, 0];
+    out.extend_from_slice(&(streams.len() as u32).to_be_bytes());
+    for stream in streams {
+        put_text(&mut out, stream);
+    }
+    put_partitions(&mut out, owned);
+    Bytes::from(out)
+}
+
+/// The subscription `member` joined with, `None` when the metadata is not version 0.
+#[must_use]
+pub fn decode_subscription(member: &str, metadata: &[u8]) -> Option<Subscription> {
+    let mut input = metadata;
+    if take::<2>(&mut input)? != [0, 0] {
+        return None;
+    }
+    let count = u32::from_be_bytes(take::<4>(&mut input)?);
+    let streams = (0..count)
+        .map(|_| take_text(&mut input))
+        .collect::<Option<BTreeSet<String>>>()?;
+    let owned = take_partitions(&mut input)?;
+    input.is_empty().then(|| Subscription {
+        member: member.to_owned(),
+        streams,
+        owned,
+    })
+}
+
+/// A member's partitions as the sync carries them (version 0: `u16 0` then the partitions).
+#[must_use]
+pub fn encode_assignment(partitions: &BTreeSet<StreamPartition>) -> Bytes {
+    let mut out = vec![0, 0];
+    put_partitions(&mut out, partitions);
+    Bytes::from(out)
+}
+
+/// The partitions of an assignment; empty bytes (no assignment) are no partitions.
+#[must_use]
+pub fn decode_assignment(bytes: &[u8]) -> Option<BTreeSet<StreamPartition>> {
+    if bytes.is_empty() {
+        return Some(BTreeSet::new());
+    }
+    let mut input = bytes;
+    if take::<2>(&mut input)? != [0, 0] {
+        return None;
+    }
+    let partitions = take_partitions(&mut input)?;
+    input.is_empty().then_some(partitions)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subscriptions_and_assignments_survive_their_encoding() {
+        let streams = BTreeSet::from(["a".to_owned(), "é".to_owned()]);
+        let owned = BTreeSet::from([("a".to_owned(), 3)]);
+        let decoded =
+            decode_subscription("m", &encode_subscription(&streams, &owned)).expect("decodes");
+        assert_eq!((decoded.streams, decoded.owned), (streams, owned.clone()));
+        assert_eq!(decode_assignment(&encode_assignment(&owned)), Some(owned));
+        assert_eq!(decode_assignment(b""), Some(BTreeSet::new()));
+        assert_eq!(decode_subscription("m", b"\x00\x01"), None);
+        assert_eq!(decode_assignment(b"\x00\x00\x00\x00\x00\x09"), None);
+    }
 
     fn member(id: &str, streams: &[&str]) -> Subscription {
         Subscription {

@@ -8,18 +8,21 @@ pub mod assign;
 pub mod membership;
 pub mod offsets;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use postino_storage::{Durable, Log};
+use postino_storage::Durable;
 use postino_types::Clock;
 use tokio::sync::mpsc;
-use tracing::error;
 
 use crate::error::{CoreError, GroupError};
 use crate::owner::{Reply, call};
+use assign::{
+    Strategy, StreamPartition, Subscription, decode_assignment, decode_subscription,
+    encode_assignment,
+};
 pub use membership::{
     Answer, GroupLimits, GroupState, Join, Joined, JoinedMember, MemberDescription, Membership,
 };
@@ -28,12 +31,14 @@ pub use offsets::{CommittedOffset, OffsetCommit, OffsetStore};
 /// Commands waiting in the coordinator's mailbox before senders must wait.
 const MAILBOX_CAPACITY: usize = 1024;
 
-/// Who commits offsets: a member of the current generation, or a client outside any group
-/// membership (Kafka's "simple" consumer, generation -1), which only an empty group accepts.
+/// Who commits offsets: a member of the current generation, a client outside any group
+/// membership (Kafka's "simple" consumer, generation -1), which only an empty group accepts, or
+/// a committed transaction (its offsets were accepted when it was open).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Committer {
     Member { member_id: String, generation: i32 },
     Standalone,
+    Transaction,
 }
 
 /// A group as `describe` shows it.
@@ -132,11 +137,7 @@ fn stopped() -> CoreError {
 
 impl GroupHandle {
     /// Starts the coordinator task over `offsets` on the current tokio runtime.
-    pub fn spawn<L: Log + 'static>(
-        offsets: OffsetStore<L>,
-        limits: GroupLimits,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub fn spawn(offsets: OffsetStore, limits: GroupLimits, clock: Arc<dyn Clock>) -> Self {
         let (mailbox, inbox) = mpsc::channel(MAILBOX_CAPACITY);
         let coordinator = Coordinator {
             offsets: Some(offsets),
@@ -186,6 +187,55 @@ impl GroupHandle {
             reply,
         })
         .await
+    }
+
+    /// Syncs a generation `joined` as a postino client does: members' metadata is their
+    /// subscription (`assign::encode_subscription`); the leader assigns the partitions of the
+    /// subscribed streams (`partitions` gives each stream's count) with `strategy`. Returns
+    /// this member's partitions.
+    ///
+    /// # Errors
+    /// As [`GroupHandle::sync`] (`RebalanceInProgress`: join again); `InvalidArgument` for a
+    /// member whose metadata is not a subscription or an assignment that does not decode.
+    pub async fn sync_assigned(
+        &self,
+        group: &str,
+        joined: &Joined,
+        strategy: Strategy,
+        partitions: impl Fn(&str) -> Option<u32>,
+    ) -> Result<BTreeSet<StreamPartition>, CoreError> {
+        let mut assignments = Vec::new();
+        if joined.leader == joined.member_id {
+            let subscriptions = joined
+                .members
+                .iter()
+                .map(|member| {
+                    decode_subscription(&member.member_id, &member.metadata).ok_or_else(|| {
+                        CoreError::InvalidArgument {
+                            name: "metadata".to_owned(),
+                            reason: format!("member {} sent no subscription", member.member_id),
+                        }
+                    })
+                })
+                .collect::<Result<Vec<Subscription>, CoreError>>()?;
+            let counts: BTreeMap<String, u32> = subscriptions
+                .iter()
+                .flat_map(|subscription| subscription.streams.iter())
+                .filter_map(|stream| Some((stream.clone(), partitions(stream)?)))
+                .collect();
+            assignments = strategy
+                .assign(&subscriptions, &counts)
+                .iter()
+                .map(|(member, given)| (member.clone(), encode_assignment(given)))
+                .collect();
+        }
+        let assignment = self
+            .sync(group, &joined.member_id, joined.generation, assignments)
+            .await?;
+        decode_assignment(&assignment).ok_or_else(|| CoreError::InvalidArgument {
+            name: "assignment".to_owned(),
+            reason: "the leader's assignment does not decode".to_owned(),
+        })
     }
 
     /// Keeps a member's session.
@@ -301,9 +351,9 @@ impl GroupHandle {
     }
 }
 
-struct Coordinator<L: Log> {
+struct Coordinator {
     /// `None` once closed.
-    offsets: Option<OffsetStore<L>>,
+    offsets: Option<OffsetStore>,
     limits: GroupLimits,
     clock: Arc<dyn Clock>,
     groups: HashMap<String, Membership>,
@@ -312,7 +362,7 @@ struct Coordinator<L: Log> {
     next_waiter: u64,
 }
 
-impl<L: Log> Coordinator<L> {
+impl Coordinator {
     async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
         loop {
             let wake = self
@@ -335,17 +385,13 @@ impl<L: Log> Coordinator<L> {
             };
             let Some(command) = command else { break };
             if let Command::Close { reply } = command {
-                let closed = self.offsets.take().map_or(Ok(()), OffsetStore::close);
-                let _ = reply.send(closed);
+                // Every commit was acknowledged only once durable: dropping loses nothing.
+                self.offsets = None;
+                let _ = reply.send(Ok(()));
                 return;
             }
             self.on_command(command);
             self.forget_empty();
-        }
-        if let Some(offsets) = self.offsets.take()
-            && let Err(error) = offsets.close()
-        {
-            error!(%error, "group offsets did not close cleanly");
         }
     }
 
@@ -579,7 +625,7 @@ impl<L: Log> Coordinator<L> {
             (Committer::Standalone, Some(membership)) if !membership.member_ids().is_empty() => {
                 return Err(refuse(GroupError::UnknownMember));
             }
-            (Committer::Standalone, _) => {}
+            (Committer::Standalone | Committer::Transaction, _) => {}
         }
         match self.offsets.as_mut() {
             Some(store) => store.commit(now, group, offsets),

@@ -1,8 +1,6 @@
-//! Committed offsets of consumer groups, kept in an internal log like Kafka's
+//! Committed offsets of consumer groups, kept in a compacted internal log like Kafka's
 //! `__consumer_offsets`: one record per commit of one partition, keyed by (group, stream,
-//! partition); the latest record of a key wins and a record without a value (a tombstone)
-//! deletes the key. The log is compacted by re-appending the live records and deleting the
-//! segments below them once the dead records outnumber the live ones.
+//! partition); a tombstone deletes a group's offsets.
 //!
 //! Record layout (big-endian), version 0 — key: `u16 version, u16 length + group, u16 length +
 //! stream, u32 partition`; value: `u16 version, i64 offset, i64 commit time (ms), u16 length +
@@ -11,13 +9,10 @@
 use std::collections::HashMap;
 
 use bytes::{Buf, BufMut, Bytes};
-use postino_storage::batch::{BatchBuilder, Record};
-use postino_storage::{Durable, Log, Offset};
+use postino_storage::{Durable, Log};
 
+use crate::compacted::CompactedLog;
 use crate::error::CoreError;
-
-/// Records in the log, beyond twice the live ones, before a compaction.
-const COMPACT_SLACK: u64 = 1024;
 
 /// A partition's committed position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +58,8 @@ fn text(buf: &mut Bytes) -> Option<String> {
     String::from_utf8(buf.split_to(length).to_vec()).ok()
 }
 
-fn decode(record: &Record) -> Option<(Key, Option<CommittedOffset>)> {
-    let mut key = record.key.clone()?;
+fn decode(key: &Bytes, value: &Bytes) -> Option<(Key, CommittedOffset)> {
+    let mut key = key.clone();
     if key.remaining() < 2 || key.get_u16() != 0 {
         return None;
     }
@@ -74,9 +69,7 @@ fn decode(record: &Record) -> Option<(Key, Option<CommittedOffset>)> {
         return None;
     }
     let partition = key.get_u32();
-    let Some(mut value) = record.value.clone() else {
-        return Some(((group, stream, partition), None));
-    };
+    let mut value = value.clone();
     if value.remaining() < 18 || value.get_u16() != 0 {
         return None;
     }
@@ -85,25 +78,20 @@ fn decode(record: &Record) -> Option<(Key, Option<CommittedOffset>)> {
     let metadata = text(&mut value)?;
     Some((
         (group, stream, partition),
-        Some(CommittedOffset {
+        CommittedOffset {
             offset,
             metadata,
             commit_timestamp_ms,
-        }),
+        },
     ))
 }
 
 /// The committed offsets of a host's groups, over their log. One owner (the host's group
 /// coordinator) uses it.
 #[derive(Debug)]
-pub struct OffsetStore<L: Log> {
-    log: L,
+pub struct OffsetStore {
+    log: CompactedLog,
     latest: HashMap<Key, CommittedOffset>,
-    /// Records in the log from its earliest offset.
-    records: u64,
-    /// Records appended since the last compaction (or the open): what decides the next one, so
-    /// that dead records left in the active segment do not trigger one per commit.
-    since_compaction: u64,
 }
 
 /// A commit of one partition's offset.
@@ -115,42 +103,22 @@ pub struct OffsetCommit {
     pub metadata: String,
 }
 
-impl<L: Log> OffsetStore<L> {
+impl OffsetStore {
     /// Opens the store over `log`, reading every record once.
     ///
     /// # Errors
     /// Storage errors; `CorruptMessage` for a record that does not decode.
-    pub fn open(log: L) -> Result<Self, CoreError> {
-        let mut store = Self {
-            log,
-            latest: HashMap::new(),
-            records: 0,
-            since_compaction: 0,
-        };
-        let next = store.log.next_offset().0;
-        let mut at = store.log.earliest_offset().0;
-        while at < next {
-            let batches = store.log.read(Offset(at), 1 << 20)?;
-            let Some(last) = batches.last() else { break };
-            at = last.last_offset() + 1;
-            for batch in &batches {
-                let records = batch.records().map_err(|_| CoreError::CorruptMessage {
-                    reason: "an offset commit batch does not decode",
-                })?;
-                for record in &records {
-                    let (key, value) = decode(record).ok_or(CoreError::CorruptMessage {
-                        reason: "an offset commit record does not decode",
-                    })?;
-                    store.records += 1;
-                    match value {
-                        Some(value) => store.latest.insert(key, value),
-                        None => store.latest.remove(&key),
-                    };
-                }
-            }
-        }
-        store.since_compaction = store.records;
-        Ok(store)
+    pub fn open(log: Box<dyn Log>) -> Result<Self, CoreError> {
+        let log = CompactedLog::open(log)?;
+        let latest = log
+            .live()
+            .map(|(key, value)| {
+                decode(key, value).ok_or(CoreError::CorruptMessage {
+                    reason: "an offset commit record does not decode",
+                })
+            })
+            .collect::<Result<HashMap<Key, CommittedOffset>, CoreError>>()?;
+        Ok(Self { log, latest })
     }
 
     /// Commits `offsets` of `group` in one batch (all or none); the ticket resolves when the
@@ -170,7 +138,7 @@ impl<L: Log> OffsetStore<L> {
                 reason: format!("{} bytes, at most 65535", text.len()),
             })
         };
-        let mut builder = BatchBuilder::new();
+        let mut records = Vec::with_capacity(offsets.len());
         let mut entries = Vec::with_capacity(offsets.len());
         for commit in offsets {
             if let Some(error) = too_long("group", group)
@@ -185,23 +153,15 @@ impl<L: Log> OffsetStore<L> {
                 metadata: commit.metadata.clone(),
                 commit_timestamp_ms: now_ms,
             };
-            builder.push(
-                now_ms,
-                Some(&encode_key(&key)),
-                Some(&encode_value(&value)),
-                &[],
-            );
+            records.push((
+                Bytes::from(encode_key(&key)),
+                Some(Bytes::from(encode_value(&value))),
+            ));
             entries.push((key, value));
         }
-        if entries.is_empty() {
-            return Ok(Durable::ready());
-        }
-        let appended = self.log.append(&mut builder.build())?;
-        self.records += entries.len() as u64;
-        self.since_compaction += entries.len() as u64;
+        let durable = self.log.write(now_ms, records)?;
         self.latest.extend(entries);
-        self.compact_if_due(now_ms)?;
-        Ok(appended.durable)
+        Ok(durable)
     }
 
     /// The committed offset of one partition for `group`.
@@ -248,61 +208,15 @@ impl<L: Log> OffsetStore<L> {
             .filter(|(owner, _, _)| owner == group)
             .cloned()
             .collect();
-        if keys.is_empty() {
-            return Ok(Durable::ready());
-        }
-        let mut builder = BatchBuilder::new();
-        for key in &keys {
-            builder.push(now_ms, Some(&encode_key(key)), None, &[]);
-        }
-        let appended = self.log.append(&mut builder.build())?;
-        self.records += keys.len() as u64;
-        self.since_compaction += keys.len() as u64;
+        let tombstones = keys
+            .iter()
+            .map(|key| (Bytes::from(encode_key(key)), None))
+            .collect();
+        let durable = self.log.write(now_ms, tombstones)?;
         for key in keys {
             self.latest.remove(&key);
         }
-        Ok(appended.durable)
-    }
-
-    /// Records in the log (live and dead).
-    #[must_use]
-    pub fn log_records(&self) -> u64 {
-        self.records
-    }
-
-    /// Re-appends the live records and deletes the segments wholly below them (sealed ones:
-    /// dead records of the active segment go at a later compaction), once the records
-    /// appended since the last compaction outnumber twice the live ones by the slack.
-    fn compact_if_due(&mut self, now_ms: i64) -> Result<(), CoreError> {
-        let live = self.latest.len() as u64;
-        if self.since_compaction <= 2 * live + COMPACT_SLACK {
-            return Ok(());
-        }
-        let from = self.log.next_offset();
-        let mut builder = BatchBuilder::new();
-        for (key, value) in &self.latest {
-            builder.push(
-                now_ms,
-                Some(&encode_key(key)),
-                Some(&encode_value(value)),
-                &[],
-            );
-        }
-        if !builder.is_empty() {
-            self.log.append(&mut builder.build())?;
-        }
-        self.log.delete_up_to(from)?;
-        self.records = self.log.next_offset().0 - self.log.earliest_offset().0;
-        self.since_compaction = 0;
-        Ok(())
-    }
-
-    /// Syncs and closes the log.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn close(self) -> Result<(), CoreError> {
-        Ok(self.log.close()?)
+        Ok(durable)
     }
 }
 
@@ -313,14 +227,14 @@ mod tests {
     use postino_types::ManualClock;
     use std::sync::Arc;
 
-    fn open(store: &MemStore) -> OffsetStore<MemLog> {
+    fn open(store: &MemStore) -> OffsetStore {
         let config = LogConfig {
             segment_bytes_max: 4096,
             batch_bytes_max: 4096,
             ..LogConfig::default()
         };
         let log = MemLog::open(store, config, Arc::new(ManualClock::new(0))).expect("opens");
-        OffsetStore::open(log).expect("store opens")
+        OffsetStore::open(Box::new(log)).expect("store opens")
     }
 
     fn commit(stream: &str, partition: u32, offset: u64) -> OffsetCommit {
@@ -345,7 +259,7 @@ mod tests {
         offsets
             .commit(3, "h", &[commit("s", 0, 1)])
             .expect("commit");
-        offsets.close().expect("close");
+        drop(offsets);
         let offsets = open(&store);
         assert_eq!(offsets.committed("g", "s", 0).map(|c| c.offset), Some(9));
         assert_eq!(offsets.committed("g", "s", 1).map(|c| c.offset), Some(7));
@@ -360,38 +274,26 @@ mod tests {
             .commit(1, "g", &[commit("s", 0, 5)])
             .expect("commit");
         offsets.delete_group(2, "g").expect("delete");
-        offsets.close().expect("close");
+        drop(offsets);
         let offsets = open(&store);
         assert!(offsets.committed("g", "s", 0).is_none());
         assert!(offsets.groups().is_empty());
     }
 
     #[test]
-    fn compaction_bounds_the_log_and_keeps_every_live_offset() {
+    fn a_garbled_record_is_an_error_not_an_empty_store() {
         let store = MemStore::new();
-        let mut offsets = open(&store);
-        for round in 0..3_000u64 {
-            offsets
-                .commit(round as i64, "g", &[commit("s", (round % 4) as u32, round)])
-                .expect("commit");
-        }
-        // At most the records since the last compaction, plus one segment's worth not yet
-        // sealed when it ran.
-        assert!(
-            offsets.log_records() < 2 * (2 * 4 + COMPACT_SLACK),
-            "{}",
-            offsets.log_records()
-        );
-        offsets.close().expect("close");
-        let offsets = open(&store);
-        for partition in 0..4u32 {
-            let last = (0..3_000u64)
-                .rev()
-                .find(|round| round % 4 == u64::from(partition));
-            assert_eq!(
-                offsets.committed("g", "s", partition).map(|c| c.offset),
-                last
-            );
-        }
+        let config = LogConfig::default();
+        let mut log = MemLog::open(&store, config, Arc::new(ManualClock::new(0))).expect("opens");
+        let mut builder = postino_storage::batch::BatchBuilder::new();
+        builder.push(0, Some(b"\0\0garbage"), Some(b"x"), &[]);
+        log.append(&mut builder.build()).expect("append");
+        drop(log);
+        let log = MemLog::open(&store, LogConfig::default(), Arc::new(ManualClock::new(0)))
+            .expect("opens");
+        assert!(matches!(
+            OffsetStore::open(Box::new(log)),
+            Err(CoreError::CorruptMessage { .. })
+        ));
     }
 }

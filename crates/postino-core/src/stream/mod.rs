@@ -12,6 +12,8 @@ mod partition;
 mod partitioner;
 mod producer_ids;
 mod producers;
+mod transaction_index;
+pub(crate) mod transactions;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,11 +28,15 @@ use serde_json::{Value, json};
 use crate::definitions::write_atomically;
 use crate::error::CoreError;
 
-pub use owner::{FetchSpec, MAILBOX_CAPACITY, PartitionHandle, StreamEnqueued};
-pub use partition::{Fetched, OnOutOfRange, PartitionEngine, PartitionStats, Produced, StartAt};
+pub use owner::{MAILBOX_CAPACITY, PartitionHandle, StreamEnqueued};
+pub use partition::{
+    FetchSpec, Fetched, Isolation, OnOutOfRange, PartitionEngine, PartitionStats, Produced, StartAt,
+};
 pub use partitioner::{Partitioner, Spread, murmur2, partition_for_key};
 pub(crate) use producer_ids::ProducerIds;
 pub use producers::{Admit, BATCHES_KEPT, Producers};
+pub use transaction_index::AbortedTransaction;
+pub use transactions::TRANSACTION_TIMEOUT_MAX_MS;
 
 /// Partitions a stream may have: each costs an owner task, a log and (under `fsync`) a sync
 /// thread.
@@ -136,7 +142,9 @@ pub struct ProducerRecord {
     pub partition: Option<u32>,
 }
 
-/// The records of fetched batches from `from` on (the first batch may start before it).
+/// The records of fetched batches from `from` on (the first batch may start before it),
+/// without transaction markers and, for a `ReadCommitted` fetch, without the records of
+/// aborted transactions.
 ///
 /// # Errors
 /// `InvalidArgument` for a compressed batch (records of compressed batches are not decoded by
@@ -144,7 +152,13 @@ pub struct ProducerRecord {
 pub fn records_of(fetched: &Fetched) -> Result<Vec<Record>, CoreError> {
     let mut records = Vec::new();
     for batch in &fetched.batches {
-        if batch.header().is_control() {
+        let header = batch.header();
+        let aborted = header.is_transactional()
+            && fetched.aborted.iter().any(|aborted| {
+                aborted.producer_id == header.producer_id
+                    && (aborted.first_offset..=aborted.last_offset).contains(&batch.base_offset())
+            });
+        if header.is_control() || aborted {
             continue;
         }
         let decoded = batch

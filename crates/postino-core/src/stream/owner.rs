@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use postino_storage::batch::ControlKind;
 use postino_storage::{Durable, Log, LogError};
 use postino_types::Clock;
 use tokio::sync::{mpsc, oneshot};
@@ -15,7 +16,7 @@ use tracing::{error, warn};
 
 use crate::error::CoreError;
 use crate::stream::partition::{
-    Fetched, OnOutOfRange, PartitionEngine, PartitionStats, Produced, StartAt,
+    FetchSpec, Fetched, PartitionEngine, PartitionStats, Produced, StartAt,
 };
 
 /// Commands waiting in a partition's mailbox before senders must wait.
@@ -26,42 +27,6 @@ const DRAIN_MAX: usize = 256;
 const RETENTION_EVERY_MS: i64 = 60_000;
 
 type Reply<T> = crate::owner::Reply<T>;
-
-/// A read of a partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FetchSpec {
-    /// The offset to read from.
-    pub from: u64,
-    /// Stop before a batch that would pass this many bytes (the first batch always comes).
-    pub max_bytes: usize,
-    /// Wait until at least this many bytes are readable (1: any record) ...
-    pub min_bytes: usize,
-    /// ... or this long, then answer with what there is (possibly nothing).
-    pub max_wait: Duration,
-    /// What a read outside the log does.
-    pub on_out_of_range: OnOutOfRange,
-}
-
-impl FetchSpec {
-    /// Reads from `from` without waiting, up to 1 MiB.
-    #[must_use]
-    pub fn at(from: u64) -> Self {
-        Self {
-            from,
-            max_bytes: 1 << 20,
-            min_bytes: 1,
-            max_wait: Duration::ZERO,
-            on_out_of_range: OnOutOfRange::Fail,
-        }
-    }
-
-    /// The same read, waiting up to `max_wait` for data.
-    #[must_use]
-    pub fn waiting(mut self, max_wait: Duration) -> Self {
-        self.max_wait = max_wait;
-        self
-    }
-}
 
 enum Command {
     Produce {
@@ -81,6 +46,20 @@ enum Command {
     },
     EnforceRetention {
         reply: Reply<usize>,
+    },
+    RegisterTransaction {
+        producer_id: i64,
+        epoch: i16,
+        reply: Reply<()>,
+    },
+    WriteMarker {
+        producer_id: i64,
+        epoch: i16,
+        kind: ControlKind,
+        reply: Reply<Durable>,
+    },
+    OpenTransactions {
+        reply: Reply<Vec<i64>>,
     },
     Close {
         reply: Reply<()>,
@@ -103,6 +82,9 @@ impl std::fmt::Debug for Command {
             Command::Resolve { .. } => "Resolve",
             Command::Stats { .. } => "Stats",
             Command::EnforceRetention { .. } => "EnforceRetention",
+            Command::RegisterTransaction { .. } => "RegisterTransaction",
+            Command::WriteMarker { .. } => "WriteMarker",
+            Command::OpenTransactions { .. } => "OpenTransactions",
             Command::Close { .. } => "Close",
         })
     }
@@ -202,6 +184,54 @@ impl PartitionHandle {
     /// Storage errors; `PartitionStopped`.
     pub async fn enforce_retention(&self) -> Result<usize, CoreError> {
         self.call(|reply| Command::EnforceRetention { reply }).await
+    }
+
+    /// Lets `producer_id` at `epoch` write transactional batches here until a marker (see
+    /// [`PartitionEngine::register_transaction`]).
+    ///
+    /// # Errors
+    /// `ProducerFenced`; `PartitionStopped`.
+    pub async fn register_transaction(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Result<(), CoreError> {
+        self.call(|reply| Command::RegisterTransaction {
+            producer_id,
+            epoch,
+            reply,
+        })
+        .await
+    }
+
+    /// Ends `producer_id`'s transaction here with a commit or abort marker; returns once the
+    /// marker is durable.
+    ///
+    /// # Errors
+    /// `ProducerFenced`; storage errors; `PartitionStopped`.
+    pub async fn write_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        kind: ControlKind,
+    ) -> Result<(), CoreError> {
+        let ticket = self
+            .call(|reply| Command::WriteMarker {
+                producer_id,
+                epoch,
+                kind,
+                reply,
+            })
+            .await?;
+        Ok(ticket.await?)
+    }
+
+    /// Producers with a transaction open here.
+    ///
+    /// # Errors
+    /// `PartitionStopped`.
+    pub async fn open_transactions(&self) -> Result<Vec<i64>, CoreError> {
+        self.call(|reply| Command::OpenTransactions { reply }).await
     }
 
     /// Stops the owner after the commands already sent, syncing and closing the log; waiting
@@ -324,9 +354,7 @@ impl<L: Log> Owner<L> {
                 return ticket;
             }
             Command::Fetch { spec, reply } => {
-                let fetched = self
-                    .engine
-                    .fetch(spec.from, spec.max_bytes, spec.on_out_of_range);
+                let fetched = self.engine.fetch(&spec);
                 match fetched {
                     Ok(fetched)
                         if fetched.bytes() < spec.min_bytes.max(1) && !spec.max_wait.is_zero() =>
@@ -355,6 +383,28 @@ impl<L: Log> Owner<L> {
             Command::EnforceRetention { reply } => {
                 let _ = reply.send(self.engine.enforce_retention());
             }
+            Command::RegisterTransaction {
+                producer_id,
+                epoch,
+                reply,
+            } => {
+                let _ = reply.send(self.engine.register_transaction(producer_id, epoch));
+            }
+            Command::WriteMarker {
+                producer_id,
+                epoch,
+                kind,
+                reply,
+            } => {
+                let now = self.clock.now_ms();
+                let written = self.engine.write_marker(now, producer_id, epoch, kind);
+                let ticket = written.as_ref().ok().cloned();
+                let _ = reply.send(written);
+                return ticket;
+            }
+            Command::OpenTransactions { reply } => {
+                let _ = reply.send(Ok(self.engine.open_transactions()));
+            }
             Command::Close { .. } => unreachable!("the run loop handles Close"),
         }
         None
@@ -377,7 +427,6 @@ impl<L: Log> Owner<L> {
             return;
         }
         let now = self.clock.now_ms();
-        let high_watermark = self.engine.high_watermark();
         let mut index = 0;
         while index < self.waiters.len() {
             let waiter = &self.waiters[index];
@@ -386,14 +435,12 @@ impl<L: Log> Owner<L> {
                 self.waiters.swap_remove(index);
                 continue;
             }
-            if !due && waiter.spec.from >= high_watermark {
+            if !due && waiter.spec.from >= self.engine.readable_end(waiter.spec.isolation) {
                 index += 1;
                 continue;
             }
             let spec = waiter.spec;
-            let fetched = self
-                .engine
-                .fetch(spec.from, spec.max_bytes, spec.on_out_of_range);
+            let fetched = self.engine.fetch(&spec);
             let enough = match &fetched {
                 Ok(fetched) => fetched.bytes() >= spec.min_bytes.max(1),
                 Err(_) => true,
@@ -410,12 +457,7 @@ impl<L: Log> Owner<L> {
     /// Answers every waiting fetch with what there is now.
     fn answer_all(&mut self) {
         for waiter in self.waiters.drain(..) {
-            let spec = waiter.spec;
-            let _ = waiter.reply.send(self.engine.fetch(
-                spec.from,
-                spec.max_bytes,
-                spec.on_out_of_range,
-            ));
+            let _ = waiter.reply.send(self.engine.fetch(&waiter.spec));
         }
     }
 }

@@ -3,13 +3,24 @@
 //! (`stream::owner`) is the only caller.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
-use postino_storage::batch::{Batch, BatchHeader};
+use postino_storage::batch::{Batch, BatchHeader, ControlKind, control_batch, control_kind};
 use postino_storage::{Durable, Log, LogError, Offset};
 
-use crate::error::CoreError;
+use crate::error::{CoreError, TransactionError};
 use crate::stream::producers::{Admit, Producers};
+use crate::stream::transaction_index::{AbortedTransaction, TransactionIndex};
+
+/// The kind of a transaction marker batch.
+fn marker_kind(batch: &Batch) -> Result<ControlKind, CoreError> {
+    let corrupt = CoreError::CorruptMessage {
+        reason: "a transaction marker does not decode",
+    };
+    let records = batch.records().map_err(|_| corrupt.clone())?;
+    records.first().and_then(control_kind).ok_or(corrupt)
+}
 
 /// Where a reader starts (Kafka's ListOffsets and `auto.offset.reset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +48,62 @@ pub enum OnOutOfRange {
     Latest,
 }
 
+/// Which records a reader sees (Kafka's `isolation.level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// Every durable record, those of open and aborted transactions included.
+    #[default]
+    ReadUncommitted,
+    /// Records below the last stable offset, skipping aborted transactions.
+    ReadCommitted,
+}
+
+/// A read of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchSpec {
+    /// The offset to read from.
+    pub from: u64,
+    /// Stop before a batch that would pass this many bytes (the first batch always comes).
+    pub max_bytes: usize,
+    /// Wait until at least this many bytes are readable (1: any record) ...
+    pub min_bytes: usize,
+    /// ... or this long, then answer with what there is (possibly nothing).
+    pub max_wait: Duration,
+    /// What a read outside the log does.
+    pub on_out_of_range: OnOutOfRange,
+    /// Whether records of open and aborted transactions are read.
+    pub isolation: Isolation,
+}
+
+impl FetchSpec {
+    /// Reads from `from` without waiting, up to 1 MiB.
+    #[must_use]
+    pub fn at(from: u64) -> Self {
+        Self {
+            from,
+            max_bytes: 1 << 20,
+            min_bytes: 1,
+            max_wait: Duration::ZERO,
+            on_out_of_range: OnOutOfRange::Fail,
+            isolation: Isolation::ReadUncommitted,
+        }
+    }
+
+    /// The same read, of committed records only.
+    #[must_use]
+    pub fn committed(mut self) -> Self {
+        self.isolation = Isolation::ReadCommitted;
+        self
+    }
+
+    /// The same read, waiting up to `max_wait` for data.
+    #[must_use]
+    pub fn waiting(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+}
+
 /// A produced batch's offsets.
 #[derive(Debug, Clone)]
 pub struct Produced {
@@ -61,6 +128,10 @@ pub struct Fetched {
     pub high_watermark: u64,
     /// The earliest offset stored (Kafka's log start offset).
     pub log_start: u64,
+    /// Offsets below this hold no open transaction (Kafka's last stable offset).
+    pub last_stable_offset: u64,
+    /// Under `ReadCommitted`, the aborted transactions with records among the batches.
+    pub aborted: Vec<AbortedTransaction>,
 }
 
 impl Fetched {
@@ -76,6 +147,7 @@ impl Fetched {
 pub struct PartitionStats {
     pub earliest: u64,
     pub high_watermark: u64,
+    pub last_stable_offset: u64,
     pub next: u64,
     pub size_bytes: u64,
     pub producers: usize,
@@ -88,15 +160,18 @@ pub struct PartitionEngine<L: Log> {
     partition: u32,
     log: L,
     producers: Producers,
+    transactions: TransactionIndex,
 }
 
 impl<L: Log> PartitionEngine<L> {
-    /// Opens the partition over `log`, rebuilding the producer state from its batches.
+    /// Opens the partition over `log`, rebuilding the producer and transaction state from its
+    /// batches.
     ///
     /// # Errors
-    /// Storage errors reading the log.
+    /// Storage errors reading the log; `CorruptMessage` for a marker that does not decode.
     pub fn open(stream: Arc<str>, partition: u32, log: L) -> Result<Self, CoreError> {
         let mut producers = Producers::default();
+        let mut transactions = TransactionIndex::default();
         let next = log.next_offset().0;
         let mut at = log.earliest_offset().0;
         while at < next {
@@ -104,8 +179,16 @@ impl<L: Log> PartitionEngine<L> {
             let Some(last) = batches.last() else { break };
             at = last.last_offset() + 1;
             for batch in &batches {
-                if !batch.header().is_control() {
-                    producers.record(batch.header(), batch.base_offset(), Durable::ready());
+                let header = batch.header();
+                if header.is_control() {
+                    let kind = marker_kind(batch)?;
+                    producers.fence(header.producer_id, header.producer_epoch);
+                    transactions.on_marker(header.producer_id, kind, batch.base_offset());
+                    continue;
+                }
+                producers.record(header, batch.base_offset(), Durable::ready());
+                if header.is_transactional() {
+                    transactions.on_batch(header.producer_id, batch.base_offset());
                 }
             }
         }
@@ -114,6 +197,7 @@ impl<L: Log> PartitionEngine<L> {
             partition,
             log,
             producers,
+            transactions,
         })
     }
 
@@ -151,11 +235,6 @@ impl<L: Log> PartitionEngine<L> {
                 "control batches are written by the broker only",
             ));
         }
-        if header.is_transactional() {
-            return Err(Self::bad_batch(
-                "transactional batches need a transaction coordinator, which streams do not have yet",
-            ));
-        }
         match self.producers.check(&header)? {
             Admit::Duplicate {
                 base_offset,
@@ -168,12 +247,27 @@ impl<L: Log> PartitionEngine<L> {
                 duplicate: true,
             }),
             Admit::Append => {
+                // Checked after the epoch, so that a fenced producer hears it is fenced.
+                if header.is_transactional()
+                    && !self
+                        .transactions
+                        .is_registered(header.producer_id, header.producer_epoch)
+                {
+                    return Err(CoreError::Transaction {
+                        transactional_id: None,
+                        error: TransactionError::NotInTransaction,
+                    });
+                }
                 let appended = self.log.append(&mut batch).map_err(|error| match error {
                     LogError::InvalidBatch(error) => Self::bad_batch(error.to_string()),
                     other => CoreError::Storage(other),
                 })?;
                 self.producers
                     .record(&header, appended.base_offset.0, appended.durable.clone());
+                if header.is_transactional() {
+                    self.transactions
+                        .on_batch(header.producer_id, appended.base_offset.0);
+                }
                 Ok(Produced {
                     base_offset: appended.base_offset.0,
                     last_offset: appended.last_offset.0,
@@ -190,12 +284,80 @@ impl<L: Log> PartitionEngine<L> {
         self.log.durable_offset().0
     }
 
+    /// Offsets below this hold no open transaction and are durable.
+    #[must_use]
+    pub fn last_stable_offset(&self) -> u64 {
+        let high_watermark = self.high_watermark();
+        self.transactions
+            .first_open_offset()
+            .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// Where reads under `isolation` stop.
+    #[must_use]
+    pub fn readable_end(&self, isolation: Isolation) -> u64 {
+        match isolation {
+            Isolation::ReadUncommitted => self.high_watermark(),
+            Isolation::ReadCommitted => self.last_stable_offset(),
+        }
+    }
+
+    /// The transaction coordinator added this partition to `producer_id`'s transaction at
+    /// `epoch`: its transactional batches are accepted until a marker ends it.
+    ///
+    /// # Errors
+    /// `ProducerFenced` for an epoch older than the producer's.
+    pub fn register_transaction(&mut self, producer_id: i64, epoch: i16) -> Result<(), CoreError> {
+        self.check_epoch(producer_id, epoch)?;
+        self.transactions.register(producer_id, epoch);
+        Ok(())
+    }
+
+    fn check_epoch(&self, producer_id: i64, epoch: i16) -> Result<(), CoreError> {
+        match self.producers.epoch(producer_id) {
+            Some(current) if current > epoch => Err(CoreError::ProducerFenced {
+                producer_id,
+                epoch,
+                current_epoch: current,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends the marker that ends `producer_id`'s transaction here (commit or abort), fencing
+    /// older epochs of the producer.
+    ///
+    /// # Errors
+    /// `ProducerFenced`; storage errors.
+    pub fn write_marker(
+        &mut self,
+        now_ms: i64,
+        producer_id: i64,
+        epoch: i16,
+        kind: ControlKind,
+    ) -> Result<Durable, CoreError> {
+        self.check_epoch(producer_id, epoch)?;
+        let mut marker = control_batch(kind, producer_id, epoch, 0, now_ms);
+        let appended = self.log.append(&mut marker)?;
+        self.producers.fence(producer_id, epoch);
+        self.transactions
+            .on_marker(producer_id, kind, appended.base_offset.0);
+        Ok(appended.durable)
+    }
+
+    /// Producers with a transaction open here (the coordinator ends them after a restart).
+    #[must_use]
+    pub fn open_transactions(&self) -> Vec<i64> {
+        self.transactions.open_producers()
+    }
+
     /// Offsets and size.
     #[must_use]
     pub fn stats(&self) -> PartitionStats {
         PartitionStats {
             earliest: self.log.earliest_offset().0,
             high_watermark: self.high_watermark(),
+            last_stable_offset: self.last_stable_offset(),
             next: self.log.next_offset().0,
             size_bytes: self.log.size_bytes(),
             producers: self.producers.len(),
@@ -236,36 +398,40 @@ impl<L: Log> PartitionEngine<L> {
         Ok(())
     }
 
-    /// Reads whole batches from the one holding `from`, up to `max_bytes` (at least one batch)
-    /// and never at or past the high watermark.
+    /// Reads whole batches from the one holding `spec.from`, up to `spec.max_bytes` (at least
+    /// one batch), never at or past the high watermark, and under `ReadCommitted` never at or
+    /// past the last stable offset, with the aborted transactions among them.
     ///
     /// # Errors
     /// `OffsetOutOfRange` under [`OnOutOfRange::Fail`]; storage errors (`Corrupt`).
-    pub fn fetch(
-        &self,
-        from: u64,
-        max_bytes: usize,
-        on_out_of_range: OnOutOfRange,
-    ) -> Result<Fetched, CoreError> {
-        let from = match (self.check_range(from), on_out_of_range) {
-            (Ok(()), _) => from,
+    pub fn fetch(&self, spec: &FetchSpec) -> Result<Fetched, CoreError> {
+        let from = match (self.check_range(spec.from), spec.on_out_of_range) {
+            (Ok(()), _) => spec.from,
             (Err(error), OnOutOfRange::Fail) => return Err(error),
             (Err(_), OnOutOfRange::Earliest) => self.log.earliest_offset().0,
-            (Err(_), OnOutOfRange::Latest) => self.high_watermark(),
+            (Err(_), OnOutOfRange::Latest) => self.readable_end(spec.isolation),
         };
-        let high_watermark = self.high_watermark();
-        let batches = if from < high_watermark {
-            let mut batches = self.log.read(Offset(from), max_bytes)?;
-            batches.retain(|batch| batch.base_offset() < high_watermark);
+        let end = self.readable_end(spec.isolation);
+        let batches = if from < end {
+            let mut batches = self.log.read(Offset(from), spec.max_bytes)?;
+            batches.retain(|batch| batch.base_offset() < end);
             batches
         } else {
             Vec::new()
         };
+        let aborted = match (spec.isolation, batches.last()) {
+            (Isolation::ReadCommitted, Some(last)) => self
+                .transactions
+                .aborted_between(from, last.last_offset() + 1),
+            _ => Vec::new(),
+        };
         Ok(Fetched {
             from,
             batches,
-            high_watermark,
+            high_watermark: self.high_watermark(),
             log_start: self.log.earliest_offset().0,
+            last_stable_offset: self.last_stable_offset(),
+            aborted,
         })
     }
 
@@ -274,7 +440,9 @@ impl<L: Log> PartitionEngine<L> {
     /// # Errors
     /// Storage errors.
     pub fn enforce_retention(&mut self) -> Result<usize, CoreError> {
-        Ok(self.log.enforce_retention()?)
+        let deleted = self.log.enforce_retention()?;
+        self.transactions.forget_below(self.log.earliest_offset().0);
+        Ok(deleted)
     }
 
     /// Syncs and closes the log.
@@ -322,9 +490,7 @@ mod tests {
         let second = partition.produce(batch(None, &["c"])).expect("produced");
         assert_eq!((first.base_offset, first.last_offset), (0, 1));
         assert_eq!(second.base_offset, 2);
-        let fetched = partition
-            .fetch(1, 1 << 20, OnOutOfRange::Fail)
-            .expect("fetched");
+        let fetched = partition.fetch(&FetchSpec::at(1)).expect("fetched");
         assert_eq!(fetched.batches.len(), 2);
         assert_eq!(fetched.high_watermark, 3);
     }
@@ -356,7 +522,7 @@ mod tests {
         let mut partition = engine(&MemStore::new());
         partition.produce(batch(None, &["a"])).expect("produced");
         assert!(matches!(
-            partition.fetch(5, 1024, OnOutOfRange::Fail),
+            partition.fetch(&FetchSpec::at(5)),
             Err(CoreError::OffsetOutOfRange {
                 requested: 5,
                 latest: 1,
@@ -364,17 +530,23 @@ mod tests {
             })
         ));
         let reset = partition
-            .fetch(5, 1024, OnOutOfRange::Earliest)
+            .fetch(&FetchSpec {
+                on_out_of_range: OnOutOfRange::Earliest,
+                ..FetchSpec::at(5)
+            })
             .expect("reset to earliest");
         assert_eq!((reset.from, reset.batches.len()), (0, 1));
         let latest = partition
-            .fetch(5, 1024, OnOutOfRange::Latest)
+            .fetch(&FetchSpec {
+                on_out_of_range: OnOutOfRange::Latest,
+                ..FetchSpec::at(5)
+            })
             .expect("reset to latest");
         assert_eq!((latest.from, latest.batches.len()), (1, 0));
     }
 
     #[test]
-    fn control_transactional_and_malformed_batches_are_refused() {
+    fn control_unregistered_transactional_and_malformed_batches_are_refused() {
         let mut partition = engine(&MemStore::new());
         let marker = postino_storage::batch::control_batch(
             postino_storage::batch::ControlKind::Commit,
@@ -389,10 +561,16 @@ mod tests {
         ));
         let mut transactional = BatchBuilder::new().producer(1, 0, 0).transactional();
         transactional.push(0, None, Some(b"x"), &[]);
-        assert!(matches!(
-            partition.produce(transactional.build()),
-            Err(CoreError::InvalidArgument { .. })
-        ));
+        assert!(
+            matches!(
+                partition.produce(transactional.build()),
+                Err(CoreError::Transaction {
+                    error: TransactionError::NotInTransaction,
+                    ..
+                })
+            ),
+            "a transaction the coordinator did not register here"
+        );
         let mut corrupt = batch(None, &["a"]);
         let last = corrupt.len() - 1;
         corrupt[last] ^= 0xff;

@@ -159,6 +159,19 @@ impl Producers {
         });
     }
 
+    /// A transaction marker of `producer_id` at `epoch` was written: older epochs are fenced
+    /// from now on (a coordinator that aborts a timed-out transaction bumps the epoch).
+    pub fn fence(&mut self, producer_id: i64, epoch: i16) {
+        let entry = self.entries.entry(producer_id).or_insert_with(|| Entry {
+            epoch,
+            batches: VecDeque::with_capacity(BATCHES_KEPT),
+        });
+        if epoch > entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+    }
+
     /// The epoch a producer writes with, if known.
     #[must_use]
     pub fn epoch(&self, producer_id: i64) -> Option<i16> {
