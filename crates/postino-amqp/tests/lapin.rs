@@ -1,6 +1,7 @@
 //! lapin, RabbitMQ's Rust client, against postino over a real socket.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
 use futures_lite::StreamExt;
@@ -11,35 +12,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use postino_core::{Broker, FlowLimits};
-use postino_storage::LogConfig;
-use postino_types::SystemClock;
-
-async fn start(dir: Option<&std::path::Path>) -> (String, Arc<Broker>) {
-    let broker = Broker::open(
-        dir.map(std::path::Path::to_path_buf),
-        LogConfig::default(),
-        Arc::new(SystemClock),
-        FlowLimits::default(),
-    )
-    .expect("broker");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(postino_amqp::serve(
-        listener,
-        Arc::clone(&broker),
-        postino_amqp::Limits::default(),
-    ));
-    (format!("amqp://guest:guest@{address}/%2f"), broker)
-}
-
-async fn connect(uri: &str) -> Connection {
-    Connection::connect(uri, ConnectionProperties::default())
-        .await
-        .expect("connect")
-}
+use support::{connect, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_with_confirms_consume_and_ack() {

@@ -1,36 +1,22 @@
 //! The AMQP listener driven by hand-written frames, for what client libraries do not do:
 //! a wrong protocol header, a silent peer, a frame over frame-max.
 
-use std::sync::Arc;
+#[expect(
+    dead_code,
+    reason = "raw frames need the listener, not the lapin helpers"
+)]
+mod support;
+
 use std::time::Duration;
 
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame};
 use amq_protocol::protocol::{AMQPClass, connection};
 use amq_protocol::types::{FieldTable, LongString, ShortString};
-use postino_core::{Broker, FlowLimits};
-use postino_storage::LogConfig;
-use postino_types::SystemClock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn start() -> std::net::SocketAddr {
-    let broker = Broker::open(
-        None,
-        LogConfig::default(),
-        Arc::new(SystemClock),
-        FlowLimits::default(),
-    )
-    .expect("broker");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(postino_amqp::serve(
-        listener,
-        broker,
-        postino_amqp::Limits::default(),
-    ));
-    address
+    support::listen(None).await.0
 }
 
 fn frames(frames: &[AMQPFrame]) -> Vec<u8> {

@@ -6,6 +6,8 @@ use amq_protocol::protocol::{AMQPClass, exchange, queue};
 use amq_protocol::types::{FieldTable, ShortString};
 use postino_core::{Binding, CoreError, Destination, ExchangeSpec, QueueSpec, VirtualHost};
 
+use super::streams;
+
 use super::{COMMAND_INVALID, Session, short};
 use crate::convert::headers_from_table;
 
@@ -115,37 +117,53 @@ impl Session {
         match method {
             queue::AMQPMethod::Declare(declare) => {
                 let mut name = declare.queue.as_str().to_owned();
-                let handle = if declare.passive {
-                    host.queue_for(&name, Some(self.connection))?
+                let arguments = headers_from_table(&declare.arguments);
+                let stream = host.stream(&name);
+                let (message_count, consumer_count) = if let (true, Some(stream)) =
+                    (declare.passive, &stream)
+                {
+                    (Self::stream_depth(stream).await?, 0)
+                } else if streams::is_stream(&arguments) && !declare.passive {
+                    let spec = streams::stream_spec(
+                        declare.durable,
+                        declare.exclusive,
+                        declare.auto_delete,
+                        &arguments,
+                    )?;
+                    (Self::declare_stream(host, &name, spec).await?, 0)
                 } else {
-                    if name.is_empty() {
-                        self.next_queue_name += 1;
-                        name = format!("amq.gen-{}-{}", self.connection, self.next_queue_name);
-                    } else if name.starts_with("amq.") {
-                        return Err(CoreError::AccessRefused {
-                            reason: format!("queue name '{name}' is reserved"),
-                        });
-                    }
-                    let spec = QueueSpec {
-                        durable: declare.durable,
-                        exclusive: declare.exclusive,
-                        auto_delete: declare.auto_delete,
-                        arguments: headers_from_table(&declare.arguments),
+                    let handle = if declare.passive {
+                        host.queue_for(&name, Some(self.connection))?
+                    } else {
+                        if name.is_empty() {
+                            self.next_queue_name += 1;
+                            name = format!("amq.gen-{}-{}", self.connection, self.next_queue_name);
+                        } else if name.starts_with("amq.") {
+                            return Err(CoreError::AccessRefused {
+                                reason: format!("queue name '{name}' is reserved"),
+                            });
+                        }
+                        let spec = QueueSpec {
+                            durable: declare.durable,
+                            exclusive: declare.exclusive,
+                            auto_delete: declare.auto_delete,
+                            arguments,
+                        };
+                        host.declare_queue_for(&name, spec, Some(self.connection))?
+                            .0
                     };
-                    host.declare_queue_for(&name, spec, Some(self.connection))?
-                        .0
-                };
-                if !declare.nowait {
                     let stats = handle.stats().await?;
-                    self.send(
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
-                            queue: short(&name),
-                            message_count: stats.ready as u32,
-                            consumer_count: stats.consumers as u32,
-                        })),
-                    );
-                }
+                    (stats.ready as u32, stats.consumers as u32)
+                };
+                self.reply_unless_nowait(
+                    declare.nowait,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: short(&name),
+                        message_count,
+                        consumer_count,
+                    })),
+                );
             }
             queue::AMQPMethod::Bind(bind) => {
                 host.bind(queue_binding(
@@ -174,7 +192,14 @@ impl Session {
             }
             queue::AMQPMethod::Delete(delete) => {
                 let name = delete.queue.as_str();
+                let stream = host.stream(name);
                 let message_count = match host.queue_for(name, Some(self.connection)) {
+                    Err(CoreError::NotFound { .. }) if stream.is_some() => {
+                        let stream = stream.expect("checked");
+                        let depth = Self::stream_depth(&stream).await?;
+                        absent_is_deleted(host.delete_stream(name).await)?;
+                        depth
+                    }
                     Ok(handle) => {
                         let stats = handle.stats().await?;
                         absent_is_deleted(

@@ -250,7 +250,11 @@ impl Session {
         id: u16,
         consume: basic::Consume,
     ) -> Result<(), CoreError> {
-        let queue = host.queue_for(consume.queue.as_str(), Some(self.connection))?;
+        let stream = host.stream(consume.queue.as_str());
+        let queue = match stream {
+            Some(_) => None,
+            None => Some(host.queue_for(consume.queue.as_str(), Some(self.connection))?),
+        };
         self.next_consumer += 1;
         let consumer_id = (self.connection << 32) | self.next_consumer;
         let mut tag = consume.consumer_tag.as_str().to_owned();
@@ -262,6 +266,10 @@ impl Session {
                 reason: format!("consumer tag '{tag}' is in use on this channel"),
             });
         }
+        let Some(queue) = queue else {
+            let stream = stream.expect("a stream when not a queue");
+            return self.consume_stream(id, consume, stream, tag).await;
+        };
         let priority = match headers_from_table(&consume.arguments).get("x-priority") {
             Some(postino_types::HeaderValue::Int(priority)) => {
                 i32::try_from(*priority).unwrap_or(0)
@@ -324,8 +332,7 @@ impl Session {
             channel.consumers.insert(
                 tag,
                 Consumer {
-                    queue,
-                    id: consumer_id,
+                    queue: Some((queue, consumer_id)),
                     forwarder,
                     auto_ack: no_ack,
                     ended,

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 mod declare;
 mod messages;
+mod streams;
 
 use crate::Limits;
 use crate::convert::properties_to_amqp;
@@ -100,11 +101,13 @@ fn send_content(out: &Out, channel: u16, method: AMQPClass, message: &Message, f
     }
 }
 
-/// Delivery tags of a channel: each maps to the queue and the core's delivery id.
+/// Delivery tags of a channel: each maps to the queue and the core's delivery id, or (a
+/// delivery from a stream) to its consumer's credit.
 #[derive(Debug, Default)]
 struct Tags {
     next: u64,
     open: BTreeMap<u64, (QueueHandle, u64)>,
+    credits: BTreeMap<u64, Arc<tokio::sync::Semaphore>>,
 }
 
 impl Tags {
@@ -114,19 +117,34 @@ impl Tags {
         self.next
     }
 
+    /// A tag for a stream delivery; settling it gives `credit` one permit back.
+    fn assign_stream(&mut self, credit: &Arc<tokio::sync::Semaphore>) -> u64 {
+        self.next += 1;
+        self.credits.insert(self.next, Arc::clone(credit));
+        self.next
+    }
+
     /// Takes the tags a settlement names (all up to `tag` with `multiple`; tag 0 with
-    /// `multiple` means every one), grouped by queue.
+    /// `multiple` means every one), grouped by queue. Stream deliveries among them give their
+    /// consumers' credit back (a stream keeps its records whatever the outcome).
     fn take(&mut self, tag: u64, multiple: bool) -> Result<Vec<(QueueHandle, Vec<u64>)>, u64> {
         let tags: Vec<u64> = if multiple {
             let upto = if tag == 0 { u64::MAX } else { tag };
-            self.open.range(..=upto).map(|(tag, _)| *tag).collect()
-        } else if self.open.contains_key(&tag) {
+            let queued = self.open.range(..=upto).map(|(tag, _)| *tag);
+            queued
+                .chain(self.credits.range(..=upto).map(|(tag, _)| *tag))
+                .collect()
+        } else if self.open.contains_key(&tag) || self.credits.contains_key(&tag) {
             vec![tag]
         } else {
             return Err(tag);
         };
         let mut groups: Vec<(QueueHandle, Vec<u64>)> = Vec::new();
         for tag in tags {
+            if let Some(credit) = self.credits.remove(&tag) {
+                credit.add_permits(1);
+                continue;
+            }
             let Some((queue, id)) = self.open.remove(&tag) else {
                 continue;
             };
@@ -154,9 +172,10 @@ struct Incoming {
 
 #[derive(Debug)]
 struct Consumer {
-    queue: QueueHandle,
-    id: u64,
-    /// Writes the consumer's deliveries to the connection until the queue's owner drops them.
+    /// A queue consumer (its queue and core consumer id), or `None` for a stream reader.
+    queue: Option<(QueueHandle, u64)>,
+    /// Writes the consumer's deliveries to the connection until the queue's owner drops them
+    /// (or, for a stream, reads the stream and writes its records).
     forwarder: tokio::task::JoinHandle<()>,
     auto_ack: bool,
     /// Set when the client or the channel ends the consumer: the forwarder then does not tell
@@ -172,12 +191,18 @@ impl Consumer {
     /// first and the forwarder writes what it was handed, so nothing is lost.
     async fn end(self) -> Result<(), CoreError> {
         self.ended.store(true, std::sync::atomic::Ordering::Release);
+        let Some((queue, id)) = self.queue else {
+            // A stream reader: its records stay in the stream, nothing to give back.
+            self.forwarder.abort();
+            let _ = self.forwarder.await;
+            return Ok(());
+        };
         if !self.auto_ack {
             self.forwarder.abort();
             let _ = self.forwarder.await;
-            return self.queue.cancel(self.id).await;
+            return queue.cancel(id).await;
         }
-        let outcome = self.queue.cancel(self.id).await;
+        let outcome = queue.cancel(id).await;
         if !matches!(outcome, Ok(()) | Err(CoreError::QueueStopped { .. })) {
             // The queue may still hold the sink: do not wait for it to close.
             self.forwarder.abort();

@@ -1,0 +1,43 @@
+//! What the AMQP interop tests share: an in-process server on a free port and a lapin
+//! connection to it.
+
+use std::sync::Arc;
+
+use lapin::{Connection, ConnectionProperties};
+use postino_core::{Broker, FlowLimits};
+use postino_storage::LogConfig;
+use postino_types::SystemClock;
+
+/// Opens a broker (in `dir`, or in memory) and serves AMQP on a free port; returns the URI.
+pub async fn start(dir: Option<&std::path::Path>) -> (String, Arc<Broker>) {
+    let (address, broker) = listen(dir).await;
+    (format!("amqp://guest:guest@{address}/%2f"), broker)
+}
+
+/// Opens a broker (in `dir`, or in memory) and serves AMQP on a free port; returns its address.
+pub async fn listen(dir: Option<&std::path::Path>) -> (std::net::SocketAddr, Arc<Broker>) {
+    let broker = Broker::open(
+        dir.map(std::path::Path::to_path_buf),
+        LogConfig::default(),
+        Arc::new(SystemClock),
+        FlowLimits::default(),
+    )
+    .expect("broker");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(postino_amqp::serve(
+        listener,
+        Arc::clone(&broker),
+        postino_amqp::Limits::default(),
+    ));
+    (address, broker)
+}
+
+/// Connects with lapin.
+pub async fn connect(uri: &str) -> Connection {
+    Connection::connect(uri, ConnectionProperties::default())
+        .await
+        .expect("connect")
+}
