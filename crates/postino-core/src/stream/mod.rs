@@ -12,6 +12,7 @@ mod partition;
 mod partitioner;
 mod producer_ids;
 mod producers;
+mod share;
 mod transaction_index;
 pub(crate) mod transactions;
 
@@ -35,6 +36,7 @@ pub use partition::{
 pub use partitioner::{Partitioner, Spread, murmur2, partition_for_key};
 pub(crate) use producer_ids::ProducerIds;
 pub use producers::{Admit, BATCHES_KEPT, Producers};
+pub use share::{Acquired, SHARE_DELIVERY_LIMIT, SHARE_WINDOW, ShareGroup};
 pub use transaction_index::AbortedTransaction;
 pub use transactions::TRANSACTION_TIMEOUT_MAX_MS;
 
