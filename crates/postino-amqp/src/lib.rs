@@ -62,13 +62,16 @@ pub async fn serve_connection<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    session::run(stream, broker, connection, limits, true).await
+    let replies = Arc::default();
+    session::run(stream, broker, replies, connection, limits, true).await
 }
 
 /// Accepts AMQP connections on `listener` until the task is dropped; each connection runs in
 /// its own task.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>, limits: Limits) {
     let next_connection = Arc::new(AtomicU64::new(1));
+    // Direct reply-to crosses connections: a reply may come from any client of the listener.
+    let replies = Arc::new(session::ReplyConsumers::default());
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
@@ -80,9 +83,11 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, limits: Limits) {
                     debug!(%peer, %error, "could not set TCP_NODELAY");
                 }
                 let broker = Arc::clone(&broker);
+                let replies = Arc::clone(&replies);
                 tokio::spawn(async move {
                     let loopback = peer.ip().is_loopback();
-                    if let Err(error) = session::run(socket, broker, id, limits, loopback).await {
+                    let served = session::run(socket, broker, replies, id, limits, loopback).await;
+                    if let Err(error) = served {
                         debug!(%peer, %error, "amqp connection ended");
                     }
                 });

@@ -573,3 +573,22 @@ async fn clients_are_told_when_the_broker_blocks_and_unblocks_publishers() {
     }
     assert!(unblocked, "connection.unblocked arrived");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqplain_logins_work_like_plain_ones() {
+    let (uri, _broker) = start(None).await;
+    let connection = connect(&format!("{uri}?auth_mechanism=amqplain")).await;
+    let channel = connection
+        .create_channel()
+        .await
+        .expect("a channel after an AMQPLAIN login");
+    assert!(channel.status().connected());
+    connection.close(200, "bye".into()).await.expect("close");
+    let wrong = uri.replace("guest:guest", "guest:wrong");
+    let refused = Connection::connect(
+        &format!("{wrong}?auth_mechanism=amqplain"),
+        ConnectionProperties::default(),
+    )
+    .await;
+    assert!(refused.is_err(), "a wrong AMQPLAIN password is refused");
+}

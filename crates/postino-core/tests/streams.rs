@@ -237,6 +237,33 @@ async fn an_idempotent_retry_after_a_restart_is_not_written_again() {
 }
 
 #[tokio::test]
+async fn an_oversize_batch_is_refused_and_the_partition_keeps_working() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let host = open(Some(dir.path()));
+    let spec = StreamSpec {
+        segment_bytes_max: Some(64 << 10),
+        ..StreamSpec::with_partitions(1)
+    };
+    let (stream, _) = host.declare_stream("big", spec).expect("declare");
+    let mut builder = BatchBuilder::new();
+    builder.push(1, None, Some(&vec![b'x'; 100 << 10]), &[]);
+    let refused = stream.produce(0, builder.build()).await;
+    assert!(
+        matches!(
+            refused,
+            Err(CoreError::Storage(
+                postino_storage::LogError::BatchTooLarge { .. }
+            ))
+        ),
+        "{refused:?}"
+    );
+    let mut small = BatchBuilder::new();
+    small.push(1, None, Some(b"fits"), &[]);
+    let produced = stream.produce(0, small.build()).await.expect("produce");
+    assert_eq!(produced.base_offset, 0, "the refused batch took no offset");
+}
+
+#[tokio::test]
 async fn partitions_grow_durably_and_never_shrink() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let host = open(Some(dir.path()));

@@ -16,7 +16,13 @@ use crate::convert::{headers_from_table, properties_from_amqp};
 
 impl Session {
     /// `basic.return` of a mandatory message that reached no queue (312 NO_ROUTE).
-    fn return_unroutable(&self, id: u16, exchange: &str, routing_key: &str, message: &Message) {
+    pub(super) fn return_unroutable(
+        &self,
+        id: u16,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+    ) {
         let method = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
             reply_code: NO_ROUTE,
             reply_text: short("NO_ROUTE"),
@@ -56,6 +62,7 @@ impl Session {
             basic::AMQPMethod::Consume(consume) => self.consume(host, id, consume).await?,
             basic::AMQPMethod::Cancel(cancel) => {
                 let tag = cancel.consumer_tag.as_str().to_owned();
+                self.cancel_replies(id, &tag);
                 let removed = self
                     .channels
                     .get_mut(&id)
@@ -250,6 +257,9 @@ impl Session {
         id: u16,
         consume: basic::Consume,
     ) -> Result<(), CoreError> {
+        if consume.queue.as_str() == super::reply_to::REPLY_TO {
+            return self.consume_replies(id, &consume);
+        }
         let stream = host.stream(consume.queue.as_str());
         let queue = match stream {
             Some(_) => None,
@@ -469,6 +479,21 @@ impl Session {
             body: body.into(),
             properties,
             annotations: postino_types::Annotations::default(),
+        };
+        let message = match self.route_reply(id, &exchange, &routing_key, mandatory, message) {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                // A direct reply is delivered, not stored: confirmed at once.
+                if let Some(sequence) = sequence {
+                    let ack = basic::Ack {
+                        delivery_tag: sequence,
+                        multiple: false,
+                    };
+                    self.send(id, AMQPClass::Basic(basic::AMQPMethod::Ack(ack)));
+                }
+                return Next::Continue;
+            }
+            Err(error) => return self.fail(id, &error, 60, 40),
         };
         if let Some(pending) = self
             .channels

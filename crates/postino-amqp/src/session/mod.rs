@@ -22,7 +22,10 @@ use tokio::sync::mpsc;
 
 mod declare;
 mod messages;
+mod reply_to;
 mod streams;
+
+pub(crate) use reply_to::ReplyConsumers;
 
 use crate::Limits;
 use crate::convert::properties_to_amqp;
@@ -224,6 +227,8 @@ struct Channel {
     closing: bool,
     /// In transaction mode (`tx.select`): what the current transaction holds.
     transaction: Option<Pending>,
+    /// The channel's direct reply-to consumer: its tag and its token.
+    reply_consumer: Option<(String, String)>,
 }
 
 /// Publishes and settlements of a channel's current transaction, applied on `tx.commit`.
@@ -239,6 +244,8 @@ fn lock(tags: &Mutex<Tags>) -> std::sync::MutexGuard<'_, Tags> {
 
 struct Session {
     broker: Arc<Broker>,
+    /// The listener's direct reply-to consumers.
+    replies: Arc<ReplyConsumers>,
     connection: u64,
     limits: Limits,
     frame_max: u32,
@@ -261,6 +268,7 @@ struct Session {
 pub(crate) async fn run<S>(
     mut socket: S,
     broker: Arc<Broker>,
+    replies: Arc<ReplyConsumers>,
     connection: u64,
     limits: Limits,
     loopback: bool,
@@ -286,6 +294,7 @@ where
     let writer = tokio::spawn(write_frames(writer, frames, Arc::clone(&heartbeat)));
     let mut session = Session {
         broker,
+        replies,
         connection,
         limits,
         frame_max: limits.frame_max,
@@ -316,6 +325,7 @@ fn start() -> AMQPClass {
         "consumer_cancel_notify",
         "connection.blocked",
         "per_consumer_qos",
+        "direct_reply_to",
         "authentication_failure_close",
     ] {
         capabilities.insert(short(capability), AMQPValue::Boolean(true));
@@ -334,7 +344,7 @@ fn start() -> AMQPClass {
         version_major: 0,
         version_minor: 9,
         server_properties: properties,
-        mechanisms: LongString::from("PLAIN"),
+        mechanisms: LongString::from("PLAIN AMQPLAIN"),
         locales: LongString::from("en_US"),
     }))
 }
@@ -483,6 +493,9 @@ impl Session {
         let Some(channel) = self.channels.remove(&id) else {
             return;
         };
+        if let Some((_, token)) = &channel.reply_consumer {
+            self.replies.unregister(token);
+        }
         for (_, consumer) in channel.consumers {
             let _ = consumer.end().await;
         }
@@ -514,7 +527,8 @@ impl Session {
             connection::AMQPMethod::StartOk(start_ok) => {
                 self.wants_blocked = capability(&start_ok.client_properties, "connection.blocked");
                 if !self.loopback || !authenticated(&start_ok) {
-                    let reason = "login refused: PLAIN guest/guest, from loopback only";
+                    let reason =
+                        "login refused: guest/guest (PLAIN or AMQPLAIN), from loopback only";
                     self.close_connection(ACCESS_REFUSED, reason);
                     return Next::Stop;
                 }
@@ -762,18 +776,38 @@ fn frame_size(buffer: &[u8]) -> Option<usize> {
     Some(payload + FRAME_OVERHEAD)
 }
 
-/// PLAIN with the default user (users and permissions come with the management issue).
-fn authenticated(start_ok: &connection::StartOk) -> bool {
-    if start_ok.mechanism.as_str() != "PLAIN" {
-        return false;
-    }
+/// The user name and password of a `start-ok`: PLAIN (`authzid NUL user NUL password`) or
+/// AMQPLAIN (a field table, without its length prefix, holding `LOGIN` and `PASSWORD`).
+fn credentials(start_ok: &connection::StartOk) -> Option<(String, String)> {
     let response = start_ok.response.as_bytes();
-    let mut parts = response.split(|byte| *byte == 0);
-    let _authzid = parts.next();
-    matches!(
-        (parts.next(), parts.next()),
-        (Some(b"guest"), Some(b"guest"))
-    )
+    match start_ok.mechanism.as_str() {
+        "PLAIN" => {
+            let mut parts = response.split(|byte| *byte == 0);
+            let _authzid = parts.next();
+            let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
+            let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
+            Some((user, password))
+        }
+        "AMQPLAIN" => {
+            let mut table = u32::try_from(response.len()).ok()?.to_be_bytes().to_vec();
+            table.extend_from_slice(response);
+            let (_, table) =
+                amq_protocol::types::parsing::parse_field_table(table.as_slice()).ok()?;
+            let text = |name: &str| match table.inner().get(&ShortString::from(name))? {
+                AMQPValue::LongString(text) => String::from_utf8(text.as_bytes().to_vec()).ok(),
+                AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
+                _ => None,
+            };
+            Some((text("LOGIN")?, text("PASSWORD")?))
+        }
+        _ => None,
+    }
+}
+
+/// The default user, by PLAIN or AMQPLAIN (users and permissions come with the management
+/// issue).
+fn authenticated(start_ok: &connection::StartOk) -> bool {
+    credentials(start_ok).is_some_and(|(user, password)| user == "guest" && password == "guest")
 }
 
 #[cfg(test)]
@@ -844,6 +878,29 @@ mod tests {
             reply_for(&corrupt),
             Fault::Connection(INTERNAL_ERROR, _)
         ));
+    }
+
+    #[test]
+    fn plain_and_amqplain_logins_are_read() {
+        let start_ok = |mechanism: &str, response: LongString| connection::StartOk {
+            client_properties: FieldTable::default(),
+            mechanism: ShortString::from(mechanism),
+            response,
+            locale: ShortString::from("en_US"),
+        };
+        let guest = amq_protocol::auth::Credentials::default();
+        let amqplain = guest.sasl_auth_string(amq_protocol::auth::SASLMechanism::AMQPlain);
+        assert!(authenticated(&start_ok("AMQPLAIN", amqplain)));
+        let plain = guest.sasl_auth_string(amq_protocol::auth::SASLMechanism::Plain);
+        assert!(authenticated(&start_ok("PLAIN", plain)));
+        let wrong = amq_protocol::auth::Credentials::new("guest".into(), "nope".into())
+            .sasl_auth_string(amq_protocol::auth::SASLMechanism::AMQPlain);
+        assert!(!authenticated(&start_ok("AMQPLAIN", wrong)));
+        assert!(!authenticated(&start_ok(
+            "AMQPLAIN",
+            LongString::from("\u{5}LOG")
+        )));
+        assert!(!authenticated(&start_ok("EXTERNAL", LongString::from(""))));
     }
 
     #[test]
