@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use postino_storage::batch::BatchBuilder;
-use postino_storage::{Durable, Log, Offset};
+use postino_storage::{Durable, Log};
 
 use crate::error::CoreError;
 
@@ -42,23 +42,18 @@ impl CompactedLog {
         let corrupt = CoreError::CorruptMessage {
             reason: "a record of an internal log does not decode",
         };
-        let next = compacted.log.next_offset().0;
-        let mut at = compacted.log.earliest_offset().0;
-        while at < next {
-            let batches = compacted.log.read(Offset(at), 1 << 20)?;
-            let Some(last) = batches.last() else { break };
-            at = last.last_offset() + 1;
-            for batch in &batches {
-                for record in batch.records().map_err(|_| corrupt.clone())? {
-                    let key = record.key.ok_or_else(|| corrupt.clone())?;
-                    compacted.records += 1;
-                    match record.value {
-                        Some(value) => compacted.live.insert(key, value),
-                        None => compacted.live.remove(&key),
-                    };
-                }
+        let (live, records) = (&mut compacted.live, &mut compacted.records);
+        postino_storage::scan(compacted.log.as_ref(), |batch| {
+            for record in batch.records().map_err(|_| corrupt.clone())? {
+                let key = record.key.ok_or_else(|| corrupt.clone())?;
+                *records += 1;
+                match record.value {
+                    Some(value) => live.insert(key, value),
+                    None => live.remove(&key),
+                };
             }
-        }
+            Ok::<(), CoreError>(())
+        })?;
         compacted.since_compaction = compacted.records;
         Ok(compacted)
     }

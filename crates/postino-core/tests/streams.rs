@@ -388,3 +388,108 @@ async fn an_exchange_feeds_a_stream_and_the_binding_survives_a_restart() {
         .expect("publish");
     assert_eq!(gone.queues, 0, "deleting a stream removes its bindings");
 }
+
+#[tokio::test]
+async fn a_compacted_stream_keeps_the_latest_record_of_each_key() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let host = open(Some(dir.path()));
+    let spec = StreamSpec {
+        segment_bytes_max: Some(2048),
+        compaction: Some(Duration::from_secs(3_600)),
+        ..StreamSpec::with_partitions(1)
+    };
+    let (stream, _) = host.declare_stream("state", spec.clone()).expect("declare");
+    let now = postino_types::Clock::now_ms(&SystemClock);
+    let record = |key: &str, value: Option<String>, timestamp_ms: i64| ProducerRecord {
+        key: Some(Bytes::copy_from_slice(key.as_bytes())),
+        value: value.map(Bytes::from),
+        timestamp_ms: Some(timestamp_ms),
+        partition: Some(0),
+        ..ProducerRecord::default()
+    };
+    let mut partitioner = Partitioner::new(postino_core::stream::Spread::RoundRobin);
+    for round in 0..10 {
+        for key in ["k0", "k1", "k2", "k3", "k4"] {
+            let value = format!("{key}-r{round}-{}", "x".repeat(60));
+            stream
+                .produce_records(&mut partitioner, &[record(key, Some(value), now)])
+                .await
+                .expect("produce");
+        }
+    }
+    let deletes = [record("k3", None, now), record("k4", None, now - 7_200_000)];
+    stream
+        .produce_records(&mut partitioner, &deletes)
+        .await
+        .expect("produce tombstones");
+    for filler in 0..40 {
+        let value = format!("filler {filler} {}", "x".repeat(60));
+        stream
+            .produce_records(&mut partitioner, &[record("filler", Some(value), now)])
+            .await
+            .expect("produce");
+    }
+    let before = stream
+        .partition(0)
+        .expect("partition")
+        .stats()
+        .await
+        .expect("stats");
+    let removed = stream
+        .partition(0)
+        .expect("partition")
+        .compact()
+        .await
+        .expect("compact");
+    assert!(removed >= 48, "{removed} records removed");
+
+    let survivors = |host: Arc<VirtualHost>| async move {
+        let stream = host.stream("state").expect("stream");
+        let mut at = 0;
+        let mut seen = Vec::new();
+        loop {
+            let fetched = stream.fetch(0, FetchSpec::at(at)).await.expect("fetch");
+            let Some(last) = fetched.batches.last() else {
+                return seen;
+            };
+            at = last.last_offset() + 1;
+            for record in records_of(&fetched).expect("records") {
+                let key = String::from_utf8(record.key.expect("a key").to_vec()).expect("utf-8");
+                let value = record
+                    .value
+                    .map(|value| String::from_utf8_lossy(&value[..5]).into_owned());
+                seen.push((record.offset, key, value));
+            }
+        }
+    };
+    let seen = survivors(Arc::clone(&host)).await;
+    let of = |key: &str| -> Vec<Option<String>> {
+        seen.iter()
+            .filter(|(_, name, _)| name == key)
+            .map(|(_, _, value)| value.clone())
+            .collect()
+    };
+    assert_eq!(of("k0"), [Some("k0-r9".to_owned())]);
+    assert_eq!(of("k2"), [Some("k2-r9".to_owned())]);
+    assert_eq!(of("k3"), [None], "a recent tombstone stays");
+    assert!(of("k4").is_empty(), "an old tombstone goes with its key");
+    assert!(!of("filler").is_empty());
+    assert!(
+        seen.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "offsets keep their order"
+    );
+    let after = stream
+        .partition(0)
+        .expect("partition")
+        .stats()
+        .await
+        .expect("stats");
+    assert_eq!(after.next, before.next, "compaction moves no offset");
+    assert!(after.size_bytes < before.size_bytes);
+
+    host.close().await.expect("close");
+    drop(host);
+    let host = open(Some(dir.path()));
+    assert_eq!(host.stream("state").expect("stream").spec(), spec);
+    assert_eq!(survivors(host).await, seen, "compaction is on disk");
+}

@@ -269,6 +269,84 @@ impl Batch {
     }
 }
 
+impl Batch {
+    /// The same batch without the records `keep` refuses, for compaction: the header keeps its
+    /// base offset, last offset delta, timestamps and producer fields (so offsets stay where
+    /// they were and the log's offset chain holds), the kept records keep their bytes; the
+    /// record count, length and CRC are recomputed. `None` when every record is kept. A batch
+    /// may end up with no record at all.
+    ///
+    /// # Errors
+    /// [`BatchError::Compressed`] for a compressed batch (its records are not rewritten here),
+    /// [`BatchError::BadRecord`] when a record does not parse.
+    pub fn retain_records(
+        &self,
+        mut keep: impl FnMut(&Record) -> bool,
+    ) -> Result<Option<BytesMut>, BatchError> {
+        let codec = self.header.compression();
+        if codec != 0 {
+            return Err(BatchError::Compressed { codec });
+        }
+        let mut cursor = Cursor {
+            buf: self.bytes.slice(HEADER_BYTES..),
+            at: 0,
+        };
+        let mut kept = Vec::with_capacity(cursor.buf.len());
+        let mut kept_count: i32 = 0;
+        let count = usize::try_from(self.header.record_count).unwrap_or(0);
+        for _ in 0..count {
+            let start = cursor.at;
+            let record = cursor.record(&self.header)?;
+            if keep(&record) {
+                kept.extend_from_slice(&cursor.buf[start..cursor.at]);
+                kept_count += 1;
+            }
+        }
+        if kept_count as usize == count {
+            return Ok(None);
+        }
+        let total = HEADER_BYTES + kept.len();
+        let mut buf = BytesMut::with_capacity(total);
+        buf.extend_from_slice(&self.bytes[..HEADER_BYTES]);
+        buf.extend_from_slice(&kept);
+        buf[BATCH_LENGTH_AT..LEADER_EPOCH_AT]
+            .copy_from_slice(&((total - LOG_OVERHEAD_BYTES) as i32).to_be_bytes());
+        buf[RECORD_COUNT_AT..HEADER_BYTES].copy_from_slice(&kept_count.to_be_bytes());
+        let crc = batch_crc(&buf);
+        buf[CRC_AT..ATTRIBUTES_AT].copy_from_slice(&crc.to_be_bytes());
+        Ok(Some(buf))
+    }
+}
+
+/// A segment's batches after compaction: control and compressed batches whole, the others
+/// without the records `keep` refuses. Returns the batches' bytes, how many records went, and
+/// whether anything changed.
+pub(crate) fn compact_batches(
+    batches: &[Batch],
+    keep: &mut dyn FnMut(&Record) -> bool,
+) -> Result<(Vec<Bytes>, u64, bool), BatchError> {
+    let mut out = Vec::with_capacity(batches.len());
+    let mut removed = 0u64;
+    let mut changed = false;
+    for batch in batches {
+        if batch.header().is_control() || batch.header().compression() != 0 {
+            out.push(batch.bytes().clone());
+            continue;
+        }
+        let before = u64::try_from(batch.header().record_count).unwrap_or(0);
+        match batch.retain_records(&mut *keep)? {
+            Some(rewritten) => {
+                let rewritten = Batch::from_bytes(rewritten.freeze())?;
+                removed += before - u64::try_from(rewritten.header().record_count).unwrap_or(0);
+                changed = true;
+                out.push(rewritten.bytes().clone());
+            }
+            None => out.push(batch.bytes().clone()),
+        }
+    }
+    Ok((out, removed, changed))
+}
+
 /// One record of an uncompressed batch, with offset and timestamp made absolute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -598,6 +676,41 @@ impl Cursor {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn retained_records_keep_their_offsets_and_the_batch_its_span() {
+        let mut builder = BatchBuilder::new().producer(7, 1, 40);
+        for (index, key) in ["a", "b", "a", "c"].into_iter().enumerate() {
+            builder.push(1_000 + index as i64, Some(key.as_bytes()), Some(b"v"), &[]);
+        }
+        let mut bytes = builder.build();
+        stamp_base_offset(&mut bytes, 100);
+        let batch = Batch::from_bytes(bytes.freeze()).expect("a batch");
+        let rewritten = batch
+            .retain_records(|record| record.offset != 100)
+            .expect("uncompressed")
+            .expect("one record dropped");
+        let compacted = Batch::from_bytes(rewritten.freeze()).expect("a valid batch");
+        assert_eq!(compacted.base_offset(), 100);
+        assert_eq!(compacted.last_offset(), 103, "the span is kept");
+        assert_eq!(compacted.header().producer_id, 7);
+        assert_eq!(compacted.header().base_sequence, 40);
+        let offsets: Vec<u64> = compacted
+            .records()
+            .expect("records")
+            .iter()
+            .map(|record| record.offset)
+            .collect();
+        assert_eq!(offsets, [101, 102, 103]);
+        assert!(batch.retain_records(|_| true).expect("ok").is_none());
+        let empty = batch
+            .retain_records(|_| false)
+            .expect("ok")
+            .expect("rewritten");
+        let empty = Batch::from_bytes(empty.freeze()).expect("an empty batch is valid");
+        assert!(empty.records().expect("records").is_empty());
+        assert_eq!(empty.last_offset(), 103);
+    }
 
     fn sample() -> Bytes {
         let mut builder = BatchBuilder::new().producer(7, 1, 100);

@@ -179,4 +179,8 @@ impl<F: Fs> Fs for FaultyFs<F> {
         self.faults.sync()?;
         self.inner.sync_dir(dir)
     }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
 }

@@ -81,9 +81,19 @@ impl FileLog {
         fs.create_dir_all(&dir)
             .map_err(|source| LogError::io("create directory", &dir, source))?;
         let lock = lock_dir(&dir)?;
-        let mut bases: Vec<u64> = fs
+        let listed = fs
             .list(&dir)
-            .map_err(|source| LogError::io("list", &dir, source))?
+            .map_err(|source| LogError::io("list", &dir, source))?;
+        // A compaction cut short leaves its new segment under a temporary name: the old
+        // segment is still whole, so the temporary file goes.
+        for stale in listed.iter().filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == CLEANED_EXTENSION)
+        }) {
+            fs.remove(stale)
+                .map_err(|source| LogError::io("remove", stale, source))?;
+        }
+        let mut bases: Vec<u64> = listed
             .iter()
             .filter_map(|path| parse_log_name(path))
             .collect();
@@ -237,6 +247,9 @@ impl FileLog {
 }
 
 /// Takes an exclusive lock on `dir/.lock` for as long as the returned file lives.
+/// The extension of a segment being rewritten by compaction.
+const CLEANED_EXTENSION: &str = "cleaned";
+
 fn lock_dir(dir: &Path) -> Result<File, LogError> {
     let path = dir.join(".lock");
     let file = OpenOptions::new()
@@ -384,6 +397,70 @@ impl Log for FileLog {
         while self.segments.len() > 1 && self.segments[1].base <= offset.0 {
             self.remove_front()?;
             removed += 1;
+        }
+        Ok(removed)
+    }
+
+    fn compact(
+        &mut self,
+        below: Offset,
+        keep: &mut dyn FnMut(&crate::batch::Record) -> bool,
+    ) -> Result<u64, LogError> {
+        self.syncer.check_failed()?;
+        let fs = Arc::clone(&self.fs);
+        let interval = self.config.index_interval_bytes;
+        let mut removed = 0;
+        for index in 0..self.segments.len() - 1 {
+            let (base, next) = (self.segments[index].base, self.segments[index].next);
+            if next > below.0 {
+                break;
+            }
+            let mut batches = Vec::new();
+            let mut at = base;
+            while at < next {
+                let read = self.segments[index].read(at, 1 << 20, &mut None)?;
+                let Some(last) = read.last() else { break };
+                at = last.last_offset() + 1;
+                batches.extend(read);
+            }
+            let (rewritten, gone, changed) = crate::batch::compact_batches(&batches, keep)?;
+            if !changed {
+                continue;
+            }
+            let path = self.segments[index].path().to_path_buf();
+            let cleaned = path.with_extension(CLEANED_EXTENSION);
+            let cleaned_ref = &cleaned;
+            let io = |op: &'static str| move |source| LogError::io(op, cleaned_ref, source);
+            let file = fs.open(&cleaned).map_err(io("create"))?;
+            file.set_len(0).map_err(io("empty"))?;
+            let parts: Vec<&[u8]> = rewritten.iter().map(|bytes| bytes.as_ref()).collect();
+            file.write_all_at(&parts, 0).map_err(io("write"))?;
+            file.sync_data().map_err(io("fdatasync"))?;
+            drop(file);
+            // Stale indexes would point into the old file: the reopen below rebuilds them.
+            for stale in [
+                path.with_extension("index"),
+                path.with_extension("timeindex"),
+            ] {
+                fs.remove(&stale)
+                    .map_err(|source| LogError::io("remove", &stale, source))?;
+            }
+            fs.rename(&cleaned, &path)
+                .map_err(|source| LogError::io("rename", &cleaned, source))?;
+            fs.sync_dir(&self.dir)
+                .map_err(|source| LogError::io("fsync directory", &self.dir, source))?;
+            let next_base = self.segments[index + 1].base;
+            let (segment, _, problem) =
+                Segment::open_sealed(fs.as_ref(), &self.dir, base, next_base, interval)?;
+            if let Some(reason) = problem {
+                return Err(self.fail(LogError::Corrupt {
+                    path: segment.path().to_path_buf(),
+                    position: 0,
+                    reason,
+                }));
+            }
+            self.segments[index] = segment;
+            removed += gone;
         }
         Ok(removed)
     }

@@ -92,6 +92,11 @@ pub trait Fs: Send + Sync + fmt::Debug {
     /// # Errors
     /// The operating system's error.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Renames `from` to `to`, replacing `to` atomically.
+    ///
+    /// # Errors
+    /// The operating system's error.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
 }
 
 /// The real file system.
@@ -216,5 +221,9 @@ impl Fs for RealFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
     }
 }

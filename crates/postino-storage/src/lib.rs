@@ -33,6 +33,28 @@ pub use sync::Durable;
 
 use batch::Batch;
 
+/// Visits every batch of `log` from its earliest offset to its end, in order, reading 1 MiB at a
+/// time; stops at the first error `visit` returns.
+///
+/// # Errors
+/// The log's read errors, or `visit`'s.
+pub fn scan<E: From<LogError>>(
+    log: &(impl Log + ?Sized),
+    mut visit: impl FnMut(&Batch) -> Result<(), E>,
+) -> Result<(), E> {
+    let next = log.next_offset().0;
+    let mut at = log.earliest_offset().0;
+    while at < next {
+        let batches = log.read(Offset(at), 1 << 20)?;
+        let Some(last) = batches.last() else { break };
+        at = last.last_offset() + 1;
+        for batch in &batches {
+            visit(batch)?;
+        }
+    }
+    Ok(())
+}
+
 /// Offsets an append was given, and its durability ticket.
 #[derive(Debug, Clone)]
 pub struct Appended {
@@ -102,6 +124,20 @@ pub trait Log: Send + std::fmt::Debug {
     /// # Errors
     /// Storage errors.
     fn enforce_retention(&mut self) -> Result<usize, LogError>;
+
+    /// Compaction by key: rewrites the sealed segments wholly below `below` without the records
+    /// `keep` refuses. Offsets do not move (a batch keeps its span, possibly with fewer records
+    /// or none); control and compressed batches stay whole; the active segment is never
+    /// rewritten. Each rewritten segment replaces the old one atomically (a crash leaves one or
+    /// the other). Returns how many records went.
+    ///
+    /// # Errors
+    /// Storage errors; [`LogError::Corrupt`] when a batch to rewrite fails its checks.
+    fn compact(
+        &mut self,
+        below: Offset,
+        keep: &mut dyn FnMut(&batch::Record) -> bool,
+    ) -> Result<u64, LogError>;
 
     /// Bytes of stored batches.
     fn size_bytes(&self) -> u64;

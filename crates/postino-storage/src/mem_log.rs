@@ -250,6 +250,33 @@ impl Log for MemLog {
         Ok(expired)
     }
 
+    fn compact(
+        &mut self,
+        below: Offset,
+        keep: &mut dyn FnMut(&batch::Record) -> bool,
+    ) -> Result<u64, LogError> {
+        let mut segments = self.segments();
+        let sealed = segments.len() - 1;
+        let mut removed = 0;
+        for segment in segments.iter_mut().take(sealed) {
+            if segment.next > below.0 {
+                break;
+            }
+            let (rewritten, gone, changed) = batch::compact_batches(&segment.batches, keep)?;
+            if !changed {
+                continue;
+            }
+            removed += gone;
+            let mut fresh = MemSegment::new(segment.base);
+            for bytes in rewritten {
+                fresh.push(Batch::from_bytes(bytes)?);
+            }
+            fresh.first_timestamp = segment.first_timestamp;
+            *segment = fresh;
+        }
+        Ok(removed)
+    }
+
     fn size_bytes(&self) -> u64 {
         self.segments().iter().map(|segment| segment.size).sum()
     }

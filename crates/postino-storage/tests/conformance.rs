@@ -38,6 +38,7 @@ conformance!(
     control_batches_and_producer_fields_are_kept,
     durable_tickets_resolve_under_every_policy,
     batches_held_by_a_reader_survive_later_reads,
+    compaction_removes_refused_records_of_sealed_segments_only,
 );
 
 fn clock() -> ManualClock {
@@ -465,4 +466,77 @@ fn batches_held_by_a_reader_survive_later_reads(store: &impl Store) {
     drop(held);
     let again = log.read(Offset(5), 1).expect("read after release");
     assert_eq!(values(&again)[0].len(), 4000);
+}
+
+fn compaction_removes_refused_records_of_sealed_segments_only(store: &impl Store) {
+    let clock = clock();
+    let mut log = store.open(small_segments(), &clock);
+    for round in 0..12u64 {
+        let mut builder = BatchBuilder::new().producer(9, 0, (round * 2) as i32);
+        for key in ["a", "b"] {
+            let value = format!("{key}{round}{}", "x".repeat(100));
+            builder.push(1_000, Some(key.as_bytes()), Some(value.as_bytes()), &[]);
+        }
+        log.append(&mut builder.build()).expect("append");
+    }
+    log.append(&mut control_batch(ControlKind::Commit, 9, 0, 0, 1_000))
+        .expect("marker");
+    let next = log.next_offset();
+    let segments = log.segment_count();
+    assert!(segments >= 3, "{} segments", segments);
+    // Keep only the odd offsets: every batch loses its first record.
+    let removed = log
+        .compact(next, &mut |record| record.offset % 2 == 1)
+        .expect("compact");
+    let survivors = |log: &dyn Log| -> Vec<u64> {
+        let mut offsets = Vec::new();
+        let mut at = log.earliest_offset();
+        while at < log.next_offset() {
+            let batches = log.read(at, 1 << 20).expect("read");
+            let Some(last) = batches.last() else { break };
+            at = Offset(last.last_offset() + 1);
+            for batch in &batches {
+                if !batch.header().is_control() {
+                    offsets.extend(
+                        batch
+                            .records()
+                            .expect("records")
+                            .iter()
+                            .map(|record| record.offset),
+                    );
+                }
+            }
+        }
+        offsets
+    };
+    let after = survivors(&log);
+    assert!(removed > 0, "{}", store.name());
+    assert_eq!(log.next_offset(), next, "compaction moves no offset");
+    assert_eq!(log.segment_count(), segments);
+    let odd: Vec<u64> = after
+        .iter()
+        .copied()
+        .filter(|offset| offset % 2 == 1)
+        .collect();
+    assert_eq!(
+        odd,
+        (0..12).map(|index| index * 2 + 1).collect::<Vec<u64>>(),
+        "kept records stay"
+    );
+    let even_left = after.len() as u64 - 12;
+    assert_eq!(removed + even_left, 12, "{}", store.name());
+    drop(log);
+    let log = store.open(small_segments(), &clock);
+    assert_eq!(
+        survivors(&log),
+        after,
+        "compaction survives reopening ({})",
+        store.name()
+    );
+    let batches = log.read(Offset(0), 1 << 20).expect("read");
+    assert_eq!(
+        batches[0].header().producer_id,
+        9,
+        "producer fields are kept"
+    );
 }

@@ -6,6 +6,7 @@
 //! spec, rewritten atomically) and one log per partition in `<n>/`. Partitions can be added,
 //! never removed (a key's partition would change under its readers).
 
+mod compaction;
 mod host;
 mod owner;
 mod partition;
@@ -57,6 +58,9 @@ pub struct StreamSpec {
     pub segment_bytes_max: Option<u64>,
     /// When a produce is acknowledged (default: the host's, `fsync`).
     pub durability: Option<Durability>,
+    /// Compaction by key (Kafka's `cleanup.policy=compact`) with this tombstone retention
+    /// (Kafka's `delete.retention.ms`); `None`: every record stays until retention.
+    pub compaction: Option<Duration>,
 }
 
 impl StreamSpec {
@@ -69,6 +73,7 @@ impl StreamSpec {
             retention_bytes: None,
             segment_bytes_max: None,
             durability: None,
+            compaction: None,
         }
     }
 
@@ -105,6 +110,7 @@ impl StreamSpec {
             "retention_bytes": self.retention_bytes,
             "segment_bytes": self.segment_bytes_max,
             "durability": self.durability.map(|durability| durability.to_string()),
+            "compaction_tombstone_ms": self.compaction.map(|delay| delay.as_millis() as u64),
         })
     }
 
@@ -126,6 +132,9 @@ impl StreamSpec {
             retention_bytes: value["retention_bytes"].as_u64(),
             segment_bytes_max: value["segment_bytes"].as_u64(),
             durability,
+            compaction: value["compaction_tombstone_ms"]
+                .as_u64()
+                .map(Duration::from_millis),
         })
     }
 }
@@ -287,12 +296,12 @@ impl Stream {
             Storage::Files(dir) => {
                 let log = FileLog::open(partition_dir(dir, partition), config)?;
                 let engine = PartitionEngine::open(name, partition, log)?;
-                Ok(PartitionHandle::spawn(engine, clock))
+                Ok(PartitionHandle::spawn(engine, clock, spec.compaction))
             }
             Storage::Memory => {
                 let log = MemLog::open(&MemStore::new(), config, Arc::clone(&clock))?;
                 let engine = PartitionEngine::open(name, partition, log)?;
-                Ok(PartitionHandle::spawn(engine, clock))
+                Ok(PartitionHandle::spawn(engine, clock, spec.compaction))
             }
         }
     }

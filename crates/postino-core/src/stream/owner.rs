@@ -47,6 +47,9 @@ enum Command {
     EnforceRetention {
         reply: Reply<usize>,
     },
+    Compact {
+        reply: Reply<u64>,
+    },
     RegisterTransaction {
         producer_id: i64,
         epoch: i16,
@@ -82,6 +85,7 @@ impl std::fmt::Debug for Command {
             Command::Resolve { .. } => "Resolve",
             Command::Stats { .. } => "Stats",
             Command::EnforceRetention { .. } => "EnforceRetention",
+            Command::Compact { .. } => "Compact",
             Command::RegisterTransaction { .. } => "RegisterTransaction",
             Command::WriteMarker { .. } => "WriteMarker",
             Command::OpenTransactions { .. } => "OpenTransactions",
@@ -91,8 +95,13 @@ impl std::fmt::Debug for Command {
 }
 
 impl PartitionHandle {
-    /// Starts the owner task of `engine` on the current tokio runtime.
-    pub fn spawn<L: Log + 'static>(engine: PartitionEngine<L>, clock: Arc<dyn Clock>) -> Self {
+    /// Starts the owner task of `engine` on the current tokio runtime; `compaction` is the
+    /// tombstone retention of a compacted stream.
+    pub fn spawn<L: Log + 'static>(
+        engine: PartitionEngine<L>,
+        clock: Arc<dyn Clock>,
+        compaction: Option<Duration>,
+    ) -> Self {
         let (mailbox, inbox) = mpsc::channel(MAILBOX_CAPACITY);
         let stream: Arc<str> = engine.stream().into();
         let partition = engine.partition();
@@ -100,6 +109,7 @@ impl PartitionHandle {
         let owner = Owner {
             engine,
             clock,
+            compaction,
             waiters: Vec::new(),
             next_retention_ms,
         };
@@ -184,6 +194,15 @@ impl PartitionHandle {
     /// Storage errors; `PartitionStopped`.
     pub async fn enforce_retention(&self) -> Result<usize, CoreError> {
         self.call(|reply| Command::EnforceRetention { reply }).await
+    }
+
+    /// Compacts the partition by key now (the owner also does every minute when the stream is
+    /// compacted); returns how many records went. A stream without compaction keeps all.
+    ///
+    /// # Errors
+    /// Storage errors; `PartitionStopped`.
+    pub async fn compact(&self) -> Result<u64, CoreError> {
+        self.call(|reply| Command::Compact { reply }).await
     }
 
     /// Lets `producer_id` at `epoch` write transactional batches here until a marker (see
@@ -276,6 +295,8 @@ enum Wake {
 struct Owner<L: Log> {
     engine: PartitionEngine<L>,
     clock: Arc<dyn Clock>,
+    /// Compaction by key, with the tombstone retention; `None` keeps every record.
+    compaction: Option<Duration>,
     waiters: Vec<Waiter>,
     next_retention_ms: i64,
 }
@@ -383,6 +404,9 @@ impl<L: Log> Owner<L> {
             Command::EnforceRetention { reply } => {
                 let _ = reply.send(self.engine.enforce_retention());
             }
+            Command::Compact { reply } => {
+                let _ = reply.send(self.compact());
+            }
             Command::RegisterTransaction {
                 producer_id,
                 epoch,
@@ -417,6 +441,20 @@ impl<L: Log> Owner<L> {
             if let Err(error) = self.engine.enforce_retention() {
                 error!(stream = self.engine.stream(), partition = self.engine.partition(), %error, "retention failed");
             }
+            if let Err(error) = self.compact() {
+                error!(stream = self.engine.stream(), partition = self.engine.partition(), %error, "compaction failed");
+            }
+        }
+    }
+
+    /// Compacts when the stream is compacted.
+    fn compact(&mut self) -> Result<u64, CoreError> {
+        match self.compaction {
+            Some(tombstone_retention) => {
+                let now = self.clock.now_ms();
+                self.engine.compact(now, tombstone_retention)
+            }
+            None => Ok(0),
         }
     }
 

@@ -172,26 +172,20 @@ impl<L: Log> PartitionEngine<L> {
     pub fn open(stream: Arc<str>, partition: u32, log: L) -> Result<Self, CoreError> {
         let mut producers = Producers::default();
         let mut transactions = TransactionIndex::default();
-        let next = log.next_offset().0;
-        let mut at = log.earliest_offset().0;
-        while at < next {
-            let batches = log.read(Offset(at), 1 << 20)?;
-            let Some(last) = batches.last() else { break };
-            at = last.last_offset() + 1;
-            for batch in &batches {
-                let header = batch.header();
-                if header.is_control() {
-                    let kind = marker_kind(batch)?;
-                    producers.fence(header.producer_id, header.producer_epoch);
-                    transactions.on_marker(header.producer_id, kind, batch.base_offset());
-                    continue;
-                }
-                producers.record(header, batch.base_offset(), Durable::ready());
-                if header.is_transactional() {
-                    transactions.on_batch(header.producer_id, batch.base_offset());
-                }
+        postino_storage::scan(&log, |batch| {
+            let header = batch.header();
+            if header.is_control() {
+                let kind = marker_kind(batch)?;
+                producers.fence(header.producer_id, header.producer_epoch);
+                transactions.on_marker(header.producer_id, kind, batch.base_offset());
+                return Ok(());
             }
-        }
+            producers.record(header, batch.base_offset(), Durable::ready());
+            if header.is_transactional() {
+                transactions.on_batch(header.producer_id, batch.base_offset());
+            }
+            Ok::<(), CoreError>(())
+        })?;
         Ok(Self {
             stream,
             partition,
@@ -433,6 +427,20 @@ impl<L: Log> PartitionEngine<L> {
             last_stable_offset: self.last_stable_offset(),
             aborted,
         })
+    }
+
+    /// Compacts the partition by key (see `stream::compaction`) below its last stable offset;
+    /// returns how many records went.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn compact(
+        &mut self,
+        now_ms: i64,
+        tombstone_retention: Duration,
+    ) -> Result<u64, CoreError> {
+        let below = self.last_stable_offset();
+        crate::stream::compaction::compact_log(&mut self.log, below, now_ms, tombstone_retention)
     }
 
     /// Applies the stream's retention; returns how many segments went.
