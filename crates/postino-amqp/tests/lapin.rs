@@ -12,7 +12,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use support::{connect, start};
+use support::{connect, start, with_queue};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_with_confirms_consume_and_ack() {
@@ -577,11 +577,7 @@ async fn clients_are_told_when_the_broker_blocks_and_unblocks_publishers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqplain_logins_work_like_plain_ones() {
     let (uri, _broker) = start(None).await;
-    let connection = connect(&format!("{uri}?auth_mechanism=amqplain")).await;
-    let channel = connection
-        .create_channel()
-        .await
-        .expect("a channel after an AMQPLAIN login");
+    let (connection, channel) = with_queue(&format!("{uri}?auth_mechanism=amqplain"), "q").await;
     assert!(channel.status().connected());
     connection.close(200, "bye".into()).await.expect("close");
     let wrong = uri.replace("guest:guest", "guest:wrong");

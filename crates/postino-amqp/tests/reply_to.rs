@@ -6,8 +6,8 @@ mod support;
 use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection};
-use support::{connect, start};
+use lapin::{BasicProperties, Channel};
+use support::{connect, start, with_queue};
 
 fn no_ack() -> BasicConsumeOptions {
     BasicConsumeOptions {
@@ -31,25 +31,10 @@ async fn request(channel: &Channel, body: &str, correlation: &str) {
         .expect("publish a request");
 }
 
-/// A connection to `uri` and a channel on which the queue `rpc` is declared.
-async fn rpc_queue(uri: &str) -> (Connection, Channel) {
-    let connection = connect(uri).await;
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .queue_declare(
-            "rpc".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare");
-    (connection, channel)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_reaches_the_client_through_no_queue() {
     let (uri, _broker) = start(None).await;
-    let (server, server_channel) = rpc_queue(&uri).await;
+    let (server, server_channel) = with_queue(&uri, "rpc").await;
     let mut requests = server_channel
         .basic_consume(
             "rpc".into(),
@@ -113,7 +98,7 @@ async fn a_reply_reaches_the_client_through_no_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_need_a_reply_consumer_and_it_must_be_no_ack() {
     let (uri, _broker) = start(None).await;
-    let (connection, channel) = rpc_queue(&uri).await;
+    let (connection, channel) = with_queue(&uri, "rpc").await;
     request(&channel, "1", "lonely").await;
     // The channel error arrives asynchronously: the next synchronous call sees it.
     let after = channel

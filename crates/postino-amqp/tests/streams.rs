@@ -11,7 +11,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
-use support::{connect, start};
+use support::{connect, start, with_queue};
 
 fn stream_arguments() -> FieldTable {
     let mut arguments = FieldTable::default();
@@ -179,6 +179,15 @@ async fn stream_queues_refuse_what_rabbitmq_refuses() {
         )
         .await;
     assert!(refused.is_err(), "a boolean is no offset");
+
+    let (_classic, channel) = with_queue(&uri, "classic").await;
+    let over_a_queue = channel
+        .queue_declare("classic".into(), durable(), stream_arguments())
+        .await;
+    assert!(
+        over_a_queue.is_err(),
+        "a classic queue cannot become a stream"
+    );
 
     let channel = connection.create_channel().await.expect("channel");
     let deleted = channel

@@ -10,7 +10,8 @@ use postino_types::Message;
 
 use super::{
     CHANNEL_ERROR, COMMAND_INVALID, CONTENT_TOO_LARGE, Channel, Consumer, FRAME_ERROR, Incoming,
-    NO_ROUTE, NOT_IMPLEMENTED, Next, Pending, Session, UNEXPECTED_FRAME, lock, send_content, short,
+    NO_ROUTE, NOT_IMPLEMENTED, Next, Pending, Session, UNEXPECTED_FRAME, flow_allows, lock,
+    send_content, short,
 };
 use crate::convert::{headers_from_table, properties_from_amqp};
 
@@ -306,8 +307,10 @@ impl Session {
         let forward_tag = short(&tag);
         let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let forward_ended = Arc::clone(&ended);
+        let mut flow = self.channel(id).flow.0.subscribe();
         let forwarder = tokio::spawn(async move {
             while let Some(delivery) = deliveries.recv().await {
+                flow_allows(&mut flow).await;
                 let delivery_tag = if no_ack {
                     0
                 } else {

@@ -229,6 +229,26 @@ struct Channel {
     transaction: Option<Pending>,
     /// The channel's direct reply-to consumer: its tag and its token.
     reply_consumer: Option<(String, String)>,
+    /// `channel.flow`: consumers' deliveries wait while it holds `false`.
+    flow: Flow,
+}
+
+/// Whether a channel's consumers may deliver (`channel.flow`), watched by their forwarders.
+#[derive(Debug)]
+struct Flow(tokio::sync::watch::Sender<bool>);
+
+impl Default for Flow {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(true))
+    }
+}
+
+/// Waits while the channel's flow is paused; returns at once while it is active.
+async fn flow_allows(flow: &mut tokio::sync::watch::Receiver<bool>) {
+    if !*flow.borrow() {
+        // A closed channel means the channel is gone: the forwarder ends soon anyway.
+        let _ = flow.wait_for(|active| *active).await;
+    }
 }
 
 /// Publishes and settlements of a channel's current transaction, applied on `tx.commit`.
@@ -677,6 +697,7 @@ impl Session {
                 );
             }
             AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => {
+                self.channel(id).flow.0.send_replace(flow.active);
                 self.send(
                     id,
                     AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {

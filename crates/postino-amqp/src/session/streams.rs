@@ -14,7 +14,7 @@ use postino_core::stream::records_of;
 use postino_core::{CoreError, FetchSpec, OnOutOfRange, StartAt, Stream, StreamSpec, VirtualHost};
 use postino_types::{Clock, HeaderValue, Headers, Message, SystemClock};
 
-use super::{Consumer, Session, lock, send_content, short};
+use super::{Consumer, Session, flow_allows, lock, send_content, short};
 
 /// How long a stream reader's fetch waits for new records before asking again.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
@@ -173,6 +173,7 @@ impl Session {
         let ended = Arc::new(AtomicBool::new(false));
         let reader_ended = Arc::clone(&ended);
         let consumer_tag = short(&tag);
+        let mut flow = self.channel(id).flow.0.subscribe();
         let forwarder = tokio::spawn(async move {
             let mut at = start;
             loop {
@@ -197,6 +198,7 @@ impl Session {
                         return;
                     };
                     permit.forget();
+                    flow_allows(&mut flow).await;
                     let mut message = postino_core::record::decode(&record)
                         .unwrap_or_else(|_| Message::new(record.value.clone().unwrap_or_default()));
                     message.properties.headers.insert(

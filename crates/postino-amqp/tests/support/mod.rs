@@ -41,3 +41,18 @@ pub async fn connect(uri: &str) -> Connection {
         .await
         .expect("connect")
 }
+
+/// A connection to `uri` and a channel on which the transient queue `queue` is declared.
+pub async fn with_queue(uri: &str, queue: &str) -> (Connection, lapin::Channel) {
+    let connection = connect(uri).await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    (connection, channel)
+}
