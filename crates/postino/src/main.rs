@@ -1,7 +1,8 @@
 //! The `postino` binary: wiring only. `postino server` runs the broker; `postino bench` runs the
-//! benchmarks. Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
+//! benchmarks; `postino sim` runs the gossip simulator. Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
 
 mod server;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Run a benchmark and print its figures.
     Bench(BenchArgs),
+    /// Run a gossip protocol in the deterministic simulator and print its table.
+    Sim(sim::SimArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Server(args) => server::run(args),
         Command::Bench(args) => bench(&args),
+        Command::Sim(args) => sim::run(&args),
     }
 }
 

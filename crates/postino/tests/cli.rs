@@ -95,6 +95,44 @@ fn bad_usage_exits_with_code_two() {
 }
 
 #[test]
+fn sim_rumor_prints_the_same_rows_for_the_same_seed_and_names_bad_parameters() {
+    let sim = |seed: &str| {
+        let output = postino()
+            .args([
+                "sim", "rumor", "--k", "1..3", "--nodes", "2000", "--runs", "2", "--json",
+            ])
+            .args(["--seed", seed])
+            .output()
+            .expect("run the simulator");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8")
+    };
+    let first = sim("5");
+    assert_eq!(first, sim("5"), "a seed repeats a run");
+    let rows: Vec<serde_json::Value> = first
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(rows.len(), 3);
+    for (row, k) in rows.iter().zip(1..) {
+        assert_eq!(row["k"], k);
+        for field in ["residue", "residue_analytic", "traffic", "t_ave", "t_last"] {
+            assert!(row[field].is_number(), "{field} missing in {row}");
+        }
+    }
+    let bad = postino()
+        .args(["sim", "rumor", "--variant", "shouting"])
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("variant"));
+}
+
+#[test]
 fn storage_bench_prints_one_json_object_per_scenario() {
     let dir = tempfile::tempdir().expect("dir");
     let (rows, _) = bench_json("storage", dir.path(), &[]);

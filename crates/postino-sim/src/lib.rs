@@ -1,0 +1,107 @@
+//! A deterministic simulator for the epidemic protocols of `postino-gossip`: N nodes in
+//! synchronous rounds over a network model, every random choice drawn from one seeded
+//! generator, so that the same seed gives the same table.
+//!
+//! Scenarios so far: [`rumor`] (the residue table of rumor mongering on a complete graph).
+//! Each returns rows that print as a table or as JSON lines ([`Row`]).
+//!
+//! This crate must not know sockets or the wall clock.
+
+pub mod rumor;
+
+use serde_json::{Map, Value};
+
+/// One row of a scenario's table: named figures in insertion order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row {
+    fields: Map<String, Value>,
+}
+
+impl Row {
+    /// Adds a figure.
+    #[must_use]
+    pub fn with(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.fields.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// A figure, if present.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.fields.get(name)
+    }
+
+    /// The row as one line of JSON.
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        Value::Object(self.fields.clone()).to_string()
+    }
+
+    /// The row's values as table cells, in order.
+    #[must_use]
+    pub fn cells(&self) -> Vec<String> {
+        self.fields
+            .values()
+            .map(|value| match value {
+                Value::String(text) => text.clone(),
+                Value::Number(number) => number
+                    .as_f64()
+                    .filter(|_| number.is_f64())
+                    .map_or_else(|| number.to_string(), |float| format!("{float:.6}")),
+                other => other.to_string(),
+            })
+            .collect()
+    }
+
+    /// The row's field names, in order.
+    #[must_use]
+    pub fn names(&self) -> Vec<String> {
+        self.fields.keys().cloned().collect()
+    }
+}
+
+/// Parses a range written `A..B` (inclusive, as the CLI's `--k 1..7`) or a single number.
+///
+/// # Errors
+/// [`postino_gossip::ParamError`] naming `name` when the text is not a range of numbers with
+/// `A <= B`.
+pub fn parse_range(
+    name: &'static str,
+    text: &str,
+) -> Result<std::ops::RangeInclusive<u32>, postino_gossip::ParamError> {
+    let invalid = || postino_gossip::ParamError {
+        name,
+        reason: format!("{text:?} is not a number or a range A..B"),
+    };
+    let (low, high) = match text.split_once("..") {
+        Some((low, high)) => (low, high),
+        None => (text, text),
+    };
+    let low: u32 = low.trim().parse().map_err(|_| invalid())?;
+    let high: u32 = high.trim().parse().map_err(|_| invalid())?;
+    if low > high {
+        return Err(invalid());
+    }
+    Ok(low..=high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_read_like_the_cli_writes_them() {
+        assert_eq!(parse_range("k", "1..7").expect("range"), 1..=7);
+        assert_eq!(parse_range("k", "3").expect("one"), 3..=3);
+        assert_eq!(parse_range("k", "7..1").expect_err("reversed").name, "k");
+        assert!(parse_range("k", "a..b").is_err());
+    }
+
+    #[test]
+    fn rows_keep_their_order() {
+        let row = Row::default().with("k", 1).with("residue", 0.25);
+        assert_eq!(row.to_json(), r#"{"k":1,"residue":0.25}"#);
+        assert_eq!(row.cells(), ["1", "0.250000"]);
+        assert_eq!(row.names(), ["k", "residue"]);
+    }
+}
