@@ -7,9 +7,87 @@
 //!
 //! This crate must not know sockets or the wall clock.
 
+pub mod anti_entropy;
 pub mod rumor;
 
+use postino_gossip::ParamError;
+use rand::Rng;
 use serde_json::{Map, Value};
+
+/// Who can contact whom: every node every other (`Complete`), or lists of neighbours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Graph {
+    Complete(usize),
+    Adjacency(Vec<Vec<usize>>),
+}
+
+impl Graph {
+    /// A complete graph.
+    ///
+    /// # Errors
+    /// [`ParamError`] for fewer than 2 nodes.
+    pub fn complete(nodes: usize) -> Result<Self, ParamError> {
+        if nodes < 2 {
+            return Err(ParamError {
+                name: "nodes",
+                reason: format!("{nodes} is below 2"),
+            });
+        }
+        Ok(Graph::Complete(nodes))
+    }
+
+    /// A graph given by each node's neighbours.
+    ///
+    /// # Errors
+    /// [`ParamError`] for fewer than 2 nodes, a neighbour out of range or a node its own
+    /// neighbour.
+    pub fn from_adjacency(adjacency: Vec<Vec<usize>>) -> Result<Self, ParamError> {
+        let nodes = adjacency.len();
+        Self::complete(nodes)?;
+        for (node, neighbours) in adjacency.iter().enumerate() {
+            if let Some(bad) = neighbours
+                .iter()
+                .find(|peer| **peer >= nodes || **peer == node)
+            {
+                return Err(ParamError {
+                    name: "graph",
+                    reason: format!("node {node} lists neighbour {bad}"),
+                });
+            }
+        }
+        Ok(Graph::Adjacency(adjacency))
+    }
+
+    /// Nodes in the graph.
+    #[must_use]
+    pub fn nodes(&self) -> usize {
+        match self {
+            Graph::Complete(nodes) => *nodes,
+            Graph::Adjacency(adjacency) => adjacency.len(),
+        }
+    }
+
+    /// A neighbour of `node` chosen uniformly (the protocols' `select_peer`); `None` for a node
+    /// without neighbours.
+    pub fn peer(&self, node: usize, rng: &mut impl Rng) -> Option<usize> {
+        match self {
+            Graph::Complete(nodes) => {
+                let peer = rng.random_range(0..nodes - 1);
+                Some(if peer >= node { peer + 1 } else { peer })
+            }
+            Graph::Adjacency(adjacency) => {
+                let neighbours = &adjacency[node];
+                (!neighbours.is_empty()).then(|| neighbours[rng.random_range(0..neighbours.len())])
+            }
+        }
+    }
+}
+
+/// The seed of run `run` of table row `row`: each run has its own generator, so a row does
+/// not depend on the others.
+pub(crate) fn run_seed(seed: u64, row: u64, run: u32) -> u64 {
+    seed ^ (row << 32) ^ u64::from(run).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
 
 /// One row of a scenario's table: named figures in insertion order.
 #[derive(Debug, Clone, Default, PartialEq)]

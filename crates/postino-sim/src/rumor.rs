@@ -13,7 +13,7 @@ use postino_gossip::rumor::{Effect, Event, Phase, Rumor, Variant, residue_analyt
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::Row;
+use crate::{Graph, Row};
 
 /// What one run measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,12 +34,7 @@ pub fn run_once(
     nodes: usize,
     rng: &mut impl Rng,
 ) -> Result<Outcome, ParamError> {
-    if nodes < 2 {
-        return Err(ParamError {
-            name: "nodes",
-            reason: format!("{nodes} is below 2"),
-        });
-    }
+    let graph = Graph::complete(nodes)?;
     let mut states = vec![Rumor::new(variant, k)?; nodes];
     let mut learned_at: Vec<Option<u32>> = vec![None; nodes];
     states[0].originate();
@@ -54,11 +49,9 @@ pub fn run_once(
             if states[node].handle(Event::Round, rng) != [Effect::PushToPeer] {
                 continue;
             }
-            // select_peer: uniform among the other nodes.
-            let mut peer = rng.random_range(0..nodes - 1);
-            if peer >= node {
-                peer += 1;
-            }
+            let Some(peer) = graph.peer(node, rng) else {
+                continue;
+            };
             pushes += 1;
             let answer = states[peer].handle(Event::Push, rng);
             let already_knew = !answer.contains(&Effect::Deliver);
@@ -104,9 +97,7 @@ pub fn table(
     for k in ks {
         let mut sums = (0.0, 0.0, 0.0, 0.0);
         for run in 0..runs {
-            let mut rng = ChaCha8Rng::seed_from_u64(
-                seed ^ (u64::from(k) << 32) ^ u64::from(run).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            );
+            let mut rng = ChaCha8Rng::seed_from_u64(crate::run_seed(seed, u64::from(k), run));
             let outcome = run_once(variant, k, nodes, &mut rng)?;
             sums.0 += outcome.residue;
             sums.1 += outcome.traffic;

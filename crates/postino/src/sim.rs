@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use postino_gossip::anti_entropy::Mode;
 use postino_gossip::rumor::Variant;
 
 /// Arguments of `postino sim`.
@@ -35,6 +36,13 @@ enum Scenario {
         #[arg(long, default_value = "1..7")]
         k: String,
     },
+    /// Anti-entropy on a complete graph: rounds until every replica has an update, and the
+    /// messages that carried it.
+    AntiEntropy {
+        /// push, pull, push-pull, or all three.
+        #[arg(long, default_value = "all")]
+        mode: String,
+    },
 }
 
 /// Runs the scenario and prints its rows; bad parameters exit with 2, naming the parameter.
@@ -44,6 +52,16 @@ pub fn run(args: &SimArgs) -> ExitCode {
             let ks = postino_sim::parse_range("k", k)?;
             postino_sim::rumor::table(variant, ks, args.nodes, args.runs, args.seed)
         }),
+        Scenario::AntiEntropy { mode } => {
+            let modes = if mode == "all" {
+                Ok(Mode::ALL.to_vec())
+            } else {
+                mode.parse::<Mode>().map(|mode| vec![mode])
+            };
+            modes.and_then(|modes| {
+                postino_sim::anti_entropy::table(&modes, args.nodes, args.runs, args.seed)
+            })
+        }
     };
     let rows = match rows {
         Ok(rows) => rows,

@@ -124,6 +124,28 @@ fn sim_rumor_prints_the_same_rows_for_the_same_seed_and_names_bad_parameters() {
             assert!(row[field].is_number(), "{field} missing in {row}");
         }
     }
+    let anti_entropy = postino()
+        .args([
+            "sim",
+            "anti-entropy",
+            "--nodes",
+            "500",
+            "--runs",
+            "2",
+            "--json",
+        ])
+        .output()
+        .expect("run the simulator");
+    let modes: Vec<serde_json::Value> = String::from_utf8(anti_entropy.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let names: Vec<&str> = modes
+        .iter()
+        .filter_map(|row| row["mode"].as_str())
+        .collect();
+    assert_eq!(names, ["push", "pull", "push-pull"]);
     let bad = postino()
         .args(["sim", "rumor", "--variant", "shouting"])
         .output()
