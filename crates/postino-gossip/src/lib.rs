@@ -4,13 +4,15 @@
 //! from the caller, so a simulator or a real transport can drive it and a seed repeats a run.
 //!
 //! Protocols so far: [`rumor`] mongering (Demers et al. 1987) in its four variants, feedback or
-//! blind × counter or coin, and [`anti_entropy`] (push, pull, push-pull). The other protocols
-//! of the lecture notes (blind counter rumor mongering on an overlay, flooding, bimodal
-//! multicast, death certificates, peer sampling, aggregation) come next, on the same shape.
+//! blind × counter or coin, [`anti_entropy`] (push, pull, push-pull) and [`broadcast`] on an
+//! overlay (flooding, blind counter rumor mongering). The other protocols of the lecture notes
+//! (bimodal multicast, death certificates, peer sampling, aggregation) come next, on the same
+//! shape.
 //!
 //! This crate must not know sockets, clocks or the simulator.
 
 pub mod anti_entropy;
+pub mod broadcast;
 pub mod rumor;
 
 /// A parameter out of its range.

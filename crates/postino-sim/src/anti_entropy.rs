@@ -84,12 +84,7 @@ pub fn run_once(mode: Mode, graph: &Graph, max_rounds: u32, rng: &mut impl Rng) 
 /// [`ParamError`] for fewer than 2 nodes or 0 runs.
 pub fn table(modes: &[Mode], nodes: usize, runs: u32, seed: u64) -> Result<Vec<Row>, ParamError> {
     let graph = Graph::complete(nodes)?;
-    if runs == 0 {
-        return Err(ParamError {
-            name: "runs",
-            reason: "0 runs measure nothing".to_owned(),
-        });
-    }
+    crate::check_runs(runs)?;
     let mut rows = Vec::new();
     for (index, mode) in modes.iter().enumerate() {
         let mut rounds = Vec::new();

@@ -8,6 +8,7 @@
 //! This crate must not know sockets or the wall clock.
 
 pub mod anti_entropy;
+pub mod broadcast;
 pub mod rumor;
 
 use postino_gossip::ParamError;
@@ -58,6 +59,67 @@ impl Graph {
         Ok(Graph::Adjacency(adjacency))
     }
 
+    /// A Barabási–Albert graph (preferential attachment) of `nodes` nodes and mean degree
+    /// `degree`: a clique of `degree / 2 + 1` nodes, then each new node links to `degree / 2`
+    /// distinct nodes chosen with probability proportional to their degree.
+    ///
+    /// # Errors
+    /// [`ParamError`] naming `degree` unless it is even and at least 2, or `nodes` when there
+    /// are not more nodes than the initial clique.
+    pub fn barabasi_albert(
+        nodes: usize,
+        degree: usize,
+        rng: &mut impl Rng,
+    ) -> Result<Self, ParamError> {
+        if degree < 2 || !degree.is_multiple_of(2) {
+            return Err(ParamError {
+                name: "degree",
+                reason: format!("{degree} is not an even number of at least 2"),
+            });
+        }
+        let links = degree / 2;
+        if nodes <= links + 1 {
+            return Err(ParamError {
+                name: "nodes",
+                reason: format!("{nodes} nodes cannot hold a graph of mean degree {degree}"),
+            });
+        }
+        let mut adjacency = vec![Vec::new(); nodes];
+        // Every edge end once: choosing uniformly from it is choosing by degree.
+        let mut ends = Vec::with_capacity(nodes * degree);
+        for a in 0..=links {
+            for b in (a + 1)..=links {
+                adjacency[a].push(b);
+                adjacency[b].push(a);
+                ends.extend([a, b]);
+            }
+        }
+        for node in (links + 1)..nodes {
+            let mut chosen = Vec::with_capacity(links);
+            while chosen.len() < links {
+                let target = ends[rng.random_range(0..ends.len())];
+                if !chosen.contains(&target) {
+                    chosen.push(target);
+                }
+            }
+            for target in chosen {
+                adjacency[node].push(target);
+                adjacency[target].push(node);
+                ends.extend([node, target]);
+            }
+        }
+        Self::from_adjacency(adjacency)
+    }
+
+    /// The neighbours of `node` (every other node in a complete graph).
+    #[must_use]
+    pub fn neighbours(&self, node: usize) -> Vec<usize> {
+        match self {
+            Graph::Complete(nodes) => (0..*nodes).filter(|peer| *peer != node).collect(),
+            Graph::Adjacency(adjacency) => adjacency[node].clone(),
+        }
+    }
+
     /// Nodes in the graph.
     #[must_use]
     pub fn nodes(&self) -> usize {
@@ -81,6 +143,35 @@ impl Graph {
             }
         }
     }
+}
+
+/// Mean, minimum, maximum and standard deviation of `values`, as `name`, `name_min`,
+/// `name_max`, `name_std` on `row`.
+pub(crate) fn with_spread(row: Row, name: &str, values: &[f64]) -> Row {
+    let count = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / count;
+    let variance = values
+        .iter()
+        .map(|value| (value - mean).powi(2))
+        .sum::<f64>()
+        / count;
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    row.with(name, mean)
+        .with(&format!("{name}_min"), min)
+        .with(&format!("{name}_max"), max)
+        .with(&format!("{name}_std"), variance.sqrt())
+}
+
+/// Refuses a table of no runs.
+pub(crate) fn check_runs(runs: u32) -> Result<(), ParamError> {
+    if runs == 0 {
+        return Err(ParamError {
+            name: "runs",
+            reason: "0 runs measure nothing".to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// The seed of run `run` of table row `row`: each run has its own generator, so a row does
@@ -173,6 +264,49 @@ mod tests {
         assert_eq!(parse_range("k", "3").expect("one"), 3..=3);
         assert_eq!(parse_range("k", "7..1").expect_err("reversed").name, "k");
         assert!(parse_range("k", "a..b").is_err());
+    }
+
+    #[test]
+    fn barabasi_albert_graphs_have_the_mean_degree_asked_and_are_connected() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let graph = Graph::barabasi_albert(1_000, 6, &mut rng).expect("graph");
+        let degrees: usize = (0..1_000).map(|node| graph.neighbours(node).len()).sum();
+        let mean = degrees as f64 / 1_000.0;
+        assert!((5.9..=6.0).contains(&mean), "mean degree {mean}");
+        let mut seen = vec![false; 1_000];
+        let mut frontier = vec![0];
+        seen[0] = true;
+        while let Some(node) = frontier.pop() {
+            for peer in graph.neighbours(node) {
+                if !seen[peer] {
+                    seen[peer] = true;
+                    frontier.push(peer);
+                }
+            }
+        }
+        assert!(seen.iter().all(|reached| *reached), "connected");
+        assert_eq!(
+            Graph::barabasi_albert(1_000, 5, &mut rng)
+                .expect_err("odd")
+                .name,
+            "degree"
+        );
+        assert_eq!(
+            Graph::barabasi_albert(3, 6, &mut rng)
+                .expect_err("too few")
+                .name,
+            "nodes"
+        );
+    }
+
+    #[test]
+    fn spreads_give_mean_bounds_and_deviation() {
+        let row = with_spread(Row::default(), "cost", &[1.0, 3.0]);
+        assert_eq!(
+            row.to_json(),
+            r#"{"cost":2.0,"cost_min":1.0,"cost_max":3.0,"cost_std":1.0}"#
+        );
     }
 
     #[test]

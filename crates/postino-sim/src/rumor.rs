@@ -87,12 +87,7 @@ pub fn table(
     runs: u32,
     seed: u64,
 ) -> Result<Vec<Row>, ParamError> {
-    if runs == 0 {
-        return Err(ParamError {
-            name: "runs",
-            reason: "0 runs measure nothing".to_owned(),
-        });
-    }
+    crate::check_runs(runs)?;
     let mut rows = Vec::new();
     for k in ks {
         let mut sums = (0.0, 0.0, 0.0, 0.0);

@@ -3,7 +3,9 @@
 
 use std::process::ExitCode;
 
+use postino_gossip::ParamError;
 use postino_gossip::anti_entropy::Mode;
+use postino_gossip::broadcast::Protocol;
 use postino_gossip::rumor::Variant;
 
 /// Arguments of `postino sim`.
@@ -36,6 +38,25 @@ enum Scenario {
         #[arg(long, default_value = "1..7")]
         k: String,
     },
+    /// One broadcast on a Barabási–Albert overlay: cost, reach and time, flooding beside blind
+    /// counter rumor mongering.
+    Broadcast {
+        /// The overlay (only `barabasi-albert` so far).
+        #[arg(long, default_value = "barabasi-albert")]
+        graph: String,
+        /// Mean node degree (even).
+        #[arg(long, default_value_t = 6)]
+        degree: usize,
+        /// flooding, blind-counter, or both.
+        #[arg(long, default_value = "both")]
+        protocol: String,
+        /// B: neighbours a node forwards to.
+        #[arg(long, default_value_t = 2)]
+        fanout: usize,
+        /// F: receptions that still make a node forward.
+        #[arg(long, default_value_t = 2)]
+        max_forwards: u32,
+    },
     /// Anti-entropy on a complete graph: rounds until every replica has an update, and the
     /// messages that carried it.
     AntiEntropy {
@@ -45,6 +66,41 @@ enum Scenario {
     },
 }
 
+fn broadcast(
+    args: &SimArgs,
+    graph: &str,
+    degree: usize,
+    protocol: &str,
+    fanout: usize,
+    max_forwards: u32,
+) -> Result<Vec<postino_sim::Row>, ParamError> {
+    if graph != "barabasi-albert" {
+        return Err(ParamError {
+            name: "graph",
+            reason: format!("{graph:?} is not barabasi-albert"),
+        });
+    }
+    let gossip = Protocol::blind_counter(fanout, max_forwards)?;
+    let protocols = match protocol {
+        "flooding" => vec![Protocol::Flooding],
+        "blind-counter" => vec![gossip],
+        "both" => vec![Protocol::Flooding, gossip],
+        other => {
+            return Err(ParamError {
+                name: "protocol",
+                reason: format!("{other:?} is not flooding, blind-counter or both"),
+            });
+        }
+    };
+    let mut rows = Vec::new();
+    for protocol in protocols {
+        rows.extend(postino_sim::broadcast::table(
+            protocol, args.nodes, degree, args.runs, args.seed,
+        )?);
+    }
+    Ok(rows)
+}
+
 /// Runs the scenario and prints its rows; bad parameters exit with 2, naming the parameter.
 pub fn run(args: &SimArgs) -> ExitCode {
     let rows = match &args.scenario {
@@ -52,6 +108,13 @@ pub fn run(args: &SimArgs) -> ExitCode {
             let ks = postino_sim::parse_range("k", k)?;
             postino_sim::rumor::table(variant, ks, args.nodes, args.runs, args.seed)
         }),
+        Scenario::Broadcast {
+            graph,
+            degree,
+            protocol,
+            fanout,
+            max_forwards,
+        } => broadcast(args, graph, *degree, protocol, *fanout, *max_forwards),
         Scenario::AntiEntropy { mode } => {
             let modes = if mode == "all" {
                 Ok(Mode::ALL.to_vec())
