@@ -3,11 +3,6 @@
 //! has it, with **pull** it asks for it if it lacks it, with **push-pull** both. Only messages
 //! that carry the update count as transmissions; a request to pull carries none.
 
-use std::fmt;
-use std::str::FromStr;
-
-use crate::ParamError;
-
 /// How two replicas reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -16,40 +11,19 @@ pub enum Mode {
     PushPull,
 }
 
-impl Mode {
-    /// Every mode, in the order tables list them.
-    pub const ALL: [Mode; 3] = [Mode::Push, Mode::Pull, Mode::PushPull];
+named!(Mode, "mode", {
+    Push => "push",
+    Pull => "pull",
+    PushPull => "push-pull",
+});
 
+impl Mode {
     fn pushes(self) -> bool {
         matches!(self, Mode::Push | Mode::PushPull)
     }
 
     fn pulls(self) -> bool {
         matches!(self, Mode::Pull | Mode::PushPull)
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Push => "push",
-            Mode::Pull => "pull",
-            Mode::PushPull => "push-pull",
-        })
-    }
-}
-
-impl FromStr for Mode {
-    type Err = ParamError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Mode::ALL
-            .into_iter()
-            .find(|mode| mode.to_string() == text)
-            .ok_or_else(|| ParamError {
-                name: "mode",
-                reason: format!("{text:?} is not push, pull or push-pull"),
-            })
     }
 }
 

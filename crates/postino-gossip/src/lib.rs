@@ -4,13 +4,47 @@
 //! from the caller, so a simulator or a real transport can drive it and a seed repeats a run.
 //!
 //! Protocols so far: [`rumor`] mongering (Demers et al. 1987) in its four variants, feedback or
-//! blind × counter or coin, [`anti_entropy`] (push, pull, push-pull) and [`broadcast`] on an
-//! overlay (flooding, blind counter rumor mongering). The other protocols of the lecture notes
-//! (bimodal multicast, death certificates, peer sampling, aggregation) come next, on the same
-//! shape.
+//! blind × counter or coin, [`anti_entropy`] (push, pull, push-pull), [`broadcast`] on an
+//! overlay (flooding, blind counter rumor mongering) and [`aggregate`] (averages, sums,
+//! minimum, maximum). The other protocols of the lecture notes (bimodal multicast, death
+//! certificates, peer sampling) come next, on the same shape.
 //!
 //! This crate must not know sockets, clocks or the simulator.
 
+/// Names the values of a parameter enum: `Display`, `FromStr` (another name is refused with a
+/// [`ParamError`] naming the parameter) and `ALL`, every value in the order tables list them.
+macro_rules! named {
+    ($type:ident, $param:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $type {
+            /// Every value, in the order tables list them.
+            pub const ALL: [$type; [$($name),+].len()] = [$($type::$variant),+];
+        }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self {
+                    $($type::$variant => $name,)+
+                })
+            }
+        }
+
+        impl std::str::FromStr for $type {
+            type Err = $crate::ParamError;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                match text {
+                    $($name => Ok($type::$variant),)+
+                    _ => Err($crate::ParamError {
+                        name: $param,
+                        reason: format!("{text:?} is not one of {}", [$($name),+].join(", ")),
+                    }),
+                }
+            }
+        }
+    };
+}
+
+pub mod aggregate;
 pub mod anti_entropy;
 pub mod broadcast;
 pub mod rumor;

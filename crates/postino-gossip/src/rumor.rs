@@ -10,9 +10,6 @@
 //! The notes' equation for feedback with coin, `s = e^{-(k+1)(1-s)}` for the fraction `s` of
 //! nodes that never learn, is [`residue_analytic`].
 
-use std::fmt;
-use std::str::FromStr;
-
 use rand::Rng;
 
 use crate::ParamError;
@@ -26,48 +23,20 @@ pub enum Variant {
     BlindCoin,
 }
 
-impl Variant {
-    /// Every variant, in the order tables list them.
-    pub const ALL: [Variant; 4] = [
-        Variant::FeedbackCounter,
-        Variant::FeedbackCoin,
-        Variant::BlindCounter,
-        Variant::BlindCoin,
-    ];
+named!(Variant, "variant", {
+    FeedbackCounter => "feedback-counter",
+    FeedbackCoin => "feedback-coin",
+    BlindCounter => "blind-counter",
+    BlindCoin => "blind-coin",
+});
 
+impl Variant {
     fn feedback(self) -> bool {
         matches!(self, Variant::FeedbackCounter | Variant::FeedbackCoin)
     }
 
     fn coin(self) -> bool {
         matches!(self, Variant::FeedbackCoin | Variant::BlindCoin)
-    }
-}
-
-impl fmt::Display for Variant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Variant::FeedbackCounter => "feedback-counter",
-            Variant::FeedbackCoin => "feedback-coin",
-            Variant::BlindCounter => "blind-counter",
-            Variant::BlindCoin => "blind-coin",
-        })
-    }
-}
-
-impl FromStr for Variant {
-    type Err = ParamError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Variant::ALL
-            .into_iter()
-            .find(|variant| variant.to_string() == text)
-            .ok_or_else(|| ParamError {
-                name: "variant",
-                reason: format!(
-                    "{text:?} is not feedback-counter, feedback-coin, blind-counter or blind-coin"
-                ),
-            })
     }
 }
 

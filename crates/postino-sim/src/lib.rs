@@ -7,6 +7,7 @@
 //!
 //! This crate must not know sockets or the wall clock.
 
+pub mod aggregate;
 pub mod anti_entropy;
 pub mod broadcast;
 pub mod rumor;

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use postino_gossip::ParamError;
+use postino_gossip::aggregate::Function;
 use postino_gossip::anti_entropy::Mode;
 use postino_gossip::broadcast::Protocol;
 use postino_gossip::rumor::Variant;
@@ -56,6 +57,16 @@ enum Scenario {
         /// F: receptions that still make a node forward.
         #[arg(long, default_value_t = 2)]
         max_forwards: u32,
+    },
+    /// Aggregation by push-pull gossip: rounds until every node is within epsilon of the true
+    /// value.
+    Aggregate {
+        /// avg, sum, min, max, or all four.
+        #[arg(long = "fn", default_value = "all")]
+        function: String,
+        /// Relative tolerance.
+        #[arg(long, default_value_t = 1e-3)]
+        epsilon: f64,
     },
     /// Anti-entropy on a complete graph: rounds until every replica has an update, and the
     /// messages that carried it.
@@ -115,6 +126,18 @@ pub fn run(args: &SimArgs) -> ExitCode {
             fanout,
             max_forwards,
         } => broadcast(args, graph, *degree, protocol, *fanout, *max_forwards),
+        Scenario::Aggregate { function, epsilon } => {
+            let functions = if function == "all" {
+                Ok(Function::ALL.to_vec())
+            } else {
+                function.parse::<Function>().map(|function| vec![function])
+            };
+            functions.and_then(|functions| {
+                postino_sim::aggregate::table(
+                    &functions, args.nodes, *epsilon, args.runs, args.seed,
+                )
+            })
+        }
         Scenario::AntiEntropy { mode } => {
             let modes = if mode == "all" {
                 Ok(Mode::ALL.to_vec())
