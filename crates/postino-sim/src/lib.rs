@@ -10,6 +10,7 @@
 pub mod aggregate;
 pub mod anti_entropy;
 pub mod broadcast;
+pub mod death;
 pub mod rumor;
 
 use postino_gossip::ParamError;

@@ -68,6 +68,16 @@ enum Scenario {
         #[arg(long, default_value_t = 1e-3)]
         epsilon: f64,
     },
+    /// Deleting under anti-entropy: resurrections with no certificate, with certificates that
+    /// expire, and with dormant certificates, while one replica is down.
+    DeathCertificates {
+        /// Rounds a certificate lives.
+        #[arg(long, default_value_t = 30)]
+        ttl: u64,
+        /// Rounds replica 1 stays down holding its old copy.
+        #[arg(long, default_value_t = 60)]
+        down: u64,
+    },
     /// Anti-entropy on a complete graph: rounds until every replica has an update, and the
     /// messages that carried it.
     AntiEntropy {
@@ -137,6 +147,9 @@ pub fn run(args: &SimArgs) -> ExitCode {
                     &functions, args.nodes, *epsilon, args.runs, args.seed,
                 )
             })
+        }
+        Scenario::DeathCertificates { ttl, down } => {
+            postino_sim::death::table(args.nodes, *ttl, *down, args.runs, args.seed)
         }
         Scenario::AntiEntropy { mode } => {
             let modes = if mode == "all" {
