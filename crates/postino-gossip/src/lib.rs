@@ -6,8 +6,8 @@
 //! Protocols so far: [`rumor`] mongering (Demers et al. 1987) in its four variants, feedback or
 //! blind × counter or coin, [`anti_entropy`] (push, pull, push-pull), [`broadcast`] on an
 //! overlay (flooding, blind counter rumor mongering) and [`aggregate`] (averages, sums,
-//! minimum, maximum) and [`death`] certificates for deletions. The other protocols of the
-//! lecture notes (bimodal multicast, peer sampling) come next, on the same shape.
+//! minimum, maximum), [`death`] certificates for deletions and bimodal multicast ([`pbcast`]).
+//! Peer sampling comes next, on the same shape.
 //!
 //! This crate must not know sockets, clocks or the simulator.
 
@@ -48,6 +48,7 @@ pub mod aggregate;
 pub mod anti_entropy;
 pub mod broadcast;
 pub mod death;
+pub mod pbcast;
 pub mod rumor;
 
 /// A parameter out of its range.

@@ -11,6 +11,7 @@ pub mod aggregate;
 pub mod anti_entropy;
 pub mod broadcast;
 pub mod death;
+pub mod pbcast;
 pub mod rumor;
 
 use postino_gossip::ParamError;

@@ -78,6 +78,21 @@ enum Scenario {
         #[arg(long, default_value_t = 60)]
         down: u64,
     },
+    /// Bimodal multicast: how many processes deliver, with and without gossip repair.
+    Pbcast {
+        /// β: processes a digest goes to each round.
+        #[arg(long, default_value_t = 2)]
+        fanout: usize,
+        /// ε: probability that any one message is lost.
+        #[arg(long, default_value_t = 0.05)]
+        loss: f64,
+        /// τ: probability that a process (or the sender, mid-multicast) crashes.
+        #[arg(long, default_value_t = 0.2)]
+        crash: f64,
+        /// Rounds a process gossips about the message after getting it.
+        #[arg(long, default_value_t = 8)]
+        rounds: u32,
+    },
     /// Anti-entropy on a complete graph: rounds until every replica has an update, and the
     /// messages that carried it.
     AntiEntropy {
@@ -150,6 +165,22 @@ pub fn run(args: &SimArgs) -> ExitCode {
         }
         Scenario::DeathCertificates { ttl, down } => {
             postino_sim::death::table(args.nodes, *ttl, *down, args.runs, args.seed)
+        }
+        Scenario::Pbcast {
+            fanout,
+            loss,
+            crash,
+            rounds,
+        } => {
+            let params = postino_sim::pbcast::Params {
+                nodes: args.nodes,
+                fanout: *fanout,
+                loss: *loss,
+                crash: *crash,
+                rounds: *rounds,
+                repair: true,
+            };
+            postino_sim::pbcast::table(params, args.runs, args.seed)
         }
         Scenario::AntiEntropy { mode } => {
             let modes = if mode == "all" {
