@@ -6,8 +6,8 @@
 //! Protocols so far: [`rumor`] mongering (Demers et al. 1987) in its four variants, feedback or
 //! blind × counter or coin, [`anti_entropy`] (push, pull, push-pull), [`broadcast`] on an
 //! overlay (flooding, blind counter rumor mongering) and [`aggregate`] (averages, sums,
-//! minimum, maximum), [`death`] certificates for deletions and bimodal multicast ([`pbcast`]).
-//! Peer sampling comes next, on the same shape.
+//! minimum, maximum), [`death`] certificates for deletions, bimodal multicast ([`pbcast`]) and
+//! peer [`sampling`] (partial views exchanged by gossip).
 //!
 //! This crate must not know sockets, clocks or the simulator.
 
@@ -50,6 +50,7 @@ pub mod broadcast;
 pub mod death;
 pub mod pbcast;
 pub mod rumor;
+pub mod sampling;
 
 /// A parameter out of its range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

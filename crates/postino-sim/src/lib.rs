@@ -13,6 +13,7 @@ pub mod broadcast;
 pub mod death;
 pub mod pbcast;
 pub mod rumor;
+pub mod sampling;
 
 use postino_gossip::ParamError;
 use rand::Rng;

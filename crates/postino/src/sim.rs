@@ -93,6 +93,16 @@ enum Scenario {
         #[arg(long, default_value_t = 8)]
         rounds: u32,
     },
+    /// Peer sampling from a ring: connectivity, the most views a node is in, and how fast
+    /// crashed nodes leave the views.
+    Sampling {
+        /// Peers in a view.
+        #[arg(long, default_value_t = 20)]
+        view: usize,
+        /// Rounds before the crash of half the nodes, and after it.
+        #[arg(long, default_value_t = 30)]
+        rounds: u32,
+    },
     /// Anti-entropy on a complete graph: rounds until every replica has an update, and the
     /// messages that carried it.
     AntiEntropy {
@@ -181,6 +191,9 @@ pub fn run(args: &SimArgs) -> ExitCode {
                 repair: true,
             };
             postino_sim::pbcast::table(params, args.runs, args.seed)
+        }
+        Scenario::Sampling { view, rounds } => {
+            postino_sim::sampling::table(args.nodes, *view, *rounds, args.runs, args.seed)
         }
         Scenario::AntiEntropy { mode } => {
             let modes = if mode == "all" {
