@@ -64,6 +64,9 @@ enum BenchTarget {
     /// Streams in-process: produce per durability policy and partition count, consume from
     /// the earliest offset, idempotent production.
     Stream,
+    /// The gossip simulator: node-rounds per second and peak memory per node at 1,000 to
+    /// 100,000 nodes.
+    Sim,
     /// AMQP 0-9-1 over sockets with lapin, beside RabbitMQ: confirms, transient, fan-out, RPC.
     Amqp,
 }
@@ -87,10 +90,12 @@ fn bench(args: &BenchArgs) -> ExitCode {
         BenchTarget::Storage => ("storage", postino_bench::storage::columns()),
         BenchTarget::Core => ("core", postino_bench::broker::columns()),
         BenchTarget::Stream => ("stream", postino_bench::stream::columns()),
+        BenchTarget::Sim => ("sim", postino_bench::sim::columns()),
         BenchTarget::Amqp => ("amqp", postino_bench::amqp::columns()),
     };
     let mut printer = postino_bench::Printer::new(args.json, columns);
-    if !args.json {
+    let child = std::env::var_os(postino_bench::sim::CHILD_TABLE).is_some();
+    if !args.json && !child {
         let load =
             postino_bench::load_average().map_or("unknown".to_owned(), |load| format!("{load:.2}"));
         println!(
@@ -108,6 +113,9 @@ fn bench(args: &BenchArgs) -> ExitCode {
         BenchTarget::Stream => {
             postino_bench::stream::run(&args.dir, size, &args.filter, &mut printer)
         }
+        BenchTarget::Sim => std::env::current_exe()
+            .map_err(anyhow::Error::from)
+            .and_then(|exe| postino_bench::sim::run(&exe, size, &args.filter, &mut printer)),
         BenchTarget::Amqp => std::env::current_exe()
             .map_err(anyhow::Error::from)
             .and_then(|postino_binary| {

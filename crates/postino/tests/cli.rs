@@ -155,6 +155,23 @@ fn sim_rumor_prints_the_same_rows_for_the_same_seed_and_names_bad_parameters() {
 }
 
 #[test]
+fn sim_bench_measures_every_table_in_its_own_process() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (rows, _) = bench_json("sim", dir.path(), &[]);
+    assert_eq!(rows.len(), 6, "three scenarios at 1,000 and 10,000 nodes");
+    for row in &rows {
+        for field in ["seconds", "node_rounds_per_s", "peak_bytes_per_node"] {
+            assert!(row[field].is_number(), "{field} missing in {row}");
+        }
+        assert!(
+            row["node_rounds_per_s"]
+                .as_f64()
+                .is_some_and(|rate| rate > 0.0)
+        );
+    }
+}
+
+#[test]
 fn storage_bench_prints_one_json_object_per_scenario() {
     let dir = tempfile::tempdir().expect("dir");
     let (rows, _) = bench_json("storage", dir.path(), &[]);
