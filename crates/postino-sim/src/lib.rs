@@ -19,6 +19,38 @@ use postino_gossip::ParamError;
 use rand::Rng;
 use serde_json::{Map, Value};
 
+/// How messages travel: in synchronous rounds (one hop per round), or as events with random
+/// latencies handled in order of arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Rounds,
+    Events,
+}
+
+impl std::fmt::Display for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Delivery::Rounds => "rounds",
+            Delivery::Events => "events",
+        })
+    }
+}
+
+impl std::str::FromStr for Delivery {
+    type Err = ParamError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "rounds" => Ok(Delivery::Rounds),
+            "events" => Ok(Delivery::Events),
+            _ => Err(ParamError {
+                name: "delivery",
+                reason: format!("{text:?} is not rounds or events"),
+            }),
+        }
+    }
+}
+
 /// Who can contact whom: every node every other (`Complete`), or lists of neighbours.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Graph {

@@ -57,6 +57,9 @@ enum Scenario {
         /// F: receptions that still make a node forward.
         #[arg(long, default_value_t = 2)]
         max_forwards: u32,
+        /// rounds (one hop each) or events (random latencies, in order of arrival).
+        #[arg(long, default_value = "rounds")]
+        delivery: String,
     },
     /// Aggregation by push-pull gossip: rounds until every node is within epsilon of the true
     /// value.
@@ -119,6 +122,7 @@ fn broadcast(
     protocol: &str,
     fanout: usize,
     max_forwards: u32,
+    delivery: postino_sim::Delivery,
 ) -> Result<Vec<postino_sim::Row>, ParamError> {
     if graph != "barabasi-albert" {
         return Err(ParamError {
@@ -141,7 +145,7 @@ fn broadcast(
     let mut rows = Vec::new();
     for protocol in protocols {
         rows.extend(postino_sim::broadcast::table(
-            protocol, args.nodes, degree, args.runs, args.seed,
+            protocol, args.nodes, degree, delivery, args.runs, args.seed,
         )?);
     }
     Ok(rows)
@@ -160,7 +164,18 @@ pub fn run(args: &SimArgs) -> ExitCode {
             protocol,
             fanout,
             max_forwards,
-        } => broadcast(args, graph, *degree, protocol, *fanout, *max_forwards),
+            delivery,
+        } => delivery.parse().and_then(|delivery| {
+            broadcast(
+                args,
+                graph,
+                *degree,
+                protocol,
+                *fanout,
+                *max_forwards,
+                delivery,
+            )
+        }),
         Scenario::Aggregate { function, epsilon } => {
             let functions = if function == "all" {
                 Ok(Function::ALL.to_vec())
