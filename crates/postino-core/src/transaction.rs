@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use postino_storage::batch::BatchBuilder;
-use postino_storage::{Durable, FileLog, Log, LogConfig, MemLog, MemStore, Offset};
+use postino_storage::{Durable, FileLog, Log, LogConfig, MemLog, MemStore};
 use postino_types::{Clock, Message};
 
 use crate::error::CoreError;
@@ -49,26 +49,21 @@ impl Coordinator {
         };
         let mut committed = HashSet::new();
         let mut highest = 0;
-        let mut from = log.earliest_offset();
-        while from < log.next_offset() {
-            let batches = log.read(from, 1 << 20)?;
-            let Some(last) = batches.last() else { break };
-            from = Offset(last.last_offset() + 1);
-            for batch in &batches {
-                for record in batch.records().map_err(postino_storage::LogError::from)? {
-                    let Some(id) = record.key.as_deref().and_then(|key| key.try_into().ok()) else {
-                        continue;
-                    };
-                    let id = u64::from_be_bytes(id);
-                    highest = highest.max(id);
-                    match record.value.as_deref() {
-                        Some(COMMIT) => committed.insert(id),
-                        Some(DONE) => committed.remove(&id),
-                        _ => false,
-                    };
-                }
+        postino_storage::scan(log.as_ref(), |batch| {
+            for record in batch.records().map_err(postino_storage::LogError::from)? {
+                let Some(id) = record.key.as_deref().and_then(|key| key.try_into().ok()) else {
+                    continue;
+                };
+                let id = u64::from_be_bytes(id);
+                highest = highest.max(id);
+                match record.value.as_deref() {
+                    Some(COMMIT) => committed.insert(id),
+                    Some(DONE) => committed.remove(&id),
+                    _ => false,
+                };
             }
-        }
+            Ok::<(), CoreError>(())
+        })?;
         // Ids only need to differ from those of transactions that may still be undecided;
         // starting past the clock's microseconds keeps them apart across restarts too.
         let next_id = highest.max(clock.now_ms().max(0) as u64 * 1_000) + 1;

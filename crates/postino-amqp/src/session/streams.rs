@@ -184,10 +184,7 @@ impl Session {
                 let Ok(fetched) = partition.fetch(spec).await else {
                     break;
                 };
-                let next = fetched
-                    .batches
-                    .last()
-                    .map_or(fetched.from, |batch| batch.last_offset() + 1);
+                let next = fetched.next_offset();
                 let Ok(records) = records_of(&fetched) else {
                     // A batch postino cannot decode (compressed by a Kafka client): skip it.
                     at = next;

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::BytesMut;
 use postino_storage::batch::{BatchHeader, ControlKind, Record, control_kind, control_record};
-use postino_storage::{Log, LogError, Offset};
+use postino_storage::{Log, LogError};
 
 use crate::error::CoreError;
 use crate::offsets::OffsetSet;
@@ -13,9 +13,6 @@ use crate::queue::ready::Ready;
 
 /// Control record kind of a settlement (Kafka's transaction markers are 0 and 1).
 const SETTLE_CONTROL_KIND: i16 = 100;
-/// Reads while recovering ask for this many bytes at a time.
-const RECOVERY_READ_BYTES: usize = 1 << 20;
-
 /// The header that marks a record of a transaction's batch as the transaction's settlements
 /// (its value lists ranges like a settlement control record's), not a message.
 pub(crate) const SETTLE_HEADER: &[u8] = b"postino.settle";
@@ -71,18 +68,12 @@ fn for_each_record(
     log: &impl Log,
     mut visit: impl FnMut(&BatchHeader, &Record) -> Result<(), CoreError>,
 ) -> Result<(), CoreError> {
-    let mut from = log.earliest_offset();
-    while from < log.next_offset() {
-        let batches = log.read(from, RECOVERY_READ_BYTES)?;
-        let Some(last) = batches.last() else { break };
-        from = Offset(last.last_offset() + 1);
-        for batch in &batches {
-            for record in &batch.records().map_err(LogError::from)? {
-                visit(batch.header(), record)?;
-            }
+    postino_storage::scan(log, |batch| {
+        for record in &batch.records().map_err(LogError::from)? {
+            visit(batch.header(), record)?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The value of a record header, if present.

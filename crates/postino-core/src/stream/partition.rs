@@ -135,6 +135,15 @@ pub struct Fetched {
 }
 
 impl Fetched {
+    /// Where the next read goes on: after the last batch, or where this one started when it
+    /// found nothing.
+    #[must_use]
+    pub fn next_offset(&self) -> u64 {
+        self.batches
+            .last()
+            .map_or(self.from, |batch| batch.last_offset() + 1)
+    }
+
     /// Bytes of the batches.
     #[must_use]
     pub fn bytes(&self) -> usize {

@@ -162,10 +162,7 @@ async fn feed(
         let Ok(fetched) = handle.fetch(spec).await else {
             return;
         };
-        let next = fetched
-            .batches
-            .last()
-            .map_or(fetched.from, |batch| batch.last_offset() + 1);
+        let next = fetched.next_offset();
         let records = records_of(&fetched).unwrap_or_default();
         let room = usize::try_from(SHARE_WINDOW - outstanding).unwrap_or(usize::MAX);
         let mut tickets = Vec::new();
