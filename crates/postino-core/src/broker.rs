@@ -55,7 +55,9 @@ impl Default for FlowLimits {
     }
 }
 
-fn total_memory_bytes() -> Option<u64> {
+/// The machine's memory, from `/proc/meminfo`.
+#[must_use]
+pub fn total_memory_bytes() -> Option<u64> {
     let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
     let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

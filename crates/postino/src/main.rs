@@ -1,6 +1,7 @@
 //! The `postino` binary: wiring only. `postino server` runs the broker; `postino bench` runs the
 //! benchmarks; `postino sim` runs the gossip simulator. Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
 
+mod config;
 mod server;
 mod sim;
 

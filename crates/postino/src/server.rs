@@ -11,53 +11,32 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use postino_amqp::Limits;
-use postino_core::{Broker, FlowLimits};
-use postino_storage::LogConfig;
+use postino_core::Broker;
 use postino_types::SystemClock;
+
+use crate::config::{self, Flags, Listen, Loaded};
 use tracing::{error, info};
 
-/// Flags of `postino server`.
+/// Flags of `postino server`; each overrides the environment and the config file
+/// (`docs/configuration.md`).
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
-    /// Where the broker keeps its data.
-    #[arg(
-        long,
-        env = "POSTINO_SERVER_DATA_DIR",
-        default_value = "./postino-data"
-    )]
-    data_dir: PathBuf,
-    /// Log line format.
-    #[arg(long, env = "POSTINO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Where AMQP 0-9-1 clients connect (`host:port`, port 0 picks one, `off` disables).
-    #[arg(long, env = "POSTINO_AMQP_LISTEN", default_value = "0.0.0.0:5672")]
-    amqp_listen: Listen,
-}
-
-/// A listener address, or `off`.
-#[derive(Debug, Clone)]
-enum Listen {
-    Off,
-    At(String),
-}
-
-impl std::str::FromStr for Listen {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text == "off" {
-            return Ok(Listen::Off);
-        }
-        let valid = text
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if valid {
-            Ok(Listen::At(text.to_owned()))
-        } else {
-            Err(format!("'{text}' is not host:port or off"))
-        }
-    }
+    /// A TOML config file (also `POSTINO_CONFIG`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the broker keeps its data (default `./postino-data`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log line format (default `text`).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Where AMQP 0-9-1 clients connect (`host:port`, port 0 picks one, `off` disables;
+    /// default `0.0.0.0:5672`).
+    #[arg(long)]
+    amqp_listen: Option<Listen>,
+    /// Print the effective configuration, each key with where its value came from, and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -68,8 +47,34 @@ enum LogFormat {
 
 /// Runs the server; the exit code follows `docs/operations.md`.
 pub fn run(args: ServerArgs) -> ExitCode {
-    init_tracing(args.log_format);
-    match serve(&args) {
+    let flags = Flags {
+        config: args.config.clone(),
+        data_dir: args.data_dir.clone(),
+        log_format: args.log_format.map(|format| {
+            match format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            }
+            .to_owned()
+        }),
+        amqp_listen: args.amqp_listen.as_ref().map(|listen| match listen {
+            Listen::Off => "off".to_owned(),
+            Listen::At(address) => address.clone(),
+        }),
+    };
+    let loaded = match config::load(&flags, &|name| std::env::var(name).ok()) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("postino server: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", loaded.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&loaded.config.log);
+    match serve(&loaded) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!(error = format!("{error:#}"), "server stopped");
@@ -78,48 +83,50 @@ pub fn run(args: ServerArgs) -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTINO_LOG")
+fn init_tracing(log: &config::LogSection) {
+    // The filter was checked when the configuration loaded.
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    if log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 
-fn serve(args: &ServerArgs) -> Result<()> {
+fn serve(loaded: &Loaded) -> Result<()> {
+    let config = &loaded.config;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the runtime")?;
     runtime.block_on(async {
         let stop = shutdown_signals()?;
-        let data_dir = open_data_dir(&args.data_dir)?;
-        let path = fs::canonicalize(&args.data_dir).context("resolve the data directory")?;
+        let data_dir = open_data_dir(&config.server.data_dir)?;
+        let path =
+            fs::canonicalize(&config.server.data_dir).context("resolve the data directory")?;
         info!(path = %path.display(), version = env!("CARGO_PKG_VERSION"), "data directory ready");
         let broker = Broker::open(
             Some(path),
-            LogConfig::default(),
+            loaded.log_config()?,
             Arc::new(SystemClock),
-            FlowLimits::default(),
+            loaded.flow_limits(),
         )
         .context("open the broker")?;
         info!(vhosts = ?broker.vhost_names(), "broker ready");
-        if let Listen::At(address) = &args.amqp_listen {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("listen for AMQP on {address}"))?;
+        if let Listen::At(address) = loaded.amqp_listen()? {
+            let listener = bind(&address, "amqp").await?;
             let local = listener
                 .local_addr()
                 .context("the AMQP listener's address")?;
             tokio::spawn(postino_amqp::serve(
                 listener,
                 Arc::clone(&broker),
-                Limits::default(),
+                loaded.amqp_limits(),
             ));
             info!(protocol = %"amqp", addr = %local, "listening");
         }
@@ -131,6 +138,20 @@ fn serve(args: &ServerArgs) -> Result<()> {
     })?;
     info!("stopped");
     Ok(())
+}
+
+/// Binds a listener; a port in use is named as such, with the setting that chose it.
+async fn bind(address: &str, protocol: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| {
+            if error.kind() == std::io::ErrorKind::AddrInUse {
+                let port = address.rsplit(':').next().unwrap_or(address);
+                anyhow::anyhow!("port {port} is already in use ({protocol}.listen = {address})")
+            } else {
+                anyhow::anyhow!("listen for {protocol} on {address}: {error}")
+            }
+        })
 }
 
 /// Creates the data directory if needed and locks it, so that two servers never share one.

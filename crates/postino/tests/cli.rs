@@ -95,6 +95,88 @@ fn bad_usage_exits_with_code_two() {
 }
 
 #[test]
+fn print_config_shows_each_layer_and_bad_settings_exit_with_code_two() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("postino.toml");
+    std::fs::write(&file, "[amqp]\nheartbeat_s = 10\nframe_max = 65536\n").expect("write");
+    let printed = postino()
+        .args([
+            "server",
+            "--print-config",
+            "--data-dir",
+            "/srv/flag",
+            "--config",
+        ])
+        .arg(&file)
+        .env("POSTINO_AMQP_FRAME_MAX", "32768")
+        .output()
+        .expect("run");
+    assert!(printed.status.success(), "{printed:?}");
+    let text = String::from_utf8(printed.stdout).expect("utf-8");
+    assert!(
+        text.contains("data_dir = \"/srv/flag\"  # flag --data-dir"),
+        "{text}"
+    );
+    assert!(
+        text.contains("frame_max = 32768  # environment POSTINO_AMQP_FRAME_MAX"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("heartbeat_s = 10  # file {}", file.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("listen = \"0.0.0.0:5672\"  # default"),
+        "{text}"
+    );
+
+    std::fs::write(&file, "[storage]\ndurabilty = \"none\"\n").expect("write");
+    let unknown = postino()
+        .args(["server", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(unknown.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("unknown key storage.durabilty"), "{stderr}");
+
+    let range = postino()
+        .args(["server", "--amqp-listen", "off"])
+        .env("POSTINO_AMQP_CHANNEL_MAX", "70000")
+        .output()
+        .expect("run");
+    assert_eq!(range.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&range.stderr);
+    assert!(
+        stderr.contains("amqp.channel_max (environment POSTINO_AMQP_CHANNEL_MAX)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_port_in_use_is_named() {
+    let dir = tempfile::tempdir().expect("dir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address");
+    let output = postino()
+        .args([
+            "server",
+            "--amqp-listen",
+            &address.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("port {} is already in use", address.port())),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn sim_rumor_prints_the_same_rows_for_the_same_seed_and_names_bad_parameters() {
     let sim = |seed: &str| {
         let output = postino()
