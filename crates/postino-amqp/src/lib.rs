@@ -7,9 +7,10 @@
 //! This first step covers the connection handshake (PLAIN, tune, vhost open, heartbeats), channels,
 //! exchange and queue declaration/binding/purge/deletion, `basic.publish` (mandatory returns),
 //! publisher confirms, transactions (`tx.*`), `basic.consume`/`cancel` with `basic.qos`
-//! prefetch, `basic.get`, and `basic.ack`/`nack`/`reject`/`recover`. Not yet: AMQPLAIN, users
-//! other than guest, direct reply-to, streams. `connection.blocked` follows the broker's
-//! flow-control alarm.
+//! prefetch, `basic.get`, `basic.ack`/`nack`/`reject`/`recover`, direct reply-to and stream
+//! queues. Logins (PLAIN, AMQPLAIN) are checked against the broker's users, and every resource
+//! operation against the user's permissions (`session::login`). `connection.blocked` follows
+//! the broker's flow-control alarm.
 //! `docs/protocols/amqp.md` has the table.
 //!
 //! The crate must not know storage: it sees only `postino-core`.
@@ -49,7 +50,7 @@ impl Default for Limits {
 }
 
 /// Serves one AMQP connection over any byte stream (a socket, or an in-memory pipe in tests
-/// and fuzzing) until it closes; the peer counts as local (the guest user may log in).
+/// and fuzzing) until it closes; the peer counts as local (a loopback-only user may log in).
 ///
 /// # Errors
 /// I/O errors of the stream.

@@ -15,6 +15,7 @@ use postino_storage::LogConfig;
 use postino_types::Clock;
 use tokio::sync::watch;
 
+use crate::access::{Access, DefaultUser};
 use crate::error::CoreError;
 use crate::vhost::{VirtualHost, escape_name, unescape_name};
 
@@ -98,6 +99,7 @@ pub struct Broker {
     vhosts: Mutex<BTreeMap<String, Arc<VirtualHost>>>,
     alarm: watch::Sender<Alarm>,
     limits: watch::Sender<FlowLimits>,
+    access: Access,
 }
 
 impl Broker {
@@ -113,6 +115,22 @@ impl Broker {
         clock: Arc<dyn Clock>,
         limits: FlowLimits,
     ) -> Result<Arc<Self>, CoreError> {
+        Self::open_with_default_user(dir, log_config, clock, limits, &DefaultUser::default())
+    }
+
+    /// [`Broker::open`] with the user a new broker starts with (`guest`/`guest` by default);
+    /// users are kept in `<dir>/users.json`.
+    ///
+    /// # Errors
+    /// A virtual host or the users file that does not open.
+    pub fn open_with_default_user(
+        dir: Option<PathBuf>,
+        log_config: LogConfig,
+        clock: Arc<dyn Clock>,
+        limits: FlowLimits,
+        default_user: &DefaultUser,
+    ) -> Result<Arc<Self>, CoreError> {
+        let access = Access::open(dir.as_ref().map(|dir| dir.join("users.json")), default_user)?;
         let (alarm, _) = watch::channel(Alarm::Clear);
         let (limits, limits_changed) = watch::channel(limits);
         let broker = Arc::new(Self {
@@ -122,6 +140,7 @@ impl Broker {
             vhosts: Mutex::new(BTreeMap::new()),
             alarm,
             limits,
+            access,
         });
         let mut names = vec![DEFAULT_VHOST.to_owned()];
         if let Some(entries) = broker.vhosts_dir().and_then(|root| fs::read_dir(root).ok()) {
@@ -144,6 +163,12 @@ impl Broker {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Arc<VirtualHost>>> {
         self.vhosts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Users and permissions.
+    #[must_use]
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     /// A virtual host, if it exists.
@@ -197,6 +222,7 @@ impl Broker {
                 name: name.to_owned(),
             })?;
         host.close().await?;
+        self.access.forget_vhost(name)?;
         if let Some(root) = self.vhosts_dir() {
             let path = root.join(escape_name(name));
             if path.exists() {

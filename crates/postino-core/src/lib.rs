@@ -15,6 +15,7 @@
 //!
 //! What it must not know: sockets, frames, protocol error codes.
 
+pub mod access;
 pub mod broker;
 mod compacted;
 mod definitions;
@@ -30,6 +31,7 @@ pub mod topology;
 pub mod transaction;
 pub mod vhost;
 
+pub use access::{Access, Action, DefaultUser, PermissionInfo, UserInfo};
 pub use broker::{Alarm, Broker, DEFAULT_VHOST, FlowLimits};
 pub use error::{CoreError, GroupError, TransactionError};
 pub use group::{Committer, GroupHandle, GroupLimits, Join, Joined, OffsetCommit};

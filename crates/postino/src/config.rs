@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use postino_amqp::Limits;
-use postino_core::FlowLimits;
+use postino_core::{DefaultUser, FlowLimits};
 use postino_storage::{Durability, LogConfig};
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
@@ -21,6 +21,7 @@ use toml::{Table, Value};
 pub struct Config {
     pub server: ServerSection,
     pub log: LogSection,
+    pub auth: AuthSection,
     pub amqp: AmqpSection,
     pub storage: StorageSection,
     pub flow: FlowSection,
@@ -55,6 +56,27 @@ impl Default for LogSection {
         Self {
             format: "text".to_owned(),
             level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// The user created, as administrator of `/`, when the broker has no user yet.
+    pub default_user: String,
+    /// Its password (stored only as an argon2 hash).
+    pub default_password: String,
+    /// The default user may log in only from a loopback address, as RabbitMQ's `guest`.
+    pub default_user_loopback_only: bool,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            default_user: "guest".to_owned(),
+            default_password: "guest".to_owned(),
+            default_user_loopback_only: true,
         }
     }
 }
@@ -437,6 +459,9 @@ impl Loaded {
         tracing_subscriber::EnvFilter::try_new(&config.log.level).map_err(|error| {
             self.invalid("log.level", format!("{:?}: {error}", config.log.level))
         })?;
+        if config.auth.default_user.is_empty() {
+            return Err(self.invalid("auth.default_user", "must not be empty"));
+        }
         self.amqp_listen()?;
         // AMQP 0-9-1 §4.2.3: a peer must accept frames of at least 4096 octets.
         if config.amqp.frame_max < 4096 {
@@ -523,6 +548,16 @@ impl Loaded {
                 .min(usize::try_from(storage.segment_bytes_max).unwrap_or(usize::MAX)),
             ..LogConfig::default()
         })
+    }
+
+    /// The user a new broker starts with.
+    pub fn default_user(&self) -> DefaultUser {
+        let auth = &self.config.auth;
+        DefaultUser {
+            name: auth.default_user.clone(),
+            password: auth.default_password.clone(),
+            loopback_only: auth.default_user_loopback_only,
+        }
     }
 
     /// The flow-control limits.

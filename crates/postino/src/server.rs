@@ -110,11 +110,12 @@ fn serve(loaded: &Loaded) -> Result<()> {
         let path =
             fs::canonicalize(&config.server.data_dir).context("resolve the data directory")?;
         info!(path = %path.display(), version = env!("CARGO_PKG_VERSION"), "data directory ready");
-        let broker = Broker::open(
+        let broker = Broker::open_with_default_user(
             Some(path),
             loaded.log_config()?,
             Arc::new(SystemClock),
             loaded.flow_limits(),
+            &loaded.default_user(),
         )
         .context("open the broker")?;
         info!(vhosts = ?broker.vhost_names(), "broker ready");

@@ -1,5 +1,5 @@
 //! The real `postino` binary with lapin: a confirmed persistent message survives a restart of
-//! the server.
+//! the server; the configured default user is the one that logs in.
 
 mod support;
 
@@ -70,4 +70,38 @@ async fn a_confirmed_message_survives_a_server_restart() {
     delivery.ack(BasicAckOptions::default()).await.expect("ack");
     connection.close(200, "bye".into()).await.expect("close");
     support::stop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_default_user_logs_in_and_guest_does_not() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (server, address, _lines) = support::start_with(
+        dir.path(),
+        &[
+            ("POSTINO_AUTH_DEFAULT_USER", "admin"),
+            ("POSTINO_AUTH_DEFAULT_PASSWORD", "correct horse"),
+        ],
+    );
+    let connection = Connection::connect(
+        &format!("amqp://admin:correct%20horse@{address}/%2f"),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("the configured default user logs in");
+    connection.close(200, "bye".into()).await.expect("close");
+    let guest = Connection::connect(
+        &format!("amqp://guest:guest@{address}/%2f"),
+        ConnectionProperties::default(),
+    )
+    .await;
+    assert!(
+        guest.is_err(),
+        "guest exists only when it is the default user"
+    );
+    support::stop(server);
+    let saved = std::fs::read_to_string(dir.path().join("users.json")).expect("users saved");
+    assert!(
+        saved.contains("\"admin\"") && !saved.contains("correct horse"),
+        "{saved}"
+    );
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, exchange, queue};
 use amq_protocol::types::{FieldTable, ShortString};
-use postino_core::{Binding, CoreError, Destination, ExchangeSpec, QueueSpec, VirtualHost};
+use postino_core::{Action, Binding, CoreError, Destination, ExchangeSpec, QueueSpec, VirtualHost};
 
 use super::streams;
 
@@ -21,6 +21,18 @@ fn absent_is_deleted(outcome: Result<(), CoreError>) -> Result<(), CoreError> {
 }
 
 impl Session {
+    /// A binding writes into its destination and reads from its source exchange.
+    fn authorize_binding(
+        &mut self,
+        host: &VirtualHost,
+        destination_kind: &str,
+        destination: &ShortString,
+        source: &ShortString,
+    ) -> Result<(), CoreError> {
+        self.authorize(host, Action::Write, destination_kind, destination.as_str())?;
+        self.authorize(host, Action::Read, "exchange", source.as_str())
+    }
+
     pub(super) fn on_exchange(
         &mut self,
         host: &Arc<VirtualHost>,
@@ -38,6 +50,7 @@ impl Session {
                         });
                     }
                 } else {
+                    self.authorize(host, Action::Configure, "exchange", name)?;
                     let arguments = headers_from_table(&declare.arguments);
                     let alternate = match arguments.get("alternate-exchange") {
                         Some(postino_types::HeaderValue::Text(alternate)) => {
@@ -62,6 +75,12 @@ impl Session {
                 );
             }
             exchange::AMQPMethod::Delete(delete) => {
+                self.authorize(
+                    host,
+                    Action::Configure,
+                    "exchange",
+                    delete.exchange.as_str(),
+                )?;
                 absent_is_deleted(
                     host.delete_exchange(delete.exchange.as_str(), delete.if_unused),
                 )?;
@@ -72,6 +91,7 @@ impl Session {
                 );
             }
             exchange::AMQPMethod::Bind(bind) => {
+                self.authorize_binding(host, "exchange", &bind.destination, &bind.source)?;
                 host.bind(exchange_binding(
                     &bind.source,
                     &bind.destination,
@@ -85,6 +105,7 @@ impl Session {
                 );
             }
             exchange::AMQPMethod::Unbind(unbind) => {
+                self.authorize_binding(host, "exchange", &unbind.destination, &unbind.source)?;
                 host.unbind(&exchange_binding(
                     &unbind.source,
                     &unbind.destination,
@@ -124,6 +145,7 @@ impl Session {
                 {
                     (Self::stream_depth(stream).await?, 0)
                 } else if streams::is_stream(&arguments) && !declare.passive {
+                    self.authorize(host, Action::Configure, "queue", &name)?;
                     let spec = streams::stream_spec(
                         declare.durable,
                         declare.exclusive,
@@ -143,6 +165,7 @@ impl Session {
                                 reason: format!("queue name '{name}' is reserved"),
                             });
                         }
+                        self.authorize(host, Action::Configure, "queue", &name)?;
                         let spec = QueueSpec {
                             durable: declare.durable,
                             exclusive: declare.exclusive,
@@ -166,6 +189,7 @@ impl Session {
                 );
             }
             queue::AMQPMethod::Bind(bind) => {
+                self.authorize_binding(host, "queue", &bind.queue, &bind.exchange)?;
                 host.bind(queue_binding(
                     &bind.exchange,
                     &bind.queue,
@@ -179,6 +203,7 @@ impl Session {
                 );
             }
             queue::AMQPMethod::Unbind(unbind) => {
+                self.authorize_binding(host, "queue", &unbind.queue, &unbind.exchange)?;
                 host.unbind(&queue_binding(
                     &unbind.exchange,
                     &unbind.queue,
@@ -192,6 +217,7 @@ impl Session {
             }
             queue::AMQPMethod::Delete(delete) => {
                 let name = delete.queue.as_str();
+                self.authorize(host, Action::Configure, "queue", name)?;
                 let stream = host.stream(name);
                 let message_count = match host.queue_for(name, Some(self.connection)) {
                     Err(CoreError::NotFound { .. }) if stream.is_some() => {
@@ -220,6 +246,7 @@ impl Session {
                 );
             }
             queue::AMQPMethod::Purge(purge) => {
+                self.authorize(host, Action::Read, "queue", purge.queue.as_str())?;
                 let purged = host
                     .queue_for(purge.queue.as_str(), Some(self.connection))?
                     .purge()

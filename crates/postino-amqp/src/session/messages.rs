@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{AMQPClass, basic, tx};
-use postino_core::{ConsumerSpec, CoreError, GetSpec, Outcome, VirtualHost};
+use postino_core::{Action, ConsumerSpec, CoreError, GetSpec, Outcome, VirtualHost};
 use postino_types::Message;
 
 use super::{
@@ -50,6 +50,7 @@ impl Session {
                 );
             }
             basic::AMQPMethod::Publish(publish) => {
+                self.authorize(host, Action::Write, "exchange", publish.exchange.as_str())?;
                 if let Some(channel) = self.channels.get_mut(&id) {
                     channel.incoming = Some(Incoming {
                         exchange: publish.exchange.as_str().to_owned(),
@@ -83,6 +84,7 @@ impl Session {
                 );
             }
             basic::AMQPMethod::Get(get) => {
+                self.authorize(host, Action::Read, "queue", get.queue.as_str())?;
                 let queue = host.queue_for(get.queue.as_str(), Some(self.connection))?;
                 let spec = GetSpec {
                     auto_ack: get.no_ack,
@@ -261,6 +263,7 @@ impl Session {
         if consume.queue.as_str() == super::reply_to::REPLY_TO {
             return self.consume_replies(id, &consume);
         }
+        self.authorize(host, Action::Read, "queue", consume.queue.as_str())?;
         let stream = host.stream(consume.queue.as_str());
         let queue = match stream {
             Some(_) => None,

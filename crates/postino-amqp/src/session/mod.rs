@@ -13,14 +13,15 @@ use std::time::Duration;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame, parse_frame};
 use amq_protocol::protocol::{AMQPClass, channel, confirm, connection};
-use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use amq_protocol::types::ShortString;
 use bytes::{Buf, BytesMut};
-use postino_core::{Alarm, Broker, CoreError, Outcome, QueueHandle, VirtualHost};
+use postino_core::{Broker, CoreError, Outcome, QueueHandle, VirtualHost};
 use postino_types::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 mod declare;
+mod login;
 mod messages;
 mod reply_to;
 mod streams;
@@ -274,8 +275,12 @@ struct Session {
     channels: HashMap<u16, Channel>,
     next_consumer: u64,
     next_queue_name: u64,
-    /// The peer is on this machine: the default guest user may log in (as RabbitMQ allows).
+    /// The peer is on this machine: a loopback-only user (the default `guest`) may log in.
     loopback: bool,
+    /// The logged-in user (empty before `start-ok` succeeds).
+    user: String,
+    /// Permission checks already passed.
+    allowed: login::Allowed,
     /// The client understands `connection.blocked` (its start-ok capabilities say so).
     wants_blocked: bool,
     /// Tells the client when the broker's flow-control alarm rises and clears.
@@ -324,49 +329,18 @@ where
         next_consumer: 0,
         next_queue_name: 0,
         loopback,
+        user: String::new(),
+        allowed: login::Allowed::default(),
         wants_blocked: false,
         alarm_watcher: None,
         heartbeat,
     };
-    session.send(0, start());
+    session.send(0, login::start());
     let outcome = session.read_loop(&mut reader, &mut buffer).await;
     session.shutdown().await;
     drop(session);
     let _ = writer.await;
     outcome
-}
-
-fn start() -> AMQPClass {
-    let mut capabilities = FieldTable::default();
-    for capability in [
-        "publisher_confirms",
-        "exchange_exchange_bindings",
-        "basic.nack",
-        "consumer_cancel_notify",
-        "connection.blocked",
-        "per_consumer_qos",
-        "direct_reply_to",
-        "authentication_failure_close",
-    ] {
-        capabilities.insert(short(capability), AMQPValue::Boolean(true));
-    }
-    let mut properties = FieldTable::default();
-    properties.insert(
-        short("product"),
-        AMQPValue::LongString(LongString::from("postino")),
-    );
-    properties.insert(
-        short("version"),
-        AMQPValue::LongString(LongString::from(env!("CARGO_PKG_VERSION"))),
-    );
-    properties.insert(short("capabilities"), AMQPValue::FieldTable(capabilities));
-    AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
-        version_major: 0,
-        version_minor: 9,
-        server_properties: properties,
-        mechanisms: LongString::from("PLAIN AMQPLAIN"),
-        locales: LongString::from("en_US"),
-    }))
 }
 
 /// Writes queued frames in batches; sends a heartbeat after half the negotiated heartbeat
@@ -531,7 +505,7 @@ impl Session {
             AMQPFrame::Heartbeat
             | AMQPFrame::InvalidHeartbeat(_)
             | AMQPFrame::ProtocolHeader(_) => Next::Continue,
-            AMQPFrame::Method(0, AMQPClass::Connection(method)) => self.on_connection(method),
+            AMQPFrame::Method(0, AMQPClass::Connection(method)) => self.on_connection(method).await,
             AMQPFrame::Method(0, _) | AMQPFrame::Header(0, _) | AMQPFrame::Body(0, _) => {
                 self.close_connection(COMMAND_INVALID, "only connection methods go on channel 0");
                 Next::Stop
@@ -539,76 +513,6 @@ impl Session {
             AMQPFrame::Method(id, method) => self.on_channel_method(id, method).await,
             AMQPFrame::Header(id, header) => self.on_header(id, header).await,
             AMQPFrame::Body(id, body) => self.on_body(id, body).await,
-        }
-    }
-
-    fn on_connection(&mut self, method: connection::AMQPMethod) -> Next {
-        match method {
-            connection::AMQPMethod::StartOk(start_ok) => {
-                self.wants_blocked = capability(&start_ok.client_properties, "connection.blocked");
-                if !self.loopback || !authenticated(&start_ok) {
-                    let reason =
-                        "login refused: guest/guest (PLAIN or AMQPLAIN), from loopback only";
-                    self.close_connection(ACCESS_REFUSED, reason);
-                    return Next::Stop;
-                }
-                self.send(
-                    0,
-                    AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-                        channel_max: self.limits.channel_max,
-                        frame_max: self.limits.frame_max,
-                        heartbeat: self.limits.heartbeat_s,
-                    })),
-                );
-                Next::Continue
-            }
-            connection::AMQPMethod::TuneOk(tune_ok) => {
-                // The client may lower the heartbeat or turn it off (0).
-                let heartbeat_s = tune_ok.heartbeat.min(self.limits.heartbeat_s);
-                self.heartbeat.store(heartbeat_s, Ordering::Relaxed);
-                if tune_ok.frame_max > 0 {
-                    self.frame_max = tune_ok.frame_max.min(self.limits.frame_max).max(4096);
-                }
-                Next::Continue
-            }
-            connection::AMQPMethod::Open(open) => {
-                match self.broker.vhost(open.virtual_host.as_str()) {
-                    Some(host) => {
-                        self.host = Some(host);
-                        self.send(
-                            0,
-                            AMQPClass::Connection(connection::AMQPMethod::OpenOk(
-                                connection::OpenOk {},
-                            )),
-                        );
-                        if self.wants_blocked {
-                            let alarm = self.broker.alarm();
-                            let out = self.out.clone();
-                            self.alarm_watcher = Some(tokio::spawn(watch_alarm(alarm, out)));
-                        }
-                        Next::Continue
-                    }
-                    None => {
-                        self.close_connection(
-                            NOT_ALLOWED,
-                            &format!("vhost '{}' not found", open.virtual_host),
-                        );
-                        Next::Stop
-                    }
-                }
-            }
-            connection::AMQPMethod::Close(_) => {
-                self.send(
-                    0,
-                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
-                );
-                Next::Stop
-            }
-            connection::AMQPMethod::CloseOk(_) => Next::Stop,
-            _ => {
-                self.close_connection(NOT_IMPLEMENTED, "connection method not supported");
-                Next::Stop
-            }
         }
     }
 
@@ -740,54 +644,6 @@ impl Session {
     }
 }
 
-/// Sends `connection.blocked` while the broker's flow-control alarm holds (publishers then
-/// wait in the core anyway) and `connection.unblocked` when it clears.
-async fn watch_alarm(mut alarm: tokio::sync::watch::Receiver<Alarm>, out: Out) {
-    let mut blocked = false;
-    loop {
-        let current = *alarm.borrow_and_update();
-        let method = match (current, blocked) {
-            (Alarm::Clear, true) => {
-                Some(connection::AMQPMethod::Unblocked(connection::Unblocked {}))
-            }
-            (Alarm::Memory | Alarm::Disk, false) => {
-                let reason = if current == Alarm::Memory {
-                    "low on memory"
-                } else {
-                    "low on disk"
-                };
-                Some(connection::AMQPMethod::Blocked(connection::Blocked {
-                    reason: short(reason),
-                }))
-            }
-            _ => None,
-        };
-        if let Some(method) = method {
-            blocked = !blocked;
-            if out
-                .send(AMQPFrame::Method(0, AMQPClass::Connection(method)))
-                .is_err()
-            {
-                return;
-            }
-        }
-        if alarm.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Whether a client's properties list `name` among its capabilities.
-fn capability(properties: &FieldTable, name: &str) -> bool {
-    let Some(AMQPValue::FieldTable(capabilities)) = properties.inner().get("capabilities") else {
-        return false;
-    };
-    matches!(
-        capabilities.inner().get(name),
-        Some(AMQPValue::Boolean(true))
-    )
-}
-
 /// The size of the frame at the start of `buffer`, once its 7-byte header has arrived.
 fn frame_size(buffer: &[u8]) -> Option<usize> {
     if buffer.len() < 7 {
@@ -795,40 +651,6 @@ fn frame_size(buffer: &[u8]) -> Option<usize> {
     }
     let payload = u32::from_be_bytes([buffer[3], buffer[4], buffer[5], buffer[6]]) as usize;
     Some(payload + FRAME_OVERHEAD)
-}
-
-/// The user name and password of a `start-ok`: PLAIN (`authzid NUL user NUL password`) or
-/// AMQPLAIN (a field table, without its length prefix, holding `LOGIN` and `PASSWORD`).
-fn credentials(start_ok: &connection::StartOk) -> Option<(String, String)> {
-    let response = start_ok.response.as_bytes();
-    match start_ok.mechanism.as_str() {
-        "PLAIN" => {
-            let mut parts = response.split(|byte| *byte == 0);
-            let _authzid = parts.next();
-            let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
-            let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
-            Some((user, password))
-        }
-        "AMQPLAIN" => {
-            let mut table = u32::try_from(response.len()).ok()?.to_be_bytes().to_vec();
-            table.extend_from_slice(response);
-            let (_, table) =
-                amq_protocol::types::parsing::parse_field_table(table.as_slice()).ok()?;
-            let text = |name: &str| match table.inner().get(&ShortString::from(name))? {
-                AMQPValue::LongString(text) => String::from_utf8(text.as_bytes().to_vec()).ok(),
-                AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
-                _ => None,
-            };
-            Some((text("LOGIN")?, text("PASSWORD")?))
-        }
-        _ => None,
-    }
-}
-
-/// The default user, by PLAIN or AMQPLAIN (users and permissions come with the management
-/// issue).
-fn authenticated(start_ok: &connection::StartOk) -> bool {
-    credentials(start_ok).is_some_and(|(user, password)| user == "guest" && password == "guest")
 }
 
 #[cfg(test)]
@@ -899,29 +721,6 @@ mod tests {
             reply_for(&corrupt),
             Fault::Connection(INTERNAL_ERROR, _)
         ));
-    }
-
-    #[test]
-    fn plain_and_amqplain_logins_are_read() {
-        let start_ok = |mechanism: &str, response: LongString| connection::StartOk {
-            client_properties: FieldTable::default(),
-            mechanism: ShortString::from(mechanism),
-            response,
-            locale: ShortString::from("en_US"),
-        };
-        let guest = amq_protocol::auth::Credentials::default();
-        let amqplain = guest.sasl_auth_string(amq_protocol::auth::SASLMechanism::AMQPlain);
-        assert!(authenticated(&start_ok("AMQPLAIN", amqplain)));
-        let plain = guest.sasl_auth_string(amq_protocol::auth::SASLMechanism::Plain);
-        assert!(authenticated(&start_ok("PLAIN", plain)));
-        let wrong = amq_protocol::auth::Credentials::new("guest".into(), "nope".into())
-            .sasl_auth_string(amq_protocol::auth::SASLMechanism::AMQPlain);
-        assert!(!authenticated(&start_ok("AMQPLAIN", wrong)));
-        assert!(!authenticated(&start_ok(
-            "AMQPLAIN",
-            LongString::from("\u{5}LOG")
-        )));
-        assert!(!authenticated(&start_ok("EXTERNAL", LongString::from(""))));
     }
 
     #[test]

@@ -6,9 +6,19 @@ use std::process::{Child, ChildStderr, Command, Stdio};
 
 /// Starts the server on a temporary port; returns it, its AMQP address and its log lines.
 pub fn start(data_dir: &Path) -> (Child, String, Lines<BufReader<ChildStderr>>) {
+    start_with(data_dir, &[])
+}
+
+/// [`start`] with environment variables set for the server.
+#[allow(dead_code, reason = "each test binary uses the helpers it needs")]
+pub fn start_with(
+    data_dir: &Path,
+    environment: &[(&str, &str)],
+) -> (Child, String, Lines<BufReader<ChildStderr>>) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_postino"))
         .args(["server", "--amqp-listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .envs(environment.iter().copied())
         .env_remove("POSTINO_LOG")
         .stderr(Stdio::piped())
         .spawn()
