@@ -232,7 +232,14 @@ impl Drop for ServerGuard {
 /// URI once it listens. Its log keeps being drained so it never blocks on a full pipe.
 fn start_postino(binary: &Path, dir: &Path) -> Result<(Child, String)> {
     let mut child = Command::new(binary)
-        .args(["server", "--amqp-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "server",
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--data-dir",
+        ])
         .arg(dir)
         .env_remove("POSTINO_LOG")
         .stdout(Stdio::null())

@@ -203,6 +203,21 @@ fn hash_password(password: &str) -> Result<String, CoreError> {
         })
 }
 
+/// Whether `hash` is an argon2 password hash in PHC form.
+pub(crate) fn hash_is_argon2(hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| parsed.algorithm.as_str().starts_with("argon2"))
+}
+
+fn check_name(name: &str) -> Result<(), CoreError> {
+    if name.is_empty() {
+        return Err(CoreError::InvalidArgument {
+            name: "name".to_owned(),
+            reason: "a user name must not be empty".to_owned(),
+        });
+    }
+    Ok(())
+}
+
 fn refused(reason: String) -> CoreError {
     CoreError::AccessRefused { reason }
 }
@@ -389,14 +404,31 @@ impl Access {
         password: Option<&str>,
         tags: Vec<String>,
     ) -> Result<(), CoreError> {
-        if name.is_empty() {
-            return Err(CoreError::InvalidArgument {
-                name: "name".to_owned(),
-                reason: "a user name must not be empty".to_owned(),
-            });
-        }
+        check_name(name)?;
         let hash = password.map(hash_password).transpose()?;
         self.put_hashed_user(name, hash, tags)
+    }
+
+    /// Creates or updates a user from a password hash in PHC form (an export's
+    /// `password_hash`).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an empty name or a hash that is not an argon2 PHC string;
+    /// `Definitions` when the change cannot be saved.
+    pub fn put_user_hashed(
+        &self,
+        name: &str,
+        password_hash: &str,
+        tags: Vec<String>,
+    ) -> Result<(), CoreError> {
+        check_name(name)?;
+        if !hash_is_argon2(password_hash) {
+            return Err(CoreError::InvalidArgument {
+                name: "password_hash".to_owned(),
+                reason: "not an argon2 hash in PHC form ($argon2id$…)".to_owned(),
+            });
+        }
+        self.put_hashed_user(name, Some(password_hash.to_owned()), tags)
     }
 
     fn put_hashed_user(

@@ -90,6 +90,18 @@ fn assess(limits: &FlowLimits, dir: Option<&Path>) -> Alarm {
     Alarm::Clear
 }
 
+/// A node's resource readings against its flow limits, as the management API shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    /// Resident memory, when `/proc` tells it.
+    pub memory_bytes: Option<u64>,
+    pub memory_bytes_max: u64,
+    /// Free space on the data directory's file system (none without a directory).
+    pub disk_free_bytes: Option<u64>,
+    pub disk_free_bytes_min: u64,
+    pub alarm: Alarm,
+}
+
 /// Virtual hosts and the flow-control alarm of one node.
 #[derive(Debug)]
 pub struct Broker {
@@ -239,6 +251,19 @@ impl Broker {
     #[must_use]
     pub fn alarm(&self) -> watch::Receiver<Alarm> {
         self.alarm.subscribe()
+    }
+
+    /// Memory and disk now, the limits, and the alarm in force.
+    #[must_use]
+    pub fn resources(&self) -> Resources {
+        let limits = *self.limits.borrow();
+        Resources {
+            memory_bytes: resident_bytes(),
+            memory_bytes_max: limits.memory_bytes_max,
+            disk_free_bytes: self.dir.as_deref().and_then(free_disk_bytes),
+            disk_free_bytes_min: limits.disk_free_bytes_min,
+            alarm: *self.alarm.borrow(),
+        }
     }
 
     /// Replaces the flow limits; they apply at the next check.

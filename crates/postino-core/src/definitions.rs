@@ -172,7 +172,7 @@ fn definitions(state: &State) -> Value {
     json!({ "exchanges": exchanges, "queues": queues, "bindings": bindings })
 }
 
-fn headers_to_json(headers: &Headers) -> Value {
+pub(crate) fn headers_to_json(headers: &Headers) -> Value {
     Value::Object(
         headers
             .iter()
@@ -194,7 +194,7 @@ fn value_to_json(value: &HeaderValue) -> Value {
     }
 }
 
-fn headers_from_json(value: &Value) -> Headers {
+pub(crate) fn headers_from_json(value: &Value) -> Headers {
     value
         .as_object()
         .map(|object| {

@@ -17,6 +17,7 @@
 
 pub mod access;
 pub mod broker;
+pub mod catalog;
 mod compacted;
 mod definitions;
 pub mod error;
@@ -32,7 +33,8 @@ pub mod transaction;
 pub mod vhost;
 
 pub use access::{Access, Action, DefaultUser, PermissionInfo, UserInfo};
-pub use broker::{Alarm, Broker, DEFAULT_VHOST, FlowLimits};
+pub use broker::{Alarm, Broker, DEFAULT_VHOST, FlowLimits, Resources};
+pub use catalog::{Definitions, ImportReport, QueueInfo, Tags};
 pub use error::{CoreError, GroupError, TransactionError};
 pub use group::{Committer, GroupHandle, GroupLimits, Join, Joined, OffsetCommit};
 pub use offsets::OffsetSet;

@@ -81,6 +81,32 @@ impl ExchangeSpec {
     }
 }
 
+impl ExchangeSpec {
+    /// The exchange a declaration asks for; its alternate exchange comes from the
+    /// `alternate-exchange` argument, as in RabbitMQ.
+    #[must_use]
+    pub fn declared(
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: Headers,
+    ) -> Self {
+        let alternate = match arguments.get("alternate-exchange") {
+            Some(HeaderValue::Text(alternate)) => Some(alternate.clone()),
+            _ => None,
+        };
+        Self {
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            alternate,
+            arguments,
+        }
+    }
+}
+
 /// Where a binding leads.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Destination {

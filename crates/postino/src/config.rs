@@ -23,6 +23,7 @@ pub struct Config {
     pub log: LogSection,
     pub auth: AuthSection,
     pub amqp: AmqpSection,
+    pub http: HttpSection,
     pub storage: StorageSection,
     pub flow: FlowSection,
 }
@@ -101,6 +102,22 @@ impl Default for AmqpSection {
             channel_max: limits.channel_max,
             heartbeat_s: limits.heartbeat_s,
             body_bytes_max: limits.body_bytes_max,
+        }
+    }
+}
+
+/// The management HTTP API and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// `host:port` (port 0 picks one) or `off`.
+    pub listen: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:15672".to_owned(),
         }
     }
 }
@@ -187,6 +204,7 @@ pub struct Flags {
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<String>,
     pub amqp_listen: Option<String>,
+    pub http_listen: Option<String>,
 }
 
 /// The effective configuration, and the source of each `section.key`.
@@ -225,6 +243,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Loade
         ),
         ("log", "format", "--log-format", flags.log_format.clone()),
         ("amqp", "listen", "--amqp-listen", flags.amqp_listen.clone()),
+        ("http", "listen", "--http-listen", flags.http_listen.clone()),
     ];
     for (section, key, flag, value) in flag_values {
         if let Some(value) = value {
@@ -420,6 +439,15 @@ pub enum Listen {
     At(String),
 }
 
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Off => f.write_str("off"),
+            Listen::At(address) => f.write_str(address),
+        }
+    }
+}
+
 impl std::str::FromStr for Listen {
     type Err = String;
 
@@ -463,6 +491,7 @@ impl Loaded {
             return Err(self.invalid("auth.default_user", "must not be empty"));
         }
         self.amqp_listen()?;
+        self.http_listen()?;
         // AMQP 0-9-1 §4.2.3: a peer must accept frames of at least 4096 octets.
         if config.amqp.frame_max < 4096 {
             return Err(self.invalid(
@@ -504,11 +533,21 @@ impl Loaded {
     /// # Errors
     /// An address that is not `host:port` or `off`.
     pub fn amqp_listen(&self) -> Result<Listen, ConfigError> {
-        self.config
-            .amqp
-            .listen
+        self.listen("amqp.listen", &self.config.amqp.listen)
+    }
+
+    /// The management API's listener.
+    ///
+    /// # Errors
+    /// An address that is not `host:port` or `off`.
+    pub fn http_listen(&self) -> Result<Listen, ConfigError> {
+        self.listen("http.listen", &self.config.http.listen)
+    }
+
+    fn listen(&self, key: &str, value: &str) -> Result<Listen, ConfigError> {
+        value
             .parse()
-            .map_err(|reason: String| self.invalid("amqp.listen", reason))
+            .map_err(|reason: String| self.invalid(key, reason))
     }
 
     /// The AMQP front-end's limits.

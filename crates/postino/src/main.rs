@@ -1,6 +1,8 @@
 //! The `postino` binary: wiring only. `postino server` runs the broker; `postino bench` runs the
-//! benchmarks; `postino sim` runs the gossip simulator. Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
+//! benchmarks; `postino sim` runs the gossip simulator; `postino <noun> <verb>` administers a
+//! running server through its management API. Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
 
+mod admin;
 mod config;
 mod server;
 mod sim;
@@ -17,6 +19,8 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "A message broker: queues, pub/sub and streams on one log"
 )]
 struct Cli {
+    #[command(flatten)]
+    target: admin::Target,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,15 +33,14 @@ enum Command {
     Bench(BenchArgs),
     /// Run a gossip protocol in the deterministic simulator and print its table.
     Sim(sim::SimArgs),
+    #[command(flatten)]
+    Admin(admin::Noun),
 }
 
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
     /// What to measure.
     target: BenchTarget,
-    /// One JSON object per scenario instead of a table.
-    #[arg(long)]
-    json: bool,
     /// A short run (seconds) instead of the full one (minutes).
     #[arg(long)]
     quick: bool,
@@ -76,12 +79,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Server(args) => server::run(args),
-        Command::Bench(args) => bench(&args),
-        Command::Sim(args) => sim::run(&args),
+        Command::Bench(args) => bench(&args, cli.target.json()),
+        Command::Sim(args) => sim::run(&args, cli.target.json()),
+        Command::Admin(noun) => admin::run(&cli.target, noun),
     }
 }
 
-fn bench(args: &BenchArgs) -> ExitCode {
+fn bench(args: &BenchArgs, json: bool) -> ExitCode {
     let size = if args.quick {
         postino_bench::storage::Size::Quick
     } else {
@@ -94,9 +98,9 @@ fn bench(args: &BenchArgs) -> ExitCode {
         BenchTarget::Sim => ("sim", postino_bench::sim::columns()),
         BenchTarget::Amqp => ("amqp", postino_bench::amqp::columns()),
     };
-    let mut printer = postino_bench::Printer::new(args.json, columns);
+    let mut printer = postino_bench::Printer::new(json, columns);
     let child = std::env::var_os(postino_bench::sim::CHILD_TABLE).is_some();
-    if !args.json && !child {
+    if !json && !child {
         let load =
             postino_bench::load_average().map_or("unknown".to_owned(), |load| format!("{load:.2}"));
         println!(

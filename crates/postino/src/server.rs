@@ -34,6 +34,10 @@ pub struct ServerArgs {
     /// default `0.0.0.0:5672`).
     #[arg(long)]
     amqp_listen: Option<Listen>,
+    /// Where the management HTTP API and `/metrics` listen (`host:port`, port 0 picks one,
+    /// `off` disables; default `0.0.0.0:15672`).
+    #[arg(long)]
+    http_listen: Option<Listen>,
     /// Print the effective configuration, each key with where its value came from, and exit.
     #[arg(long)]
     print_config: bool,
@@ -57,10 +61,8 @@ pub fn run(args: ServerArgs) -> ExitCode {
             }
             .to_owned()
         }),
-        amqp_listen: args.amqp_listen.as_ref().map(|listen| match listen {
-            Listen::Off => "off".to_owned(),
-            Listen::At(address) => address.clone(),
-        }),
+        amqp_listen: args.amqp_listen.as_ref().map(Listen::to_string),
+        http_listen: args.http_listen.as_ref().map(Listen::to_string),
     };
     let loaded = match config::load(&flags, &|name| std::env::var(name).ok()) {
         Ok(loaded) => loaded,
@@ -119,6 +121,7 @@ fn serve(loaded: &Loaded) -> Result<()> {
         )
         .context("open the broker")?;
         info!(vhosts = ?broker.vhost_names(), "broker ready");
+        let mut listeners = Vec::new();
         if let Listen::At(address) = loaded.amqp_listen()? {
             let listener = bind(&address, "amqp").await?;
             let local = listener
@@ -129,7 +132,32 @@ fn serve(loaded: &Loaded) -> Result<()> {
                 Arc::clone(&broker),
                 loaded.amqp_limits(),
             ));
-            info!(protocol = %"amqp", addr = %local, "listening");
+            listeners.push(postino_http::Listener {
+                protocol: "amqp".to_owned(),
+                address: local,
+            });
+        }
+        let http = match loaded.http_listen()? {
+            Listen::At(address) => Some(bind(&address, "http").await?),
+            Listen::Off => None,
+        };
+        if let Some(listener) = http {
+            let local = listener
+                .local_addr()
+                .context("the HTTP listener's address")?;
+            listeners.push(postino_http::Listener {
+                protocol: "http".to_owned(),
+                address: local,
+            });
+            let api = postino_http::Api::new(Arc::clone(&broker), listeners.clone());
+            tokio::spawn(async move {
+                if let Err(error) = postino_http::serve(listener, api).await {
+                    error!(%error, "the management API stopped");
+                }
+            });
+        }
+        for listener in &listeners {
+            info!(protocol = %listener.protocol, addr = %listener.address, "listening");
         }
         let signal = stop.await;
         info!(signal, "shutting down");

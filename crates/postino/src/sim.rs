@@ -23,9 +23,6 @@ pub struct SimArgs {
     /// Seed of every random choice.
     #[arg(long, global = true, default_value_t = 1)]
     seed: u64,
-    /// One JSON object per row instead of a table.
-    #[arg(long, global = true)]
-    json: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -152,7 +149,7 @@ fn broadcast(
 }
 
 /// Runs the scenario and prints its rows; bad parameters exit with 2, naming the parameter.
-pub fn run(args: &SimArgs) -> ExitCode {
+pub fn run(args: &SimArgs, json: bool) -> ExitCode {
     let rows = match &args.scenario {
         Scenario::Rumor { variant, k } => variant.parse::<Variant>().and_then(|variant| {
             let ks = postino_sim::parse_range("k", k)?;
@@ -228,7 +225,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.json {
+    if json {
         for row in &rows {
             println!("{}", row.to_json());
         }

@@ -33,7 +33,14 @@ fn server_opens_its_data_directory_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("dir");
     let data_dir = dir.path().join("data");
     let mut server = postino()
-        .args(["server", "--amqp-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "server",
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .env_remove("POSTINO_LOG")
         .stderr(Stdio::piped())
@@ -52,7 +59,14 @@ fn server_opens_its_data_directory_and_stops_cleanly_on_sigterm() {
     );
 
     let second = postino()
-        .args(["server", "--amqp-listen", "off", "--data-dir"])
+        .args([
+            "server",
+            "--amqp-listen",
+            "off",
+            "--http-listen",
+            "off",
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .output()
         .expect("run a second server");
@@ -163,6 +177,8 @@ fn a_port_in_use_is_named() {
             "server",
             "--amqp-listen",
             &address.to_string(),
+            "--http-listen",
+            "off",
             "--data-dir",
         ])
         .arg(dir.path())

@@ -6,7 +6,7 @@ use amq_protocol::protocol::{AMQPClass, exchange, queue};
 use amq_protocol::types::{FieldTable, ShortString};
 use postino_core::{Action, Binding, CoreError, Destination, ExchangeSpec, QueueSpec, VirtualHost};
 
-use super::streams;
+use postino_core::stream::{is_stream_queue, stream_queue_spec};
 
 use super::{COMMAND_INVALID, Session, short};
 use crate::convert::headers_from_table;
@@ -52,20 +52,13 @@ impl Session {
                 } else {
                     self.authorize(host, Action::Configure, "exchange", name)?;
                     let arguments = headers_from_table(&declare.arguments);
-                    let alternate = match arguments.get("alternate-exchange") {
-                        Some(postino_types::HeaderValue::Text(alternate)) => {
-                            Some(alternate.clone())
-                        }
-                        _ => None,
-                    };
-                    let spec = ExchangeSpec {
-                        kind: declare.kind.as_str().parse()?,
-                        durable: declare.durable,
-                        auto_delete: declare.auto_delete,
-                        internal: declare.internal,
-                        alternate,
+                    let spec = ExchangeSpec::declared(
+                        declare.kind.as_str().parse()?,
+                        declare.durable,
+                        declare.auto_delete,
+                        declare.internal,
                         arguments,
-                    };
+                    );
                     host.declare_exchange(name, spec)?;
                 }
                 self.reply_unless_nowait(
@@ -144,9 +137,9 @@ impl Session {
                     (declare.passive, &stream)
                 {
                     (Self::stream_depth(stream).await?, 0)
-                } else if streams::is_stream(&arguments) && !declare.passive {
+                } else if is_stream_queue(&arguments) && !declare.passive {
                     self.authorize(host, Action::Configure, "queue", &name)?;
-                    let spec = streams::stream_spec(
+                    let spec = stream_queue_spec(
                         declare.durable,
                         declare.exclusive,
                         declare.auto_delete,

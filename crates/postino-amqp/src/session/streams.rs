@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use amq_protocol::protocol::{AMQPClass, basic};
-use postino_core::stream::records_of;
+use postino_core::stream::{parse_age, records_of};
 use postino_core::{CoreError, FetchSpec, OnOutOfRange, StartAt, Stream, StreamSpec, VirtualHost};
 use postino_types::{Clock, HeaderValue, Headers, Message, SystemClock};
 
@@ -19,84 +19,11 @@ use super::{Consumer, Session, flow_allows, lock, send_content, short};
 /// How long a stream reader's fetch waits for new records before asking again.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 
-/// Whether a declaration's arguments ask for a stream queue.
-pub(super) fn is_stream(arguments: &Headers) -> bool {
-    matches!(arguments.get("x-queue-type"), Some(HeaderValue::Text(kind)) if kind == "stream")
-}
-
 fn invalid(name: &str, reason: impl Into<String>) -> CoreError {
     CoreError::InvalidArgument {
         name: name.to_owned(),
         reason: reason.into(),
     }
-}
-
-/// A RabbitMQ duration such as `7D` or `12h` (units `Y`, `M`, `D`, `h`, `m`, `s`; a year is
-/// 365 days and a month 30).
-fn age(name: &str, text: &str) -> Result<Duration, CoreError> {
-    let split = text.len().saturating_sub(1);
-    let (digits, unit) = text.split_at(split);
-    let count: u64 = digits.parse().map_err(|_| {
-        invalid(
-            name,
-            format!("{text:?} is not a number with a unit (Y M D h m s)"),
-        )
-    })?;
-    let seconds = match unit {
-        "Y" => 365 * 86_400,
-        "M" => 30 * 86_400,
-        "D" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        "s" => 1,
-        _ => return Err(invalid(name, format!("{text:?} has no unit (Y M D h m s)"))),
-    };
-    Ok(Duration::from_secs(count.saturating_mul(seconds)))
-}
-
-fn positive(name: &str, value: &HeaderValue) -> Result<u64, CoreError> {
-    match value {
-        HeaderValue::Int(number) if *number > 0 => Ok(*number as u64),
-        _ => Err(invalid(name, "must be a positive integer")),
-    }
-}
-
-/// The stream a stream-queue declaration asks for.
-///
-/// # Errors
-/// `PreconditionFailed` for a stream that is not durable or is exclusive or auto-delete;
-/// `InvalidArgument` for a bad `x-max-age`, `x-max-length-bytes` or
-/// `x-stream-max-segment-size-bytes`.
-pub(super) fn stream_spec(
-    durable: bool,
-    exclusive: bool,
-    auto_delete: bool,
-    arguments: &Headers,
-) -> Result<StreamSpec, CoreError> {
-    if !durable || exclusive || auto_delete {
-        return Err(CoreError::PreconditionFailed {
-            reason: "a stream queue must be durable, not exclusive and not auto-delete".to_owned(),
-        });
-    }
-    let mut spec = StreamSpec::with_partitions(1);
-    for (name, value) in arguments {
-        match name.as_str() {
-            "x-queue-type" => {}
-            "x-max-age" => match value {
-                HeaderValue::Text(text) => spec.retention = Some(age(name, text)?),
-                _ => return Err(invalid(name, "must be a string such as 7D")),
-            },
-            "x-max-length-bytes" => spec.retention_bytes = Some(positive(name, value)?),
-            "x-stream-max-segment-size-bytes" => {
-                spec.segment_bytes_max = Some(positive(name, value)?);
-            }
-            other if other.starts_with("x-") => {
-                return Err(invalid(other, "is not an argument of stream queues"));
-            }
-            _ => {}
-        }
-    }
-    Ok(spec)
 }
 
 /// Where a stream consumer starts, from its `x-stream-offset` argument (default `next`).
@@ -110,7 +37,7 @@ fn start_of(arguments: &Headers, now_ms: i64) -> Result<StartAt, CoreError> {
             // RabbitMQ starts at the last chunk; postino at the last record.
             "last" => StartAt::Timestamp(i64::MAX),
             interval => {
-                let back = age(NAME, interval)?;
+                let back = parse_age(NAME, interval)?;
                 StartAt::Timestamp(now_ms.saturating_sub(back.as_millis() as i64))
             }
         },
@@ -261,45 +188,6 @@ mod tests {
             .iter()
             .map(|(name, value)| ((*name).to_owned(), value.clone()))
             .collect()
-    }
-
-    #[test]
-    fn stream_arguments_become_the_stream_spec() {
-        let spec = stream_spec(
-            true,
-            false,
-            false,
-            &arguments(&[
-                ("x-queue-type", HeaderValue::Text("stream".into())),
-                ("x-max-age", HeaderValue::Text("7D".into())),
-                ("x-max-length-bytes", HeaderValue::Int(1 << 30)),
-            ]),
-        )
-        .expect("a valid stream");
-        assert_eq!(spec.retention, Some(Duration::from_secs(7 * 86_400)));
-        assert_eq!(spec.retention_bytes, Some(1 << 30));
-        assert!(matches!(
-            stream_spec(false, false, false, &Headers::new()),
-            Err(CoreError::PreconditionFailed { .. })
-        ));
-        assert!(matches!(
-            stream_spec(
-                true,
-                false,
-                false,
-                &arguments(&[("x-max-age", HeaderValue::Text("7 days".into()))])
-            ),
-            Err(CoreError::InvalidArgument { .. })
-        ));
-        assert!(matches!(
-            stream_spec(
-                true,
-                false,
-                false,
-                &arguments(&[("x-message-ttl", HeaderValue::Int(5))])
-            ),
-            Err(CoreError::InvalidArgument { .. })
-        ));
     }
 
     #[test]

@@ -114,6 +114,15 @@ pub struct QueueEngine<L: Log> {
     delays: delay::Delays,
     /// Prepared transactions waiting for their outcome, by id.
     pending: BTreeMap<u64, transaction::Pending>,
+    /// The counters [`QueueStats`] reports since the engine opened.
+    totals: Totals,
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    published: u64,
+    delivered: u64,
+    acknowledged: u64,
 }
 
 /// Where a queue keeps what is not in its log, and what its host knows for its recovery.
@@ -191,6 +200,7 @@ impl<L: Log> QueueEngine<L> {
             busy: groups::Busy::default(),
             delays,
             pending: BTreeMap::new(),
+            totals: Totals::default(),
         };
         for (transaction, commit) in recovered.resolved {
             let kind = if commit {
@@ -220,6 +230,9 @@ impl<L: Log> QueueEngine<L> {
             ready_bytes: self.ready.bytes(),
             unacked: self.in_flight.len() as u64,
             consumers: self.consumers.len(),
+            published: self.totals.published,
+            delivered: self.totals.delivered,
+            acknowledged: self.totals.acknowledged,
         }
     }
 
@@ -257,6 +270,7 @@ impl<L: Log> QueueEngine<L> {
             self.last_ticket = Some(appended.durable.clone());
         }
         self.enter(now_ms, id, message)?;
+        self.totals.published += 1;
         let pushes = self.finish(now_ms)?;
         Ok(Published {
             id,
@@ -525,6 +539,7 @@ impl<L: Log> QueueEngine<L> {
                 Outcome::Requeue => self.return_to_queue(now_ms, id)?,
                 Outcome::Accept => {
                     self.release(id);
+                    self.totals.acknowledged += 1;
                     self.delivery_counts.remove(&id);
                     self.settled.insert(id);
                 }
@@ -730,6 +745,7 @@ impl<L: Log> QueueEngine<L> {
         let count = self.delivery_counts.get(&offset).copied().unwrap_or(0);
         message.annotations.delivery_count = count;
         message.annotations.redelivered = count > 0;
+        self.totals.delivered += 1;
         if auto_ack {
             self.delivery_counts.remove(&offset);
             self.settled.insert(offset);

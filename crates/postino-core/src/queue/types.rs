@@ -101,4 +101,9 @@ pub struct QueueStats {
     pub ready_bytes: u64,
     pub unacked: u64,
     pub consumers: usize,
+    /// Since the queue's owner started: messages published to it (outside transactions),
+    /// handed to consumers and gets, and acknowledged by them; rates come from these.
+    pub published: u64,
+    pub delivered: u64,
+    pub acknowledged: u64,
 }

@@ -6,6 +6,7 @@
 //! spec, rewritten atomically) and one log per partition in `<n>/`. Partitions can be added,
 //! never removed (a key's partition would change under its readers).
 
+mod arguments;
 mod compaction;
 mod host;
 mod owner;
@@ -30,6 +31,7 @@ use serde_json::{Value, json};
 use crate::definitions::write_atomically;
 use crate::error::CoreError;
 
+pub use arguments::{is_stream_queue, parse_age, stream_queue_spec};
 pub use owner::{MAILBOX_CAPACITY, PartitionHandle, StreamEnqueued};
 pub use partition::{
     FetchSpec, Fetched, Isolation, OnOutOfRange, PartitionEngine, PartitionStats, Produced, StartAt,
@@ -77,7 +79,11 @@ impl StreamSpec {
         }
     }
 
-    fn check(&self) -> Result<(), CoreError> {
+    /// Checks the partition count.
+    ///
+    /// # Errors
+    /// `InvalidArgument` naming the bad setting.
+    pub fn check(&self) -> Result<(), CoreError> {
         if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
             return Err(CoreError::InvalidArgument {
                 name: "partitions".to_owned(),
@@ -103,7 +109,10 @@ impl StreamSpec {
         Ok(config)
     }
 
-    fn to_json(&self) -> Value {
+    /// The spec as JSON: `partitions`, `retention_ms`, `retention_bytes`, `segment_bytes`,
+    /// `durability`, `compaction_tombstone_ms` (absent settings are `null`).
+    #[must_use]
+    pub fn to_json(&self) -> Value {
         json!({
             "partitions": self.partitions,
             "retention_ms": self.retention.map(|every| every.as_millis() as u64),
@@ -114,7 +123,11 @@ impl StreamSpec {
         })
     }
 
-    fn from_json(value: &Value) -> Result<Self, String> {
+    /// The spec [`StreamSpec::to_json`] wrote; other keys are ignored.
+    ///
+    /// # Errors
+    /// The reason, for a missing `partitions` or a bad `durability`.
+    pub fn from_json(value: &Value) -> Result<Self, String> {
         let partitions = value["partitions"]
             .as_u64()
             .and_then(|count| u32::try_from(count).ok())
