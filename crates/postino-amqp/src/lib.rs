@@ -64,7 +64,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let replies = Arc::default();
-    session::run(stream, broker, replies, connection, limits, true).await
+    session::run(stream, broker, replies, connection, limits, None).await
 }
 
 /// Accepts AMQP connections on `listener` until the task is dropped; each connection runs in
@@ -86,8 +86,8 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, limits: Limits) {
                 let broker = Arc::clone(&broker);
                 let replies = Arc::clone(&replies);
                 tokio::spawn(async move {
-                    let loopback = peer.ip().is_loopback();
-                    let served = session::run(socket, broker, replies, id, limits, loopback).await;
+                    let address = Some(peer.ip());
+                    let served = session::run(socket, broker, replies, id, limits, address).await;
                     if let Err(error) = served {
                         debug!(%peer, %error, "amqp connection ended");
                     }

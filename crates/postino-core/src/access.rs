@@ -14,6 +14,7 @@
 //! connections (RabbitMQ's `loopback_users`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
@@ -29,6 +30,7 @@ use serde_json::{Value, json};
 use crate::broker::DEFAULT_VHOST;
 use crate::definitions::write_atomically;
 use crate::error::CoreError;
+use crate::logins::{LoginGuard, LoginLimits};
 
 /// The user a new broker starts with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +142,8 @@ pub struct Access {
     loopback_only: BTreeSet<String>,
     /// Raised by every change, so that front-ends can drop what they cached of earlier checks.
     generation: AtomicU64,
+    /// Failed logins per source address.
+    logins: LoginGuard,
 }
 
 /// Digests remembered process-wide; past this many the set starts again (each entry is a
@@ -238,6 +242,7 @@ impl Access {
             state: RwLock::new(State::default()),
             loopback_only,
             generation: AtomicU64::new(0),
+            logins: LoginGuard::default(),
         };
         match access.path.as_ref().filter(|path| path.exists()) {
             Some(path) => {
@@ -290,6 +295,43 @@ impl Access {
     #[must_use]
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Sets how many failed logins a source address may have in a window.
+    pub fn set_login_limits(&self, limits: LoginLimits) {
+        self.logins.set_limits(limits);
+    }
+
+    /// Checks a login from `peer` (`None`: a connection inside the process, counted as local)
+    /// at `now_ms`: refused at once while the address is over its failed-login limit, else as
+    /// [`Access::authenticate`] with a loopback peer counted as local, and the outcome counted
+    /// for the address. Blocking, as [`Access::authenticate`].
+    ///
+    /// # Errors
+    /// `TooManyLogins`; as [`Access::authenticate`].
+    pub fn authenticate_from(
+        &self,
+        user: &str,
+        password: &str,
+        peer: Option<IpAddr>,
+        now_ms: i64,
+    ) -> Result<(), CoreError> {
+        let Some(address) = peer else {
+            return self.authenticate(user, password, true);
+        };
+        if let Some(retry_after_ms) = self.logins.blocked_for(address, now_ms) {
+            return Err(CoreError::TooManyLogins {
+                address: address.to_string(),
+                retry_after_ms,
+            });
+        }
+        let outcome = self.authenticate(user, password, address.is_loopback());
+        if outcome.is_ok() {
+            self.logins.succeeded(address);
+        } else {
+            self.logins.failed(address, now_ms);
+        }
+        outcome
     }
 
     /// Checks a login. Blocking: argon2 runs here unless this password was verified before.
@@ -747,5 +789,43 @@ mod tests {
         access
             .authenticate("app", "two", true)
             .expect("the new password");
+    }
+
+    #[test]
+    fn an_address_past_its_failed_logins_is_refused_without_a_check() {
+        let access = Access::open(None, &DefaultUser::default()).expect("open");
+        access.set_login_limits(LoginLimits {
+            failures_max: 2,
+            window_ms: 10_000,
+        });
+        let remote: IpAddr = [192, 0, 2, 7].into();
+        let local: IpAddr = [127, 0, 0, 1].into();
+        for at in [0, 1] {
+            assert!(
+                access
+                    .authenticate_from("guest", "wrong", Some(local), at)
+                    .is_err()
+            );
+        }
+        assert!(matches!(
+            access.authenticate_from("guest", "guest", Some(local), 2),
+            Err(CoreError::TooManyLogins {
+                retry_after_ms: 9_998,
+                ..
+            })
+        ));
+        access
+            .authenticate_from("guest", "guest", Some(local), 10_000)
+            .expect("the window ended");
+        access
+            .authenticate_from("guest", "guest", None, 3)
+            .expect("inside the process nothing is counted");
+        assert!(
+            matches!(
+                access.authenticate_from("guest", "guest", Some(remote), 3),
+                Err(CoreError::AccessRefused { .. })
+            ),
+            "guest is loopback-only: a remote address is refused, and counted"
+        );
     }
 }

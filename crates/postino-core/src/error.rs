@@ -16,6 +16,13 @@ pub enum CoreError {
     /// The name or operation is reserved (AMQP 403 access-refused).
     #[error("access refused: {reason}")]
     AccessRefused { reason: String },
+    /// The source address failed too many logins lately; refused without a password check
+    /// (AMQP 403 access-refused, HTTP 429).
+    #[error("too many failed logins from {address}; try again in {} s", retry_after_ms.div_ceil(1000))]
+    TooManyLogins {
+        address: String,
+        retry_after_ms: u64,
+    },
     /// The queue is exclusive to another connection (AMQP 405 resource-locked).
     #[error("queue '{queue}' is locked by another connection")]
     ResourceLocked { queue: String },

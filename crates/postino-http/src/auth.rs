@@ -13,6 +13,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
 use postino_core::Action;
+use postino_types::{Clock, SystemClock};
 
 use crate::Api;
 use crate::error::ApiError;
@@ -49,20 +50,30 @@ impl FromRequestParts<Arc<Api>> for Caller {
         let (name, password) = credentials(parts).ok_or_else(|| {
             ApiError::unauthorized("this API needs HTTP basic authentication with a broker user")
         })?;
-        let loopback = parts
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
+            .map(|ConnectInfo(peer)| peer.ip());
+        let now_ms = SystemClock.now_ms();
         let broker = Arc::clone(&api.broker);
         let user = name.clone();
         let checked = tokio::task::spawn_blocking(move || {
-            broker.access().authenticate(&user, &password, loopback)
+            broker
+                .access()
+                .authenticate_from(&user, &password, peer, now_ms)
         })
         .await
         .map_err(|error| ApiError::unauthorized(error.to_string()))?;
-        if let Err(error) = checked {
-            tracing::warn!(user = %name, %error, "management login refused");
-            return Err(ApiError::unauthorized(error.to_string()));
+        match checked {
+            Ok(()) => {}
+            Err(error @ postino_core::CoreError::TooManyLogins { .. }) => {
+                tracing::warn!(user = %name, %error, "management login refused");
+                return Err(error.into());
+            }
+            Err(error) => {
+                tracing::warn!(user = %name, %error, "management login refused");
+                return Err(ApiError::unauthorized(error.to_string()));
+            }
         }
         let tags = api.broker.access().tags(&name).unwrap_or_default();
         if !tags

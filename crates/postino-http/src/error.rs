@@ -12,6 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub error: &'static str,
     pub reason: String,
+    /// Sent as `Retry-After` (429 answers).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -20,6 +22,7 @@ impl ApiError {
             status,
             error,
             reason: reason.into(),
+            retry_after_s: None,
         }
     }
 
@@ -60,6 +63,12 @@ impl From<CoreError> for ApiError {
             | CoreError::UnknownDelivery { .. }
             | CoreError::OffsetOutOfRange { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             CoreError::AccessRefused { .. } => (StatusCode::FORBIDDEN, "access_refused"),
+            CoreError::TooManyLogins { retry_after_ms, .. } => {
+                let mut refused =
+                    Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", reason);
+                refused.retry_after_s = Some(retry_after_ms.div_ceil(1000));
+                return refused;
+            }
             CoreError::ResourceLocked { .. }
             | CoreError::PublishRejected { .. }
             | CoreError::ProducerFenced { .. }
@@ -86,6 +95,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"postino\""),
             );
+        }
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

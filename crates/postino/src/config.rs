@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use postino_amqp::Limits;
-use postino_core::{DefaultUser, FlowLimits};
+use postino_core::{DefaultUser, FlowLimits, LoginLimits};
 use postino_storage::{Durability, LogConfig};
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
@@ -70,6 +70,11 @@ pub struct AuthSection {
     pub default_password: String,
     /// The default user may log in only from a loopback address, as RabbitMQ's `guest`.
     pub default_user_loopback_only: bool,
+    /// Failed logins a source address may have per window before its logins are refused
+    /// without a check; 0 turns the limit off.
+    pub failed_logins_max: u32,
+    /// The window of `failed_logins_max`, in milliseconds.
+    pub failed_logins_window_ms: u64,
 }
 
 impl Default for AuthSection {
@@ -78,6 +83,8 @@ impl Default for AuthSection {
             default_user: "guest".to_owned(),
             default_password: "guest".to_owned(),
             default_user_loopback_only: true,
+            failed_logins_max: LoginLimits::default().failures_max,
+            failed_logins_window_ms: LoginLimits::default().window_ms,
         }
     }
 }
@@ -487,6 +494,12 @@ impl Loaded {
         tracing_subscriber::EnvFilter::try_new(&config.log.level).map_err(|error| {
             self.invalid("log.level", format!("{:?}: {error}", config.log.level))
         })?;
+        if config.auth.failed_logins_max > 0 && config.auth.failed_logins_window_ms == 0 {
+            return Err(self.invalid(
+                "auth.failed_logins_window_ms",
+                "must be positive while auth.failed_logins_max is",
+            ));
+        }
         if config.auth.default_user.is_empty() {
             return Err(self.invalid("auth.default_user", "must not be empty"));
         }
@@ -596,6 +609,14 @@ impl Loaded {
             name: auth.default_user.clone(),
             password: auth.default_password.clone(),
             loopback_only: auth.default_user_loopback_only,
+        }
+    }
+
+    /// How many failed logins an address may have.
+    pub fn login_limits(&self) -> LoginLimits {
+        LoginLimits {
+            failures_max: self.config.auth.failed_logins_max,
+            window_ms: self.config.auth.failed_logins_window_ms,
         }
     }
 

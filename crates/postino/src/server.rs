@@ -120,6 +120,7 @@ fn serve(loaded: &Loaded) -> Result<()> {
             &loaded.default_user(),
         )
         .context("open the broker")?;
+        broker.access().set_login_limits(loaded.login_limits());
         info!(vhosts = ?broker.vhost_names(), "broker ready");
         let mut listeners = Vec::new();
         if let Listen::At(address) = loaded.amqp_listen()? {

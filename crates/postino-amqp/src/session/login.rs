@@ -9,6 +9,7 @@ use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use postino_core::{Action, Alarm, CoreError, VirtualHost};
+use postino_types::{Clock, SystemClock};
 use tracing::info;
 
 use super::{ACCESS_REFUSED, NOT_ALLOWED, NOT_IMPLEMENTED, Next, Out, Session, short};
@@ -77,11 +78,14 @@ impl Session {
                 };
                 // argon2 takes tens of milliseconds: off the runtime's worker threads.
                 let broker = std::sync::Arc::clone(&self.broker);
-                let loopback = self.loopback;
+                let peer = self.peer;
+                let now_ms = SystemClock.now_ms();
                 let checked = {
                     let user = user.clone();
                     tokio::task::spawn_blocking(move || {
-                        broker.access().authenticate(&user, &password, loopback)
+                        broker
+                            .access()
+                            .authenticate_from(&user, &password, peer, now_ms)
                     })
                     .await
                 };

@@ -74,6 +74,7 @@ fn reply_for(error: &CoreError) -> Fault {
         | CoreError::Group { .. }
         | CoreError::Transaction { .. } => Fault::Channel(PRECONDITION_FAILED, text),
         CoreError::AccessRefused { .. } => Fault::Channel(ACCESS_REFUSED, text),
+        CoreError::TooManyLogins { .. } => Fault::Connection(ACCESS_REFUSED, text),
         CoreError::ResourceLocked { .. } => Fault::Channel(RESOURCE_LOCKED, text),
         CoreError::QueueStopped { .. } => Fault::Channel(NOT_FOUND, text),
         CoreError::Definitions { .. }
@@ -275,8 +276,9 @@ struct Session {
     channels: HashMap<u16, Channel>,
     next_consumer: u64,
     next_queue_name: u64,
-    /// The peer is on this machine: a loopback-only user (the default `guest`) may log in.
-    loopback: bool,
+    /// The peer's address (`None` inside the process): failed logins are counted per address,
+    /// and a loopback-only user (the default `guest`) may log in only from a loopback one.
+    peer: Option<std::net::IpAddr>,
     /// The logged-in user (empty before `start-ok` succeeds).
     user: String,
     /// Permission checks already passed.
@@ -296,7 +298,7 @@ pub(crate) async fn run<S>(
     replies: Arc<ReplyConsumers>,
     connection: u64,
     limits: Limits,
-    loopback: bool,
+    peer: Option<std::net::IpAddr>,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -328,7 +330,7 @@ where
         channels: HashMap::new(),
         next_consumer: 0,
         next_queue_name: 0,
-        loopback,
+        peer,
         user: String::new(),
         allowed: login::Allowed::default(),
         wants_blocked: false,
