@@ -15,9 +15,7 @@
 //! binary, `server` on a scratch directory); RabbitMQ's is the local `beam.smp`.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -142,14 +140,14 @@ pub fn run(
             pid: None,
         },
         None => {
-            let (child, uri) = start_postino(&targets.postino_binary, scratch.path())?;
-            let pid = child.id();
-            server = Some(ServerGuard(child));
-            Target {
+            let started = crate::server::start(&targets.postino_binary, scratch.path(), false)?;
+            let target = Target {
                 name: "postino",
-                uri,
-                pid: Some(pid),
-            }
+                uri: format!("amqp://guest:guest@{}/%2f", started.amqp),
+                pid: Some(started.child.id()),
+            };
+            server = Some(started);
+            target
         }
     };
     let peer = Target {
@@ -217,54 +215,8 @@ fn row(scenario: Scenario, target: &Target, msg_size: usize, measured: &Measured
     row
 }
 
-/// Kills the started server when the benchmark ends, however it ends.
-struct ServerGuard(Child);
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        // The server may already have exited; either way it is reaped below.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `binary server` on a free loopback port with its data in `dir`; returns it and its
-/// URI once it listens. Its log keeps being drained so it never blocks on a full pipe.
-fn start_postino(binary: &Path, dir: &Path) -> Result<(Child, String)> {
-    let mut child = Command::new(binary)
-        .args([
-            "server",
-            "--amqp-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "off",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env_remove("POSTINO_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("start {}", binary.display()))?;
-    let stderr = child.stderr.take().context("the server's stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let address = loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("listening protocol=amqp") => {
-                let address = line.rsplit("addr=").next().unwrap_or_default().trim();
-                break address.to_owned();
-            }
-            Some(Ok(_)) => {}
-            Some(Err(error)) => return Err(error).context("read the server's log"),
-            None => bail!("the server exited before listening"),
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    Ok((child, format!("amqp://guest:guest@{address}/%2f")))
-}
-
 /// The pid of the first process whose command name is `name`.
-fn find_process(name: &str) -> Option<u32> {
+pub(crate) fn find_process(name: &str) -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()

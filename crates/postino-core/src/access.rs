@@ -196,10 +196,19 @@ fn default_hash(password: &str) -> Result<String, CoreError> {
     Ok(hash)
 }
 
+/// Runs argon2 work one at a time in the process: each run takes 19 MiB and tens of
+/// milliseconds, so a burst of logins neither multiplies the memory (the allocator keeps what
+/// concurrent runs took) nor starves the other cores; logins waiting for the same password
+/// find it verified when their turn comes.
+fn one_at_a_time<T>(work: impl FnOnce() -> T) -> T {
+    static ARGON2: Mutex<()> = Mutex::new(());
+    let _turn = ARGON2.lock().unwrap_or_else(PoisonError::into_inner);
+    work()
+}
+
 fn hash_password(password: &str) -> Result<String, CoreError> {
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
+    one_at_a_time(|| Argon2::default().hash_password(password.as_bytes(), &salt))
         .map(|hash| hash.to_string())
         .map_err(|error| CoreError::InvalidArgument {
             name: "password".to_owned(),
@@ -334,6 +343,22 @@ impl Access {
         outcome
     }
 
+    /// Whether checking this login runs argon2 (blocking work, for a thread off the async
+    /// runtime's workers): false only when this user's password was verified before.
+    #[must_use]
+    pub fn needs_hashing(&self, user: &str, password: &str) -> bool {
+        let Some(hash) = self
+            .read()
+            .users
+            .get(user)
+            .map(|found| found.password_hash.clone())
+        else {
+            return true;
+        };
+        let digest = memo().digest(&[&hash, password]);
+        !memo().verified.contains(&digest)
+    }
+
     /// Checks a login. Blocking: argon2 runs here unless this password was verified before.
     ///
     /// # Errors
@@ -358,8 +383,7 @@ impl Access {
             .map(|found| found.password_hash.clone())
         else {
             // Spend the same time as for a known user, so timing does not tell names apart.
-            let _ = Argon2::default()
-                .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng));
+            let _ = hash_password(password);
             return Err(refusal());
         };
         let digest = memo().digest(&[&hash, password]);
@@ -367,9 +391,13 @@ impl Access {
             return Ok(());
         }
         let parsed = PasswordHash::new(&hash).map_err(|_| refusal())?;
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .map_err(|_| refusal())?;
+        one_at_a_time(|| {
+            if memo().verified.contains(&digest) {
+                return Ok(());
+            }
+            Argon2::default().verify_password(password.as_bytes(), &parsed)
+        })
+        .map_err(|_| refusal())?;
         let mut memo = memo();
         if memo.verified.len() >= VERIFIED_MAX {
             memo.verified.clear();

@@ -55,15 +55,20 @@ impl FromRequestParts<Arc<Api>> for Caller {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(peer)| peer.ip());
         let now_ms = SystemClock.now_ms();
-        let broker = Arc::clone(&api.broker);
-        let user = name.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            broker
-                .access()
-                .authenticate_from(&user, &password, peer, now_ms)
-        })
-        .await
-        .map_err(|error| ApiError::unauthorized(error.to_string()))?;
+        let access = api.broker.access();
+        let checked = if access.needs_hashing(&name, &password) {
+            let broker = Arc::clone(&api.broker);
+            let user = name.clone();
+            tokio::task::spawn_blocking(move || {
+                broker
+                    .access()
+                    .authenticate_from(&user, &password, peer, now_ms)
+            })
+            .await
+            .map_err(|error| ApiError::unauthorized(error.to_string()))?
+        } else {
+            access.authenticate_from(&name, &password, peer, now_ms)
+        };
         match checked {
             Ok(()) => {}
             Err(error @ postino_core::CoreError::TooManyLogins { .. }) => {

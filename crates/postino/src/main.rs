@@ -57,6 +57,9 @@ struct BenchArgs {
     /// `amqp`: the reference broker's (RabbitMQ's) AMQP URI.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     peer_uri: String,
+    /// `server`: the reference broker's (RabbitMQ's) management API.
+    #[arg(long, default_value = "http://127.0.0.1:15672")]
+    peer_http: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -73,6 +76,9 @@ enum BenchTarget {
     Sim,
     /// AMQP 0-9-1 over sockets with lapin, beside RabbitMQ: confirms, transient, fan-out, RPC.
     Amqp,
+    /// The running server beside RabbitMQ: start time and idle memory, memory per idle AMQP
+    /// connection and per queue, management API page latency over many queues.
+    Server,
 }
 
 fn main() -> ExitCode {
@@ -97,6 +103,7 @@ fn bench(args: &BenchArgs, json: bool) -> ExitCode {
         BenchTarget::Stream => ("stream", postino_bench::stream::columns()),
         BenchTarget::Sim => ("sim", postino_bench::sim::columns()),
         BenchTarget::Amqp => ("amqp", postino_bench::amqp::columns()),
+        BenchTarget::Server => ("server", postino_bench::server::columns()),
     };
     let mut printer = postino_bench::Printer::new(json, columns);
     let child = std::env::var_os(postino_bench::sim::CHILD_TABLE).is_some();
@@ -130,6 +137,19 @@ fn bench(args: &BenchArgs, json: bool) -> ExitCode {
                     peer_uri: args.peer_uri.clone(),
                 };
                 postino_bench::amqp::run(&args.dir, &targets, size, &args.filter, &mut printer)
+            }),
+        BenchTarget::Server => std::env::current_exe()
+            .map_err(anyhow::Error::from)
+            .and_then(|binary| {
+                postino_bench::server::run(
+                    &binary,
+                    &args.dir,
+                    &args.peer_uri,
+                    &args.peer_http,
+                    size,
+                    &args.filter,
+                    &mut printer,
+                )
             }),
     };
     match outcome {

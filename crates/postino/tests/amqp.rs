@@ -135,10 +135,7 @@ async fn an_address_that_fails_too_many_logins_is_refused_over_amqp_and_http() {
         let refused = login(&server.amqp, "wrong")
             .await
             .expect_err("a wrong password");
-        assert!(
-            refused.contains("login refused"),
-            "{refused}"
-        );
+        assert!(refused.contains("login refused"), "{refused}");
     }
     let blocked = login(&server.amqp, "guest")
         .await

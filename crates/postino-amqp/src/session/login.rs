@@ -76,11 +76,12 @@ impl Session {
                     self.close_connection(ACCESS_REFUSED, "login refused: use PLAIN or AMQPLAIN");
                     return Next::Stop;
                 };
-                // argon2 takes tens of milliseconds: off the runtime's worker threads.
+                // argon2 takes tens of milliseconds: off the runtime's worker threads, unless
+                // this password was verified before (a reconnecting client).
                 let broker = std::sync::Arc::clone(&self.broker);
                 let peer = self.peer;
                 let now_ms = SystemClock.now_ms();
-                let checked = {
+                let checked = if broker.access().needs_hashing(&user, &password) {
                     let user = user.clone();
                     tokio::task::spawn_blocking(move || {
                         broker
@@ -88,6 +89,10 @@ impl Session {
                             .authenticate_from(&user, &password, peer, now_ms)
                     })
                     .await
+                } else {
+                    Ok(broker
+                        .access()
+                        .authenticate_from(&user, &password, peer, now_ms))
                 };
                 match checked {
                     Ok(Ok(())) => self.user = user,

@@ -303,7 +303,8 @@ pub(crate) async fn run<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut buffer = BytesMut::with_capacity(64 << 10);
+    // Small until the peer sends more: an idle connection holds little (see `read_loop`).
+    let mut buffer = BytesMut::with_capacity(READ_IDLE_BYTES);
     while buffer.len() < PROTOCOL_HEADER.len() {
         if socket.read_buf(&mut buffer).await? == 0 {
             return Ok(());
@@ -345,6 +346,12 @@ where
     outcome
 }
 
+/// What a connection's reader asks for while frames are pending, and with nothing pending.
+const READ_BUSY_BYTES: usize = 64 << 10;
+const READ_IDLE_BYTES: usize = 4 << 10;
+/// What a connection's writer keeps of its buffer between batches.
+const WRITE_KEPT_BYTES: usize = 64 << 10;
+
 /// Writes queued frames in batches; sends a heartbeat after half the negotiated heartbeat
 /// interval without a write (`heartbeat` is updated by `tune-ok`; 0 turns heartbeats off).
 async fn write_frames<W: AsyncWrite + Unpin>(
@@ -353,7 +360,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     heartbeat: Arc<AtomicU16>,
 ) {
     let mut batch = Vec::new();
-    let mut bytes = Vec::with_capacity(64 << 10);
+    let mut bytes = Vec::new();
     loop {
         let heartbeat_s = heartbeat.load(Ordering::Relaxed);
         let every = Duration::from_millis(u64::from(heartbeat_s) * 500);
@@ -387,6 +394,8 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             let _ = writer.shutdown().await;
             return;
         }
+        // A burst's buffer is not kept for a connection that goes quiet.
+        bytes.shrink_to(WRITE_KEPT_BYTES);
     }
 }
 
@@ -449,7 +458,13 @@ impl Session {
                     return Ok(());
                 }
             }
-            buffer.reserve(64 << 10);
+            // Read in large chunks while frames are arriving faster than they are handled;
+            // with nothing pending, a small read is enough to learn what comes next.
+            buffer.reserve(if buffer.is_empty() {
+                READ_IDLE_BYTES
+            } else {
+                READ_BUSY_BYTES
+            });
             // A peer silent for two heartbeat intervals is gone (spec 4.2.7); without
             // heartbeats the connection waits as long as the peer keeps it open.
             let heartbeat_s = self.heartbeat.load(Ordering::Relaxed);
