@@ -59,7 +59,6 @@ fuzz_target!(|data: &[u8]| {
         let session = tokio::spawn(postino_amqp::serve_connection(
             server,
             broker,
-            1,
             postino_amqp::Limits { heartbeat_s: 0, ..postino_amqp::Limits::default() },
         ));
         let mut input = handshake();

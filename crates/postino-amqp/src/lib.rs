@@ -19,9 +19,9 @@ mod convert;
 mod session;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use postino_core::Broker;
+use postino_core::{Broker, Origin};
+use postino_types::{Clock, SystemClock};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
@@ -57,27 +57,41 @@ impl Default for Limits {
 pub async fn serve_connection<S>(
     stream: S,
     broker: Arc<Broker>,
-    connection: u64,
     limits: Limits,
 ) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let replies = Arc::default();
-    session::run(stream, broker, replies, connection, limits, None).await
+    let origin = Origin {
+        protocol: PROTOCOL,
+        peer: None,
+        local: None,
+        tls: false,
+    };
+    let listed = broker.connections().register(origin, SystemClock.now_ms());
+    session::run(stream, broker, Arc::default(), listed, limits).await
 }
+
+/// The protocol's name in connection listings, as RabbitMQ writes it.
+const PROTOCOL: &str = "AMQP 0-9-1";
 
 /// Accepts AMQP connections on `listener` until the task is dropped; each connection runs in
 /// its own task.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>, limits: Limits) {
-    let next_connection = Arc::new(AtomicU64::new(1));
+    let local = listener.local_addr().ok();
     // Direct reply-to crosses connections: a reply may come from any client of the listener.
     let replies = Arc::new(session::ReplyConsumers::default());
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
-                let id = next_connection.fetch_add(1, Ordering::Relaxed);
-                debug!(%peer, connection = id, "amqp connection accepted");
+                let origin = Origin {
+                    protocol: PROTOCOL,
+                    peer: Some(peer),
+                    local,
+                    tls: false,
+                };
+                let listed = broker.connections().register(origin, SystemClock.now_ms());
+                debug!(%peer, connection = listed.id(), "amqp connection accepted");
                 // The writer batches frames itself; Nagle would only add a delayed-ACK stall
                 // (~40 ms) to every small reply, as RabbitMQ's default `nodelay` avoids.
                 if let Err(error) = socket.set_nodelay(true) {
@@ -86,8 +100,7 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, limits: Limits) {
                 let broker = Arc::clone(&broker);
                 let replies = Arc::clone(&replies);
                 tokio::spawn(async move {
-                    let address = Some(peer.ip());
-                    let served = session::run(socket, broker, replies, id, limits, address).await;
+                    let served = session::run(socket, broker, replies, listed, limits).await;
                     if let Err(error) = served {
                         debug!(%peer, %error, "amqp connection ended");
                     }

@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use postino_storage::LogConfig;
-use postino_types::Clock;
+use postino_types::{Clock, HistogramSnapshot};
 use tokio::sync::watch;
 
 use crate::access::{Access, DefaultUser};
+use crate::connections::Connections;
 use crate::error::CoreError;
 use crate::vhost::{VirtualHost, escape_name, unescape_name};
 
@@ -112,6 +113,7 @@ pub struct Broker {
     alarm: watch::Sender<Alarm>,
     limits: watch::Sender<FlowLimits>,
     access: Access,
+    connections: Connections,
 }
 
 impl Broker {
@@ -153,6 +155,7 @@ impl Broker {
             alarm,
             limits,
             access,
+            connections: Connections::default(),
         });
         let mut names = vec![DEFAULT_VHOST.to_owned()];
         if let Some(entries) = broker.vhosts_dir().and_then(|root| fs::read_dir(root).ok()) {
@@ -181,6 +184,18 @@ impl Broker {
     #[must_use]
     pub fn access(&self) -> &Access {
         &self.access
+    }
+
+    /// The client connections of every front-end.
+    #[must_use]
+    pub fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// How long the logs' group-commit syncs have taken, over the whole process.
+    #[must_use]
+    pub fn fsync_latency(&self) -> HistogramSnapshot {
+        postino_storage::SYNC_LATENCY.snapshot()
     }
 
     /// A virtual host, if it exists.

@@ -19,6 +19,7 @@ pub mod access;
 pub mod broker;
 pub mod catalog;
 mod compacted;
+pub mod connections;
 mod definitions;
 pub mod error;
 pub mod group;
@@ -36,6 +37,9 @@ pub mod vhost;
 pub use access::{Access, Action, DefaultUser, PermissionInfo, UserInfo};
 pub use broker::{Alarm, Broker, DEFAULT_VHOST, FlowLimits, Resources};
 pub use catalog::{Definitions, ImportReport, QueueInfo, Tags};
+pub use connections::{
+    ChannelInfo, Connection, Connections, ConsumerInfo, Origin, Registered, TrafficCounts,
+};
 pub use error::{CoreError, GroupError, TransactionError};
 pub use group::{Committer, GroupHandle, GroupLimits, Join, Joined, OffsetCommit};
 pub use logins::{LoginGuard, LoginLimits};

@@ -69,7 +69,7 @@ async fn totals(api: &Api, caller: &Caller) -> ApiResult<Value> {
     }))
 }
 
-fn node_name() -> String {
+pub(crate) fn node_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned());

@@ -107,6 +107,12 @@ impl Caller {
         self.has("administrator")
     }
 
+    /// Whether the caller sees every client connection (administrators and monitoring
+    /// users; others see their own).
+    pub fn sees_every_connection(&self) -> bool {
+        self.is_admin() || self.has("monitoring")
+    }
+
     /// Refuses anyone but an administrator.
     ///
     /// # Errors

@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+mod connections;
 mod error;
 mod listing;
 mod messages;
@@ -95,6 +96,27 @@ pub fn router(api: Arc<Api>) -> Router {
             "/api/exchanges/{vhost}/{name}/publish",
             post(messages::publish),
         )
+        .route("/api/connections", get(connections::connections))
+        .route(
+            "/api/vhosts/{vhost}/connections",
+            get(connections::connections_of),
+        )
+        .route(
+            "/api/connections/{name}",
+            get(connections::connection).delete(connections::close_connection),
+        )
+        .route(
+            "/api/connections/{name}/channels",
+            get(connections::channels_of_connection),
+        )
+        .route("/api/channels", get(connections::channels))
+        .route(
+            "/api/vhosts/{vhost}/channels",
+            get(connections::channels_of_vhost),
+        )
+        .route("/api/channels/{channel}", get(connections::channel))
+        .route("/api/consumers", get(connections::consumers))
+        .route("/api/consumers/{vhost}", get(connections::consumers_of))
         .route("/api/queues", get(queues::queues))
         .route("/api/queues/{vhost}", get(queues::queues_of))
         .route(

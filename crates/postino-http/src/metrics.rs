@@ -2,6 +2,7 @@
 //! endpoint): per-queue depth, consumers and message counters, per-partition offsets and size,
 //! memory and disk against their limits, the alarm, uptime.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -9,12 +10,13 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use postino_core::Alarm;
+use postino_types::{BUCKET_BOUNDS_US, HistogramSnapshot};
 
 use crate::Api;
 use crate::error::ApiResult;
 
 /// The families written, with their type and help.
-const FAMILIES: [(&str, &str, &str); 16] = [
+const FAMILIES: [(&str, &str, &str); 24] = [
     (
         "postino_queue_messages_ready",
         "gauge",
@@ -91,6 +93,46 @@ const FAMILIES: [(&str, &str, &str); 16] = [
         "gauge",
         "1 while the resource alarm is raised",
     ),
+    (
+        "postino_connections",
+        "gauge",
+        "Open client connections, by protocol",
+    ),
+    (
+        "postino_channels",
+        "gauge",
+        "Open channels over every connection",
+    ),
+    (
+        "postino_connections_opened_total",
+        "counter",
+        "Client connections accepted since the node started",
+    ),
+    (
+        "postino_connections_closed_total",
+        "counter",
+        "Client connections closed since the node started",
+    ),
+    (
+        "postino_connection_received_bytes_total",
+        "counter",
+        "Bytes read from clients since the node started",
+    ),
+    (
+        "postino_connection_sent_bytes_total",
+        "counter",
+        "Bytes written to clients since the node started",
+    ),
+    (
+        "postino_fsync_duration_seconds",
+        "histogram",
+        "Duration of each group commit's fdatasync (and directory fsync) over every log",
+    ),
+    (
+        "postino_confirm_duration_seconds",
+        "histogram",
+        "From a confirmed publish's arrival to its confirm being sent",
+    ),
 ];
 
 /// A label value with `\`, `"` and newlines escaped.
@@ -120,6 +162,26 @@ impl Samples {
             };
             self.lines[index].push(line);
         }
+    }
+
+    /// A histogram's `_bucket`, `_sum` and `_count` series.
+    fn add_histogram(&mut self, family: &str, histogram: &HistogramSnapshot) {
+        if self.lines.is_empty() {
+            self.lines = vec![Vec::new(); FAMILIES.len()];
+        }
+        let Some(index) = FAMILIES.iter().position(|(name, _, _)| *name == family) else {
+            return;
+        };
+        let bounds = BUCKET_BOUNDS_US
+            .iter()
+            .map(|bound_us| (*bound_us as f64 / 1e6).to_string())
+            .chain(std::iter::once("+Inf".to_owned()));
+        let lines = &mut self.lines[index];
+        for (bound, count) in bounds.zip(&histogram.cumulative) {
+            lines.push(format!("{family}_bucket{{le=\"{bound}\"}} {count}"));
+        }
+        lines.push(format!("{family}_sum {}", histogram.sum_us as f64 / 1e6));
+        lines.push(format!("{family}_count {}", histogram.count));
     }
 
     fn render(self, uptime_seconds: f64) -> String {
@@ -228,6 +290,7 @@ pub async fn metrics(State(api): State<Arc<Api>>) -> ApiResult<impl IntoResponse
             u8::from(resources.alarm == alarm),
         );
     }
+    connection_samples(&api, &mut samples);
     let text = samples.render(api.started.elapsed().as_secs_f64());
     Ok((
         [(
@@ -236,6 +299,47 @@ pub async fn metrics(State(api): State<Arc<Api>>) -> ApiResult<impl IntoResponse
         )],
         text,
     ))
+}
+
+/// Connections by protocol, channels, connection totals and the two latency histograms.
+fn connection_samples(api: &Api, samples: &mut Samples) {
+    let connections = api.broker.connections();
+    let mut by_protocol: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut channels = 0;
+    for connection in connections.list() {
+        *by_protocol.entry(connection.origin().protocol).or_default() += 1;
+        channels += connection.session().channels.len();
+    }
+    for (protocol, count) in by_protocol {
+        samples.add(
+            "postino_connections",
+            &format!("protocol=\"{}\"", escape(protocol)),
+            count,
+        );
+    }
+    samples.add("postino_channels", "", channels);
+    let (opened, closed) = connections.opened_and_closed();
+    samples.add("postino_connections_opened_total", "", opened);
+    samples.add("postino_connections_closed_total", "", closed);
+    let traffic = connections.traffic();
+    samples.add(
+        "postino_connection_received_bytes_total",
+        "",
+        traffic.received_bytes,
+    );
+    samples.add(
+        "postino_connection_sent_bytes_total",
+        "",
+        traffic.sent_bytes,
+    );
+    samples.add_histogram(
+        "postino_fsync_duration_seconds",
+        &api.broker.fsync_latency(),
+    );
+    samples.add_histogram(
+        "postino_confirm_duration_seconds",
+        &connections.confirm_latency().snapshot(),
+    );
 }
 
 #[cfg(test)]
@@ -252,5 +356,22 @@ mod tests {
             "# TYPE postino_queue_consumers gauge\npostino_queue_consumers{queue=\"q\"} 3\n"
         ));
         assert!(text.contains("postino_uptime_seconds 1.5"));
+    }
+
+    #[test]
+    fn histograms_are_written_as_cumulative_buckets_with_sum_and_count() {
+        let histogram = postino_types::LatencyHistogram::new();
+        histogram.record(std::time::Duration::from_micros(300));
+        histogram.record(std::time::Duration::from_secs(20));
+        let mut samples = Samples::default();
+        samples.add_histogram("postino_fsync_duration_seconds", &histogram.snapshot());
+        let text = samples.render(0.0);
+        assert!(text.contains("# TYPE postino_fsync_duration_seconds histogram\n"));
+        assert!(text.contains("postino_fsync_duration_seconds_bucket{le=\"0.00025\"} 0\n"));
+        assert!(text.contains("postino_fsync_duration_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(text.contains("postino_fsync_duration_seconds_bucket{le=\"10\"} 1\n"));
+        assert!(text.contains("postino_fsync_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("postino_fsync_duration_seconds_sum 20.0003\n"));
+        assert!(text.contains("postino_fsync_duration_seconds_count 2\n"));
     }
 }

@@ -108,6 +108,48 @@ pub const ENDPOINTS: &[(&str, &str, &str)] = &[
     ),
     (
         "get",
+        "/api/connections",
+        "Client connections: user, vhost, peer, TLS, channels, bytes in and out",
+    ),
+    (
+        "get",
+        "/api/vhosts/{vhost}/connections",
+        "The connections to a virtual host",
+    ),
+    ("get", "/api/connections/{name}", "One connection"),
+    (
+        "delete",
+        "/api/connections/{name}",
+        "Closes a connection; the client is told the X-Reason header",
+    ),
+    (
+        "get",
+        "/api/connections/{name}/channels",
+        "The channels of one connection",
+    ),
+    (
+        "get",
+        "/api/channels",
+        "Channels: confirm and transaction mode, prefetch, consumers, unacknowledged",
+    ),
+    (
+        "get",
+        "/api/vhosts/{vhost}/channels",
+        "The channels of a virtual host",
+    ),
+    ("get", "/api/channels/{channel}", "One channel"),
+    (
+        "get",
+        "/api/consumers",
+        "Consumers: tag, queue, channel, acknowledgement mode, prefetch",
+    ),
+    (
+        "get",
+        "/api/consumers/{vhost}",
+        "The consumers of a virtual host",
+    ),
+    (
+        "get",
         "/api/queues",
         "Queues of every visible virtual host with counts and rates (paged)",
     ),

@@ -29,7 +29,7 @@ pub use error::LogError;
 pub use file_log::{FileLog, OpenReport};
 pub use mem_log::{MemLog, MemStore};
 pub use postino_types::Offset;
-pub use sync::Durable;
+pub use sync::{Durable, SYNC_LATENCY};
 
 use batch::Batch;
 

@@ -17,13 +17,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use postino_types::LatencyHistogram;
 use tracing::error;
 
 use crate::config::Durability;
 use crate::error::LogError;
 use crate::fs::{Fs, SegmentFile};
+
+/// How long each group commit's syncs took (the data files' `fdatasync` and, after a file was
+/// created or removed, the directory's `fsync`), for every log of the process.
+pub static SYNC_LATENCY: LatencyHistogram = LatencyHistogram::new();
 
 #[derive(Debug, Default)]
 struct SyncState {
@@ -76,10 +81,12 @@ impl Shared {
             let dir_dirty = mem::replace(&mut state.dir_dirty, false);
             (state.written_next, files, dir_dirty, state.epoch)
         };
+        let started = Instant::now();
         let mut result = files.iter().try_for_each(|file| file.sync_data());
         if result.is_ok() && dir_dirty {
             result = self.fs.sync_dir(&self.dir);
         }
+        SYNC_LATENCY.record(started.elapsed());
         let mut state = self.lock();
         match result {
             Err(source) => {

@@ -2,11 +2,15 @@
 //!
 //! Main types: [`Offset`], the position of a record in a log; [`Clock`], the one way any layer
 //! below the binary learns the time (so tests and simulations control it); [`Message`], the
-//! protocol-neutral message with its [`Properties`] and broker [`Annotations`].
+//! protocol-neutral message with its [`Properties`] and broker [`Annotations`];
+//! [`LatencyHistogram`], the lock-free latency histogram the metrics read.
 //!
 //! This crate does no I/O, spawns nothing and knows no protocol.
 
+mod histogram;
 mod message;
+
+pub use histogram::{BUCKET_BOUNDS_US, HistogramSnapshot, LatencyHistogram};
 
 pub use message::{
     Annotations, Death, DeathReason, DeliveryMode, HeaderValue, Headers, Message, Properties,

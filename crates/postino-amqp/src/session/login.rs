@@ -95,7 +95,15 @@ impl Session {
                         .authenticate_from(&user, &password, peer, now_ms))
                 };
                 match checked {
-                    Ok(Ok(())) => self.user = user,
+                    Ok(Ok(())) => {
+                        self.listed.describe(|session| {
+                            session.user.clone_from(&user);
+                            session.auth_mechanism = start_ok.mechanism.as_str().to_owned();
+                            session.client_properties =
+                                client_properties(&start_ok.client_properties);
+                        });
+                        self.user = user;
+                    }
                     Ok(Err(error)) => {
                         info!(connection = self.connection, %user, %error, "amqp login refused");
                         self.close_connection(ACCESS_REFUSED, &error.to_string());
@@ -123,6 +131,16 @@ impl Session {
                 if tune_ok.frame_max > 0 {
                     self.frame_max = tune_ok.frame_max.min(self.limits.frame_max).max(4096);
                 }
+                let channel_max = match tune_ok.channel_max {
+                    0 => self.limits.channel_max,
+                    asked => asked.min(self.limits.channel_max),
+                };
+                let frame_max = self.frame_max;
+                self.listed.describe(|session| {
+                    session.heartbeat_s = heartbeat_s;
+                    session.frame_max = frame_max;
+                    session.channel_max = channel_max;
+                });
                 Next::Continue
             }
             connection::AMQPMethod::Open(open) => self.open(open.virtual_host.as_str()),
@@ -160,6 +178,8 @@ impl Session {
             self.close_connection(NOT_ALLOWED, &reason);
             return Next::Stop;
         }
+        self.listed
+            .describe(|session| session.vhost = vhost.to_owned());
         self.host = Some(host);
         self.send(
             0,
@@ -241,6 +261,24 @@ async fn watch_alarm(mut alarm: tokio::sync::watch::Receiver<Alarm>, out: Out) {
             return;
         }
     }
+}
+
+/// What a client says of itself, for the connection listing: its text properties.
+fn client_properties(properties: &FieldTable) -> std::collections::BTreeMap<String, String> {
+    properties
+        .inner()
+        .iter()
+        .filter_map(|(name, value)| {
+            let text = match value {
+                AMQPValue::LongString(text) => {
+                    String::from_utf8_lossy(text.as_bytes()).into_owned()
+                }
+                AMQPValue::ShortString(text) => text.as_str().to_owned(),
+                _ => return None,
+            };
+            Some((name.as_str().to_owned(), text))
+        })
+        .collect()
 }
 
 /// Whether a client's properties list `name` among its capabilities.

@@ -44,6 +44,9 @@ impl Session {
                 if let Some(channel) = self.channels.get_mut(&id) {
                     channel.prefetch = qos.prefetch_count;
                 }
+                self.listed.describe_channel(id, |channel| {
+                    channel.prefetch_count = u32::from(qos.prefetch_count);
+                });
                 self.send(
                     id,
                     AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
@@ -69,6 +72,9 @@ impl Session {
                     .channels
                     .get_mut(&id)
                     .and_then(|channel| channel.consumers.remove(&tag));
+                self.listed.describe_channel(id, |channel| {
+                    channel.consumers.remove(&tag);
+                });
                 if let Some(consumer) = removed {
                     match consumer.end().await {
                         Ok(()) | Err(CoreError::QueueStopped { .. }) => {}
@@ -171,6 +177,8 @@ impl Session {
                     });
                 }
                 channel.transaction.get_or_insert_with(Pending::default);
+                self.listed
+                    .describe_channel(id, |channel| channel.transactional = true);
                 tx::AMQPMethod::SelectOk(tx::SelectOk {})
             }
             tx::AMQPMethod::Commit(_) => {
@@ -311,6 +319,8 @@ impl Session {
         let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let forward_ended = Arc::clone(&ended);
         let mut flow = self.channel(id).flow.0.subscribe();
+        self.list_consumer(id, &tag, &consume);
+        let listed = Arc::clone(&self.listed);
         let forwarder = tokio::spawn(async move {
             while let Some(delivery) = deliveries.recv().await {
                 flow_allows(&mut flow).await;
@@ -335,6 +345,9 @@ impl Session {
             if forward_ended.load(std::sync::atomic::Ordering::Acquire) {
                 return;
             }
+            listed.describe_channel(id, |channel| {
+                channel.consumers.remove(forward_tag.as_str());
+            });
             let cancel = basic::Cancel {
                 consumer_tag: forward_tag,
                 nowait: true,
@@ -512,6 +525,7 @@ impl Session {
             return Next::Continue;
         }
         let returned = mandatory.then(|| message.clone());
+        let arrived = std::time::Instant::now();
         match host
             .publish_pipelined(&exchange, &routing_key, message)
             .await
@@ -522,8 +536,14 @@ impl Session {
                 }
                 if let Some(sequence) = sequence {
                     let out = self.out.clone();
+                    let broker = Arc::clone(&self.broker);
                     tokio::spawn(async move {
-                        let method = match confirm.wait().await {
+                        let confirmed = confirm.wait().await;
+                        broker
+                            .connections()
+                            .confirm_latency()
+                            .record(arrived.elapsed());
+                        let method = match confirmed {
                             Ok(()) => basic::AMQPMethod::Ack(basic::Ack {
                                 delivery_tag: sequence,
                                 multiple: false,

@@ -15,7 +15,9 @@ use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame,
 use amq_protocol::protocol::{AMQPClass, channel, confirm, connection};
 use amq_protocol::types::ShortString;
 use bytes::{Buf, BytesMut};
-use postino_core::{Broker, CoreError, Outcome, QueueHandle, VirtualHost};
+use postino_core::{
+    Broker, ChannelInfo, ConsumerInfo, CoreError, Outcome, QueueHandle, Registered, VirtualHost,
+};
 use postino_types::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -36,6 +38,7 @@ const PROTOCOL_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
 const FRAME_OVERHEAD: usize = 8;
 
 const CONTENT_TOO_LARGE: u16 = 311;
+const CONNECTION_FORCED: u16 = 320;
 const NO_ROUTE: u16 = 312;
 const ACCESS_REFUSED: u16 = 403;
 const NOT_FOUND: u16 = 404;
@@ -279,6 +282,8 @@ struct Session {
     /// The peer's address (`None` inside the process): failed logins are counted per address,
     /// and a loopback-only user (the default `guest`) may log in only from a loopback one.
     peer: Option<std::net::IpAddr>,
+    /// The connection as the management API lists it.
+    listed: Arc<Registered>,
     /// The logged-in user (empty before `start-ok` succeeds).
     user: String,
     /// Permission checks already passed.
@@ -287,6 +292,9 @@ struct Session {
     wants_blocked: bool,
     /// Tells the client when the broker's flow-control alarm rises and clears.
     alarm_watcher: Option<tokio::task::JoinHandle<()>>,
+    /// The server sent `connection.close`: the client's `close-ok` is awaited before the
+    /// socket closes.
+    sent_close: std::sync::atomic::AtomicBool,
     /// The negotiated heartbeat interval in seconds, shared with the writer.
     heartbeat: Arc<AtomicU16>,
 }
@@ -296,19 +304,21 @@ pub(crate) async fn run<S>(
     mut socket: S,
     broker: Arc<Broker>,
     replies: Arc<ReplyConsumers>,
-    connection: u64,
+    listed: Registered,
     limits: Limits,
-    peer: Option<std::net::IpAddr>,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let listed = Arc::new(listed);
     // Small until the peer sends more: an idle connection holds little (see `read_loop`).
     let mut buffer = BytesMut::with_capacity(READ_IDLE_BYTES);
     while buffer.len() < PROTOCOL_HEADER.len() {
-        if socket.read_buf(&mut buffer).await? == 0 {
+        let read = socket.read_buf(&mut buffer).await?;
+        if read == 0 {
             return Ok(());
         }
+        listed.traffic().received(read);
     }
     if &buffer[..PROTOCOL_HEADER.len()] != PROTOCOL_HEADER {
         // Spec 4.2.2: answer a wrong header with the one we speak, then close.
@@ -319,11 +329,16 @@ where
     let (mut reader, writer) = tokio::io::split(socket);
     let (out, frames) = mpsc::unbounded_channel();
     let heartbeat = Arc::new(AtomicU16::new(limits.heartbeat_s));
-    let writer = tokio::spawn(write_frames(writer, frames, Arc::clone(&heartbeat)));
+    let writer = tokio::spawn(write_frames(
+        writer,
+        frames,
+        Arc::clone(&heartbeat),
+        Arc::clone(&listed),
+    ));
     let mut session = Session {
         broker,
         replies,
-        connection,
+        connection: listed.id(),
         limits,
         frame_max: limits.frame_max,
         out,
@@ -331,19 +346,66 @@ where
         channels: HashMap::new(),
         next_consumer: 0,
         next_queue_name: 0,
-        peer,
+        peer: listed.origin().peer.map(|peer| peer.ip()),
+        listed,
         user: String::new(),
         allowed: login::Allowed::default(),
         wants_blocked: false,
         alarm_watcher: None,
+        sent_close: std::sync::atomic::AtomicBool::new(false),
         heartbeat,
     };
     session.send(0, login::start());
     let outcome = session.read_loop(&mut reader, &mut buffer).await;
     session.shutdown().await;
+    if outcome.is_ok() && session.sent_close.load(Ordering::Relaxed) {
+        await_close_ok(&mut reader, &mut buffer).await;
+    }
     drop(session);
     let _ = writer.await;
     outcome
+}
+
+/// How long a client has to answer the server's `connection.close`.
+const CLOSE_OK_WAIT: Duration = Duration::from_secs(5);
+/// The largest frame read while waiting for it: anything larger is not worth buffering.
+const CLOSE_FRAME_MAX: usize = 1 << 20;
+
+/// After the server's `connection.close`, reads and discards what the client sends until its
+/// `close-ok` (or its own `close`), the end of the stream, or [`CLOSE_OK_WAIT`] (spec 4.2.2).
+/// Closing a socket with unread bytes makes the kernel reset it, and the client would lose
+/// the close and its reason.
+async fn await_close_ok(reader: &mut (impl AsyncRead + Unpin), buffer: &mut BytesMut) {
+    let answered = async {
+        loop {
+            while let Some(size) = frame_size(buffer) {
+                if size > CLOSE_FRAME_MAX {
+                    return;
+                }
+                if buffer.len() < size {
+                    break;
+                }
+                let frame = parse_frame(&buffer[..size]).map(|(_, frame)| frame);
+                buffer.advance(size);
+                match frame {
+                    Ok(AMQPFrame::Method(
+                        0,
+                        AMQPClass::Connection(
+                            connection::AMQPMethod::CloseOk(_) | connection::AMQPMethod::Close(_),
+                        ),
+                    ))
+                    | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+            buffer.reserve(READ_IDLE_BYTES);
+            match reader.read_buf(buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_OK_WAIT, answered).await;
 }
 
 /// What a connection's reader asks for while frames are pending, and with nothing pending.
@@ -358,6 +420,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut frames: mpsc::UnboundedReceiver<AMQPFrame>,
     heartbeat: Arc<AtomicU16>,
+    listed: Arc<Registered>,
 ) {
     let mut batch = Vec::new();
     let mut bytes = Vec::new();
@@ -394,6 +457,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             let _ = writer.shutdown().await;
             return;
         }
+        listed.traffic().sent(bytes.len());
         // A burst's buffer is not kept for a connection that goes quiet.
         bytes.shrink_to(WRITE_KEPT_BYTES);
     }
@@ -417,7 +481,25 @@ impl Session {
         }
     }
 
+    /// Shows a new consumer of channel `id` in the connection's listing.
+    fn list_consumer(&self, id: u16, tag: &str, consume: &amq_protocol::protocol::basic::Consume) {
+        let info = ConsumerInfo {
+            queue: consume.queue.as_str().to_owned(),
+            ack_required: !consume.no_ack,
+            exclusive: consume.exclusive,
+            prefetch_count: u32::from(self.channel(id).prefetch),
+            arguments: crate::convert::headers_from_table(&consume.arguments)
+                .iter()
+                .map(|(name, value)| (name.clone(), value.to_string()))
+                .collect(),
+        };
+        self.listed.describe_channel(id, |channel| {
+            channel.consumers.insert(tag.to_owned(), info);
+        });
+    }
+
     fn close_connection(&self, code: u16, text: &str) {
+        self.sent_close.store(true, Ordering::Relaxed);
         self.send(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
@@ -468,15 +550,24 @@ impl Session {
             // A peer silent for two heartbeat intervals is gone (spec 4.2.7); without
             // heartbeats the connection waits as long as the peer keeps it open.
             let heartbeat_s = self.heartbeat.load(Ordering::Relaxed);
-            let read = reader.read_buf(buffer);
-            let outcome = if heartbeat_s == 0 {
-                Ok(read.await)
+            let silence = if heartbeat_s == 0 {
+                Duration::MAX
             } else {
-                tokio::time::timeout(Duration::from_secs(u64::from(heartbeat_s) * 2), read).await
+                Duration::from_secs(u64::from(heartbeat_s) * 2)
+            };
+            // `read_buf` is cancel-safe: a read that loses the race has taken no bytes.
+            let listed = Arc::clone(&self.listed);
+            let outcome = tokio::select! {
+                read = tokio::time::timeout(silence, reader.read_buf(buffer)) => read,
+                reason = listed.closed() => {
+                    tracing::info!(connection = self.connection, %reason, "closed by an operator");
+                    self.close_connection(CONNECTION_FORCED, &reason);
+                    return Ok(());
+                }
             };
             match outcome {
                 Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(_)) => {}
+                Ok(Ok(read)) => self.listed.traffic().received(read),
                 Ok(Err(error)) => return Err(error),
                 Err(_) => {
                     tracing::info!(connection = self.connection, "missed heartbeats, closing");
@@ -504,6 +595,9 @@ impl Session {
         let Some(channel) = self.channels.remove(&id) else {
             return;
         };
+        self.listed.describe(|session| {
+            session.channels.remove(&id);
+        });
         if let Some((_, token)) = &channel.reply_consumer {
             self.replies.unregister(token);
         }
@@ -569,7 +663,18 @@ impl Session {
                 self.close_connection(CHANNEL_ERROR, &format!("channel {id} cannot be opened"));
                 return Next::Stop;
             }
-            self.channels.insert(id, Channel::default());
+            let channel = Channel::default();
+            let tags = Arc::clone(&channel.tags);
+            self.channels.insert(id, channel);
+            self.listed.describe(|session| {
+                let unacked: postino_core::connections::Probe =
+                    Arc::new(move || lock(&tags).open.len() as u64);
+                let info = ChannelInfo {
+                    unacked: Some(unacked),
+                    ..ChannelInfo::default()
+                };
+                session.channels.insert(id, info);
+            });
             self.send(
                 id,
                 AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
@@ -640,6 +745,8 @@ impl Session {
                 if let Some(channel) = self.channels.get_mut(&id) {
                     channel.confirm = true;
                 }
+                self.listed
+                    .describe_channel(id, |channel| channel.confirm = true);
                 self.reply_unless_nowait(
                     select.nowait,
                     id,

@@ -94,6 +94,7 @@ impl Session {
                 consumer_tag: short(&tag),
             })),
         );
+        self.list_consumer(id, &tag, &consume);
         let credit = Arc::new(tokio::sync::Semaphore::new(usize::from(prefetch)));
         let tags = Arc::clone(&self.channel(id).tags);
         let (out, frame_max) = (self.out.clone(), self.frame_max);

@@ -3,8 +3,8 @@
 use serde_json::{Value, json};
 
 use super::nouns::{
-    BindingVerb, DefinitionsVerb, ExchangeVerb, GroupVerb, Noun, PermissionVerb, QueueVerb,
-    StreamVerb, UserVerb, VhostArg, VhostVerb,
+    BindingVerb, ConnectionVerb, DefinitionsVerb, ExchangeVerb, GroupVerb, Noun, PermissionVerb,
+    QueueVerb, StreamVerb, UserVerb, VhostArg, VhostVerb,
 };
 use super::{Client, Columns, Failure, Outcome, arguments, done, listed, segment, show};
 
@@ -92,6 +92,36 @@ pub(super) fn execute(client: &Client, json: bool, noun: Noun) -> Outcome<()> {
         Noun::Vhosts(verb) => vhosts(client, json, verb),
         Noun::Permissions(verb) => permissions(client, json, verb),
         Noun::Definitions(verb) => definitions(client, json, verb),
+        Noun::Connections(verb) => connections(client, json, verb),
+    }
+}
+
+fn connections(client: &Client, json: bool, verb: ConnectionVerb) -> Outcome<()> {
+    match verb {
+        ConnectionVerb::List { vhost } => {
+            let path = match vhost {
+                Some(vhost) => format!("/api/vhosts/{}/connections", segment(&vhost)),
+                None => "/api/connections".to_owned(),
+            };
+            let columns: Columns = &[
+                ("name", "name"),
+                ("user", "user"),
+                ("vhost", "vhost"),
+                ("protocol", "protocol"),
+                ("tls", "ssl"),
+                ("channels", "channels"),
+                ("recv_bytes", "recv_oct"),
+                ("send_bytes", "send_oct"),
+            ];
+            show(json, &client.request("GET", &path, None)?, columns);
+            Ok(())
+        }
+        ConnectionVerb::Close { name, reason } => {
+            let path = format!("/api/connections/{}", segment(&name));
+            let answer = client.request_with("DELETE", &path, None, Some(("x-reason", &reason)))?;
+            done(json, &answer, &format!("connection {name} closed"));
+            Ok(())
+        }
     }
 }
 

@@ -116,20 +116,33 @@ impl Client {
     /// Sends a request; a 2xx answer's JSON body (`null` when empty), else the server's
     /// reason.
     fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Outcome<Value> {
+        self.request_with(method, path, body, None)
+    }
+
+    /// [`Client::request`] with one more header (a GET or DELETE only).
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        header: Option<(&str, &str)>,
+    ) -> Outcome<Value> {
         let url = format!("{}{path}", self.base);
         let unreachable = |error: ureq::Error| Failure::Unreachable(format!("{url}: {error}"));
-        let response = match (method, body) {
-            ("GET", _) => self
-                .agent
-                .get(&url)
-                .header("authorization", &self.authorization)
-                .call(),
-            ("DELETE", _) => self
-                .agent
-                .delete(&url)
-                .header("authorization", &self.authorization)
-                .call(),
-            (method, body) => {
+        let bodiless = match method {
+            "GET" => Some(self.agent.get(&url)),
+            "DELETE" => Some(self.agent.delete(&url)),
+            _ => None,
+        };
+        let response = match (bodiless, body) {
+            (Some(request), _) => {
+                let mut request = request.header("authorization", &self.authorization);
+                if let Some((name, value)) = header {
+                    request = request.header(name, value);
+                }
+                request.call()
+            }
+            (None, body) => {
                 let request = if method == "PUT" {
                     self.agent.put(&url)
                 } else {

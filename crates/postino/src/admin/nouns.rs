@@ -41,6 +41,26 @@ pub enum Noun {
     /// The whole topology as one JSON document.
     #[command(subcommand)]
     Definitions(DefinitionsVerb),
+    /// Client connections.
+    #[command(subcommand)]
+    Connections(ConnectionVerb),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionVerb {
+    /// List client connections (to one vhost with --vhost).
+    List {
+        #[arg(long)]
+        vhost: Option<String>,
+    },
+    /// Close a connection, by the name `connections list` shows; its client is told why.
+    #[command(alias = "delete")]
+    Close {
+        name: String,
+        /// What the client is told.
+        #[arg(long, default_value = "Closed via the postino CLI")]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
