@@ -488,7 +488,7 @@ async fn queue_arguments_dead_letters_priorities_exclusivity_and_a_64_mb_message
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_queue_cancels_its_consumers_and_deleting_twice_succeeds() {
+async fn deleting_a_queue_cancels_its_consumers_takes_their_acks_and_deleting_twice_succeeds() {
     use lapin::options::QueueDeleteOptions;
     let (uri, _broker) = start(None).await;
     let connection = connect(&uri).await;
@@ -512,6 +512,21 @@ async fn deleting_a_queue_cancels_its_consumers_and_deleting_twice_succeeds() {
         .expect("consume");
     let admin = connection.create_channel().await.expect("channel");
     admin
+        .basic_publish(
+            "".into(),
+            "doomed".into(),
+            BasicPublishOptions::default(),
+            b"last words",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a delivery")
+        .expect("not cancelled yet")
+        .expect("a message");
+    admin
         .queue_delete("doomed".into(), QueueDeleteOptions::default())
         .await
         .expect("delete");
@@ -523,6 +538,14 @@ async fn deleting_a_queue_cancels_its_consumers_and_deleting_twice_succeeds() {
         "the server cancelled the consumer: {ended:?}"
     );
     assert!(channel.status().connected(), "the channel stays open");
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("an ack of a deleted queue's delivery");
+    channel
+        .basic_qos(5, lapin::options::BasicQosOptions::default())
+        .await
+        .expect("the ack did not close the channel, as in RabbitMQ");
     let again = admin
         .queue_delete("doomed".into(), QueueDeleteOptions::default())
         .await

@@ -343,6 +343,32 @@ impl Access {
         outcome
     }
 
+    /// Checks a login by a client certificate the TLS handshake verified (AMQP's `EXTERNAL`
+    /// mechanism): `user` is the name the certificate gives ([`crate::user_of_certificate`]);
+    /// it must be a broker user, and a loopback-only one must come from a loopback address.
+    /// No password is involved, so nothing counts against the failed-login limit.
+    ///
+    /// # Errors
+    /// `AccessRefused`.
+    pub fn authenticate_certificate(
+        &self,
+        user: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<(), CoreError> {
+        let loopback = peer.is_none_or(|address| address.is_loopback());
+        if !loopback && self.loopback_only.contains(user) {
+            return Err(refused(format!(
+                "user '{user}' may only connect via localhost"
+            )));
+        }
+        if !self.read().users.contains_key(user) {
+            return Err(refused(format!(
+                "the client certificate names '{user}', who is not a user"
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether checking this login runs argon2 (blocking work, for a thread off the async
     /// runtime's workers): false only when this user's password was verified before.
     #[must_use]

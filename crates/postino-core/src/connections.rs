@@ -24,6 +24,8 @@ pub struct Origin {
     pub local: Option<SocketAddr>,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The user a client certificate the handshake verified names (its subject's CN).
+    pub certificate_user: Option<String>,
 }
 
 /// Bytes and reads/writes of one connection (or of the node's closed connections).
@@ -344,6 +346,7 @@ mod tests {
             peer: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             local: Some(SocketAddr::from(([127, 0, 0, 1], 5672))),
             tls: false,
+            certificate_user: None,
         }
     }
 

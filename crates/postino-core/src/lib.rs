@@ -18,6 +18,7 @@
 pub mod access;
 pub mod broker;
 pub mod catalog;
+mod certificates;
 mod compacted;
 pub mod connections;
 mod definitions;
@@ -37,6 +38,7 @@ pub mod vhost;
 pub use access::{Access, Action, DefaultUser, PermissionInfo, UserInfo};
 pub use broker::{Alarm, Broker, DEFAULT_VHOST, FlowLimits, Resources};
 pub use catalog::{Definitions, ImportReport, QueueInfo, Tags};
+pub use certificates::user_of_certificate;
 pub use connections::{
     ChannelInfo, Connection, Connections, ConsumerInfo, Origin, Registered, TrafficCounts,
 };

@@ -5,7 +5,6 @@
 //! with none of these tags may not use the API. No or wrong credentials answer 401; a known
 //! user doing what its tags or permissions do not allow, 403.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -17,6 +16,7 @@ use postino_types::{Clock, SystemClock};
 
 use crate::Api;
 use crate::error::ApiError;
+use crate::tls::Peer;
 
 /// The authenticated user of a request.
 #[derive(Debug, Clone)]
@@ -47,13 +47,24 @@ impl FromRequestParts<Arc<Api>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
-        let (name, password) = credentials(parts).ok_or_else(|| {
-            ApiError::unauthorized("this API needs HTTP basic authentication with a broker user")
-        })?;
-        let peer = parts
+        let connected = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| peer.ip());
+            .get::<ConnectInfo<Peer>>()
+            .map(|ConnectInfo(peer)| peer.clone());
+        let peer = connected.as_ref().map(|connected| connected.address.ip());
+        let certificate_user = connected.and_then(|connected| connected.certificate_user);
+        let Some((name, password)) = credentials(parts) else {
+            let Some(name) = certificate_user else {
+                return Err(ApiError::unauthorized(
+                    "this API needs HTTP basic authentication with a broker user",
+                ));
+            };
+            api.broker
+                .access()
+                .authenticate_certificate(&name, peer)
+                .map_err(|error| ApiError::unauthorized(error.to_string()))?;
+            return Self::tagged(api, name);
+        };
         let now_ms = SystemClock.now_ms();
         let access = api.broker.access();
         let checked = if access.needs_hashing(&name, &password) {
@@ -80,6 +91,13 @@ impl FromRequestParts<Arc<Api>> for Caller {
                 return Err(ApiError::unauthorized(error.to_string()));
             }
         }
+        Self::tagged(api, name)
+    }
+}
+
+impl Caller {
+    /// The caller `name` once authenticated: refused without a management tag.
+    fn tagged(api: &Arc<Api>, name: String) -> Result<Self, ApiError> {
         let tags = api.broker.access().tags(&name).unwrap_or_default();
         if !tags
             .iter()
@@ -95,9 +113,7 @@ impl FromRequestParts<Arc<Api>> for Caller {
             api: Arc::clone(api),
         })
     }
-}
 
-impl Caller {
     fn has(&self, tag: &str) -> bool {
         self.tags.iter().any(|held| held == tag)
     }

@@ -13,6 +13,7 @@ mod openapi;
 mod queues;
 mod rates;
 mod streams;
+mod tls;
 mod topology;
 
 use std::net::SocketAddr;
@@ -171,7 +172,25 @@ pub fn router(api: Arc<Api>) -> Router {
 pub async fn serve(listener: TcpListener, api: Arc<Api>) -> std::io::Result<()> {
     axum::serve(
         listener,
-        router(api).into_make_service_with_connect_info::<SocketAddr>(),
+        router(api).into_make_service_with_connect_info::<tls::Peer>(),
+    )
+    .await
+}
+
+/// Serves the API over HTTPS on `listener` until the task is dropped. A request without an
+/// `Authorization` header from a client whose certificate the acceptor verified is made as
+/// the user the certificate names.
+///
+/// # Errors
+/// When accepting connections fails for good.
+pub async fn serve_tls(
+    listener: TcpListener,
+    api: Arc<Api>,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> std::io::Result<()> {
+    axum::serve(
+        tls::TlsListener::new(listener, acceptor)?,
+        router(api).into_make_service_with_connect_info::<tls::Peer>(),
     )
     .await
 }

@@ -24,6 +24,7 @@ pub struct Config {
     pub auth: AuthSection,
     pub amqp: AmqpSection,
     pub http: HttpSection,
+    pub tls: TlsSection,
     pub storage: StorageSection,
     pub flow: FlowSection,
 }
@@ -94,6 +95,8 @@ impl Default for AuthSection {
 pub struct AmqpSection {
     /// `host:port` (port 0 picks one) or `off`.
     pub listen: String,
+    /// Where AMQP over TLS listens (conventionally port 5671), or `off`; needs `[tls]`.
+    pub tls_listen: String,
     pub frame_max: u32,
     pub channel_max: u16,
     pub heartbeat_s: u16,
@@ -105,6 +108,7 @@ impl Default for AmqpSection {
         let limits = Limits::default();
         Self {
             listen: "0.0.0.0:5672".to_owned(),
+            tls_listen: "off".to_owned(),
             frame_max: limits.frame_max,
             channel_max: limits.channel_max,
             heartbeat_s: limits.heartbeat_s,
@@ -119,12 +123,41 @@ impl Default for AmqpSection {
 pub struct HttpSection {
     /// `host:port` (port 0 picks one) or `off`.
     pub listen: String,
+    /// Where the API listens over TLS (conventionally port 15671), or `off`; needs `[tls]`.
+    pub tls_listen: String,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:15672".to_owned(),
+            tls_listen: "off".to_owned(),
+        }
+    }
+}
+
+/// The certificate of the TLS listeners, and client certificates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// The server's certificate chain (PEM), leaf first.
+    pub cert_file: String,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// The CAs client certificates must chain to (PEM); needed unless `verify` is `none`.
+    pub ca_file: String,
+    /// Client certificates: `none` (not asked for), `optional` (verified when presented),
+    /// `required` (a client without one is refused).
+    pub verify: String,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            cert_file: String::new(),
+            key_file: String::new(),
+            ca_file: String::new(),
+            verify: "none".to_owned(),
         }
     }
 }
@@ -212,6 +245,8 @@ pub struct Flags {
     pub log_format: Option<String>,
     pub amqp_listen: Option<String>,
     pub http_listen: Option<String>,
+    pub amqp_tls_listen: Option<String>,
+    pub http_tls_listen: Option<String>,
 }
 
 /// The effective configuration, and the source of each `section.key`.
@@ -251,6 +286,18 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Loade
         ("log", "format", "--log-format", flags.log_format.clone()),
         ("amqp", "listen", "--amqp-listen", flags.amqp_listen.clone()),
         ("http", "listen", "--http-listen", flags.http_listen.clone()),
+        (
+            "amqp",
+            "tls_listen",
+            "--amqp-tls-listen",
+            flags.amqp_tls_listen.clone(),
+        ),
+        (
+            "http",
+            "tls_listen",
+            "--http-tls-listen",
+            flags.http_tls_listen.clone(),
+        ),
     ];
     for (section, key, flag, value) in flag_values {
         if let Some(value) = value {
@@ -505,6 +552,7 @@ impl Loaded {
         }
         self.amqp_listen()?;
         self.http_listen()?;
+        self.tls()?;
         // AMQP 0-9-1 §4.2.3: a peer must accept frames of at least 4096 octets.
         if config.amqp.frame_max < 4096 {
             return Err(self.invalid(
@@ -555,6 +603,62 @@ impl Loaded {
     /// An address that is not `host:port` or `off`.
     pub fn http_listen(&self) -> Result<Listen, ConfigError> {
         self.listen("http.listen", &self.config.http.listen)
+    }
+
+    /// AMQP's TLS listener.
+    ///
+    /// # Errors
+    /// An address that is not `host:port` or `off`.
+    pub fn amqp_tls_listen(&self) -> Result<Listen, ConfigError> {
+        self.listen("amqp.tls_listen", &self.config.amqp.tls_listen)
+    }
+
+    /// The management API's TLS listener.
+    ///
+    /// # Errors
+    /// An address that is not `host:port` or `off`.
+    pub fn http_tls_listen(&self) -> Result<Listen, ConfigError> {
+        self.listen("http.tls_listen", &self.config.http.tls_listen)
+    }
+
+    /// The TLS acceptors, when a TLS listener is on (the files are read now).
+    ///
+    /// # Errors
+    /// A bad listener address or `tls.verify`; a TLS listener without `tls.cert_file` and
+    /// `tls.key_file`, or with `verify` other than `none` and no `tls.ca_file`; a file that
+    /// does not load.
+    pub fn tls(&self) -> Result<Option<crate::tls::Acceptors>, ConfigError> {
+        let tls = &self.config.tls;
+        let verify: crate::tls::Verify = tls
+            .verify
+            .parse()
+            .map_err(|reason: String| self.invalid("tls.verify", reason))?;
+        let on = [self.amqp_tls_listen()?, self.http_tls_listen()?]
+            .iter()
+            .any(|listen| matches!(listen, Listen::At(_)));
+        if !on {
+            return Ok(None);
+        }
+        for (key, value) in [
+            ("tls.cert_file", &tls.cert_file),
+            ("tls.key_file", &tls.key_file),
+        ] {
+            if value.is_empty() {
+                return Err(self.invalid(key, "a TLS listener is on: set the PEM file"));
+            }
+        }
+        if verify != crate::tls::Verify::None && tls.ca_file.is_empty() {
+            return Err(self.invalid(
+                "tls.ca_file",
+                format!(
+                    "tls.verify = {} needs the CAs of client certificates",
+                    tls.verify
+                ),
+            ));
+        }
+        crate::tls::acceptors(tls, verify)
+            .map(Some)
+            .map_err(|(key, reason)| self.invalid(key, reason))
     }
 
     fn listen(&self, key: &str, value: &str) -> Result<Listen, ConfigError> {

@@ -6,6 +6,7 @@ mod admin;
 mod config;
 mod server;
 mod sim;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -38,6 +38,14 @@ pub struct ServerArgs {
     /// `off` disables; default `0.0.0.0:15672`).
     #[arg(long)]
     http_listen: Option<Listen>,
+    /// Where AMQP over TLS listens (default `off`; conventionally `0.0.0.0:5671`; needs the
+    /// `[tls]` certificate).
+    #[arg(long)]
+    amqp_tls_listen: Option<Listen>,
+    /// Where the management API listens over TLS (default `off`; conventionally
+    /// `0.0.0.0:15671`; needs the `[tls]` certificate).
+    #[arg(long)]
+    http_tls_listen: Option<Listen>,
     /// Print the effective configuration, each key with where its value came from, and exit.
     #[arg(long)]
     print_config: bool,
@@ -63,6 +71,8 @@ pub fn run(args: ServerArgs) -> ExitCode {
         }),
         amqp_listen: args.amqp_listen.as_ref().map(Listen::to_string),
         http_listen: args.http_listen.as_ref().map(Listen::to_string),
+        amqp_tls_listen: args.amqp_tls_listen.as_ref().map(Listen::to_string),
+        http_tls_listen: args.http_tls_listen.as_ref().map(Listen::to_string),
     };
     let loaded = match config::load(&flags, &|name| std::env::var(name).ok()) {
         Ok(loaded) => loaded,
@@ -122,38 +132,39 @@ fn serve(loaded: &Loaded) -> Result<()> {
         .context("open the broker")?;
         broker.access().set_login_limits(loaded.login_limits());
         info!(vhosts = ?broker.vhost_names(), "broker ready");
+        let tls = loaded.tls()?;
         let mut listeners = Vec::new();
-        if let Listen::At(address) = loaded.amqp_listen()? {
-            let listener = bind(&address, "amqp").await?;
-            let local = listener
-                .local_addr()
-                .context("the AMQP listener's address")?;
-            tokio::spawn(postino_amqp::serve(
+        let amqp = bound(loaded.amqp_listen()?, "amqp", &mut listeners).await?;
+        let amqps = bound(loaded.amqp_tls_listen()?, "amqps", &mut listeners).await?;
+        let http = bound(loaded.http_listen()?, "http", &mut listeners).await?;
+        let https = bound(loaded.http_tls_listen()?, "https", &mut listeners).await?;
+        if let Some(listener) = amqp {
+            let limits = loaded.amqp_limits();
+            tokio::spawn(postino_amqp::serve(listener, Arc::clone(&broker), limits));
+        }
+        if let (Some(listener), Some(tls)) = (amqps, &tls) {
+            let (limits, acceptor) = (loaded.amqp_limits(), tls.amqp.clone());
+            tokio::spawn(postino_amqp::serve_tls(
                 listener,
                 Arc::clone(&broker),
-                loaded.amqp_limits(),
+                limits,
+                acceptor,
             ));
-            listeners.push(postino_http::Listener {
-                protocol: "amqp".to_owned(),
-                address: local,
-            });
         }
-        let http = match loaded.http_listen()? {
-            Listen::At(address) => Some(bind(&address, "http").await?),
-            Listen::Off => None,
-        };
+        let api = postino_http::Api::new(Arc::clone(&broker), listeners.clone());
         if let Some(listener) = http {
-            let local = listener
-                .local_addr()
-                .context("the HTTP listener's address")?;
-            listeners.push(postino_http::Listener {
-                protocol: "http".to_owned(),
-                address: local,
-            });
-            let api = postino_http::Api::new(Arc::clone(&broker), listeners.clone());
+            let api = Arc::clone(&api);
             tokio::spawn(async move {
                 if let Err(error) = postino_http::serve(listener, api).await {
                     error!(%error, "the management API stopped");
+                }
+            });
+        }
+        if let (Some(listener), Some(tls)) = (https, &tls) {
+            let acceptor = tls.http.clone();
+            tokio::spawn(async move {
+                if let Err(error) = postino_http::serve_tls(listener, api, acceptor).await {
+                    error!(%error, "the management API over TLS stopped");
                 }
             });
         }
@@ -170,16 +181,42 @@ fn serve(loaded: &Loaded) -> Result<()> {
     Ok(())
 }
 
-/// Binds a listener; a port in use is named as such, with the setting that chose it.
-async fn bind(address: &str, protocol: &str) -> Result<tokio::net::TcpListener> {
+/// Binds the listener of `protocol` when its setting is an address, and lists it.
+async fn bound(
+    listen: Listen,
+    protocol: &str,
+    listeners: &mut Vec<postino_http::Listener>,
+) -> Result<Option<tokio::net::TcpListener>> {
+    let Listen::At(address) = listen else {
+        return Ok(None);
+    };
+    let key = match protocol {
+        "amqps" => "amqp.tls_listen",
+        "https" => "http.tls_listen",
+        "amqp" => "amqp.listen",
+        _ => "http.listen",
+    };
+    let listener = bind(&address, key).await?;
+    let local = listener
+        .local_addr()
+        .with_context(|| format!("the {protocol} listener's address"))?;
+    listeners.push(postino_http::Listener {
+        protocol: protocol.to_owned(),
+        address: local,
+    });
+    Ok(Some(listener))
+}
+
+/// Binds a listener; a port in use is named as such, with the setting (`key`) that chose it.
+async fn bind(address: &str, key: &str) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(address)
         .await
         .map_err(|error| {
             if error.kind() == std::io::ErrorKind::AddrInUse {
                 let port = address.rsplit(':').next().unwrap_or(address);
-                anyhow::anyhow!("port {port} is already in use ({protocol}.listen = {address})")
+                anyhow::anyhow!("port {port} is already in use ({key} = {address})")
             } else {
-                anyhow::anyhow!("listen for {protocol} on {address}: {error}")
+                anyhow::anyhow!("listen on {address} ({key}): {error}")
             }
         })
 }

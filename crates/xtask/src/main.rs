@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 }
 
 /// Fuzz targets, each a file in `fuzz/fuzz_targets/`.
-const FUZZ_TARGETS: &[&str] = &["batch", "amqp_frame", "amqp_session"];
+const FUZZ_TARGETS: &[&str] = &["batch", "amqp_frame", "amqp_session", "certificate_user"];
 
 fn cargo(args: &[&str]) -> Result<(), String> {
     cargo_in(".", args)

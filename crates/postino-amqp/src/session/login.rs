@@ -34,7 +34,8 @@ fn bit(action: Action) -> u8 {
     }
 }
 
-pub(super) fn start() -> AMQPClass {
+/// `connection.start`; `EXTERNAL` is offered to a client whose certificate was verified.
+pub(super) fn start(external: bool) -> AMQPClass {
     let mut capabilities = FieldTable::default();
     for capability in [
         "publisher_confirms",
@@ -62,7 +63,11 @@ pub(super) fn start() -> AMQPClass {
         version_major: 0,
         version_minor: 9,
         server_properties: properties,
-        mechanisms: LongString::from("PLAIN AMQPLAIN"),
+        mechanisms: LongString::from(if external {
+            "PLAIN AMQPLAIN EXTERNAL"
+        } else {
+            "PLAIN AMQPLAIN"
+        }),
         locales: LongString::from("en_US"),
     }))
 }
@@ -72,48 +77,25 @@ impl Session {
         match method {
             connection::AMQPMethod::StartOk(start_ok) => {
                 self.wants_blocked = capability(&start_ok.client_properties, "connection.blocked");
-                let Some((user, password)) = credentials(&start_ok) else {
-                    self.close_connection(ACCESS_REFUSED, "login refused: use PLAIN or AMQPLAIN");
-                    return Next::Stop;
-                };
-                // argon2 takes tens of milliseconds: off the runtime's worker threads, unless
-                // this password was verified before (a reconnecting client).
-                let broker = std::sync::Arc::clone(&self.broker);
-                let peer = self.peer;
-                let now_ms = SystemClock.now_ms();
-                let checked = if broker.access().needs_hashing(&user, &password) {
-                    let user = user.clone();
-                    tokio::task::spawn_blocking(move || {
-                        broker
-                            .access()
-                            .authenticate_from(&user, &password, peer, now_ms)
-                    })
-                    .await
+                let checked = if start_ok.mechanism.as_str() == "EXTERNAL" {
+                    self.certificate_login()
                 } else {
-                    Ok(broker
-                        .access()
-                        .authenticate_from(&user, &password, peer, now_ms))
+                    self.password_login(&start_ok).await
                 };
-                match checked {
-                    Ok(Ok(())) => {
-                        self.listed.describe(|session| {
-                            session.user.clone_from(&user);
-                            session.auth_mechanism = start_ok.mechanism.as_str().to_owned();
-                            session.client_properties =
-                                client_properties(&start_ok.client_properties);
-                        });
-                        self.user = user;
-                    }
-                    Ok(Err(error)) => {
-                        info!(connection = self.connection, %user, %error, "amqp login refused");
-                        self.close_connection(ACCESS_REFUSED, &error.to_string());
+                let user = match checked {
+                    Ok(user) => user,
+                    Err(reason) => {
+                        info!(connection = self.connection, %reason, "amqp login refused");
+                        self.close_connection(ACCESS_REFUSED, &reason);
                         return Next::Stop;
                     }
-                    Err(_) => {
-                        self.close_connection(ACCESS_REFUSED, "login could not be checked");
-                        return Next::Stop;
-                    }
-                }
+                };
+                self.listed.describe(|session| {
+                    session.user.clone_from(&user);
+                    session.auth_mechanism = start_ok.mechanism.as_str().to_owned();
+                    session.client_properties = client_properties(&start_ok.client_properties);
+                });
+                self.user = user;
                 self.send(
                     0,
                     AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
@@ -157,6 +139,45 @@ impl Session {
                 Next::Stop
             }
         }
+    }
+
+    /// A login by PLAIN or AMQPLAIN: the user, or why it is refused.
+    async fn password_login(&self, start_ok: &connection::StartOk) -> Result<String, String> {
+        let Some((user, password)) = credentials(start_ok) else {
+            return Err("login refused: use PLAIN, AMQPLAIN or EXTERNAL".to_owned());
+        };
+        // argon2 takes tens of milliseconds: off the runtime's worker threads, unless this
+        // password was verified before (a reconnecting client).
+        let broker = std::sync::Arc::clone(&self.broker);
+        let peer = self.peer;
+        let now_ms = SystemClock.now_ms();
+        let checked = if broker.access().needs_hashing(&user, &password) {
+            let user = user.clone();
+            tokio::task::spawn_blocking(move || {
+                broker
+                    .access()
+                    .authenticate_from(&user, &password, peer, now_ms)
+            })
+            .await
+            .map_err(|_| "login could not be checked".to_owned())?
+        } else {
+            broker
+                .access()
+                .authenticate_from(&user, &password, peer, now_ms)
+        };
+        checked.map(|()| user).map_err(|error| error.to_string())
+    }
+
+    /// A login by EXTERNAL: the user the verified client certificate names.
+    fn certificate_login(&self) -> Result<String, String> {
+        let Some(user) = self.listed.origin().certificate_user.clone() else {
+            return Err("login refused: EXTERNAL needs a verified client certificate".to_owned());
+        };
+        self.broker
+            .access()
+            .authenticate_certificate(&user, self.peer)
+            .map(|()| user)
+            .map_err(|error| error.to_string())
     }
 
     fn open(&mut self, vhost: &str) -> Next {

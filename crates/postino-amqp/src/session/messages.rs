@@ -392,10 +392,16 @@ impl Session {
         for (queue, ids) in groups {
             // Acks are pipelined (the tag table above already refused unknown tags); a
             // requeue or discard waits, so its errors reach the client.
-            if outcome == Outcome::Accept {
-                queue.settle_pipelined(ids, outcome).await?;
+            let settled = if outcome == Outcome::Accept {
+                queue.settle_pipelined(ids, outcome).await
             } else {
-                queue.settle(ids, outcome).await?;
+                queue.settle(ids, outcome).await
+            };
+            match settled {
+                // The queue was deleted since the delivery: nothing is left to settle, and
+                // RabbitMQ takes such acks without an error too.
+                Ok(()) | Err(CoreError::QueueStopped { .. }) => {}
+                Err(error) => return Err(error),
             }
         }
         Ok(())

@@ -355,7 +355,8 @@ where
         sent_close: std::sync::atomic::AtomicBool::new(false),
         heartbeat,
     };
-    session.send(0, login::start());
+    let external = session.listed.origin().certificate_user.is_some();
+    session.send(0, login::start(external));
     let outcome = session.read_loop(&mut reader, &mut buffer).await;
     session.shutdown().await;
     if outcome.is_ok() && session.sent_close.load(Ordering::Relaxed) {

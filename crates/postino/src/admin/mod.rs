@@ -25,9 +25,10 @@ pub struct Target {
         default_value = "http://127.0.0.1:15672"
     )]
     url: String,
-    /// The user to authenticate as (also `POSTINO_USER`).
-    #[arg(long, global = true, env = "POSTINO_USER", default_value = "guest")]
-    user: String,
+    /// The user to authenticate as (also `POSTINO_USER`; default `guest`, or with
+    /// `--client-cert` the user the certificate names).
+    #[arg(long, global = true, env = "POSTINO_USER")]
+    user: Option<String>,
     /// Its password (also `POSTINO_PASSWORD`).
     #[arg(
         long,
@@ -41,6 +42,29 @@ pub struct Target {
     /// `bench` and `sim`.
     #[arg(long, global = true)]
     json: bool,
+    /// With an `https://` URL: the CA certificates (PEM) the server's certificate must chain
+    /// to, instead of the public web's roots (also `POSTINO_CA_CERT`).
+    #[arg(long, global = true, env = "POSTINO_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// With an `https://` URL: a client certificate chain (PEM) to present; with no
+    /// `--user` given, the server takes the user it names (also `POSTINO_CLIENT_CERT`).
+    #[arg(
+        long,
+        global = true,
+        env = "POSTINO_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `--client-cert` (also `POSTINO_CLIENT_KEY`).
+    #[arg(
+        long,
+        global = true,
+        env = "POSTINO_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -92,25 +116,36 @@ fn arguments(pairs: &[String]) -> Outcome<Value> {
 struct Client {
     agent: ureq::Agent,
     base: String,
-    authorization: String,
+    /// Basic credentials (none when a client certificate stands for them).
+    authorization: Option<String>,
 }
 
 impl Client {
-    fn new(target: &Target) -> Self {
+    fn new(target: &Target) -> Outcome<Self> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(std::time::Duration::from_secs(120)))
+            .tls_config(tls_config(target)?)
             .build()
             .into();
-        let credentials = format!("{}:{}", target.user, target.password);
-        Self {
-            agent,
-            base: target.url.trim_end_matches('/').to_owned(),
-            authorization: format!(
+        // A client certificate without a user: the server takes the user it names.
+        let user = match (&target.user, &target.client_cert) {
+            (Some(user), _) => Some(user.as_str()),
+            (None, Some(_)) => None,
+            (None, None) => Some("guest"),
+        };
+        let authorization = user.map(|user| {
+            let credentials = format!("{user}:{}", target.password);
+            format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(credentials)
-            ),
-        }
+            )
+        });
+        Ok(Self {
+            agent,
+            base: target.url.trim_end_matches('/').to_owned(),
+            authorization,
+        })
     }
 
     /// Sends a request; a 2xx answer's JSON body (`null` when empty), else the server's
@@ -136,7 +171,10 @@ impl Client {
         };
         let response = match (bodiless, body) {
             (Some(request), _) => {
-                let mut request = request.header("authorization", &self.authorization);
+                let mut request = request;
+                if let Some(authorization) = &self.authorization {
+                    request = request.header("authorization", authorization);
+                }
                 if let Some((name, value)) = header {
                     request = request.header(name, value);
                 }
@@ -148,8 +186,11 @@ impl Client {
                 } else {
                     self.agent.post(&url)
                 };
+                let request = match &self.authorization {
+                    Some(authorization) => request.header("authorization", authorization),
+                    None => request,
+                };
                 request
-                    .header("authorization", &self.authorization)
                     .header("content-type", "application/json")
                     .send(body.unwrap_or(&Value::Null).to_string())
             }
@@ -176,10 +217,52 @@ impl Client {
     }
 }
 
+/// Reads a PEM file the TLS options name.
+fn pem(path: &std::path::Path) -> Outcome<Vec<u8>> {
+    std::fs::read(path).map_err(|error| Failure::Usage(format!("{}: {error}", path.display())))
+}
+
+/// The TLS settings the options ask for (the public web's roots by default).
+fn tls_config(target: &Target) -> Outcome<ureq::tls::TlsConfig> {
+    use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+    let bad = |path: &std::path::Path, error: ureq::Error| {
+        Failure::Usage(format!("{}: {error}", path.display()))
+    };
+    let certificates = |path: &std::path::Path| -> Outcome<Vec<Certificate<'static>>> {
+        let text = pem(path)?;
+        let mut found = Vec::new();
+        for item in ureq::tls::parse_pem(&text) {
+            if let PemItem::Certificate(certificate) = item.map_err(|error| bad(path, error))? {
+                found.push(certificate);
+            }
+        }
+        if found.is_empty() {
+            return Err(Failure::Usage(format!(
+                "{}: no PEM certificate",
+                path.display()
+            )));
+        }
+        Ok(found)
+    };
+    let mut config = TlsConfig::builder();
+    if let Some(path) = &target.ca_cert {
+        config = config.root_certs(RootCerts::new_with_certs(&certificates(path)?));
+    }
+    if let (Some(cert), Some(key)) = (&target.client_cert, &target.client_key) {
+        let private = PrivateKey::from_pem(&pem(key)?).map_err(|error| bad(key, error))?;
+        config = config.client_cert(Some(ClientCert::new_with_certs(
+            &certificates(cert)?,
+            private,
+        )));
+    }
+    Ok(config.build())
+}
+
 /// Runs one admin command; the exit code follows the module's documentation.
 pub fn run(target: &Target, noun: Noun) -> ExitCode {
-    let client = Client::new(target);
-    match commands::execute(&client, target.json, noun) {
+    let outcome =
+        Client::new(target).and_then(|client| commands::execute(&client, target.json, noun));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Server(reason)) => {
             eprintln!("postino: {reason}");

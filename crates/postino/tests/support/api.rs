@@ -73,6 +73,7 @@ impl Api {
 }
 
 /// Runs the admin CLI against the API at `http`.
+#[allow(dead_code, reason = "each test binary uses the helpers it needs")]
 pub fn cli(http: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_postino"))
         .arg("--url")
@@ -85,6 +86,7 @@ pub fn cli(http: &str, args: &[&str]) -> Output {
 }
 
 /// Runs the admin CLI and checks it exits 0; returns what it printed.
+#[allow(dead_code, reason = "each test binary uses the helpers it needs")]
 pub fn succeeds(http: &str, args: &[&str]) -> String {
     let output = cli(http, args);
     assert_eq!(

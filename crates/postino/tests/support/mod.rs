@@ -26,11 +26,25 @@ pub struct Server {
     pub child: Child,
     pub amqp: String,
     pub http: String,
+    /// Every listener's address by protocol (`amqp`, `amqps`, `http`, `https`).
+    pub addresses: std::collections::BTreeMap<String, String>,
     pub lines: Lines<BufReader<ChildStderr>>,
 }
 
 /// Starts the server with AMQP and HTTP on temporary loopback ports.
+#[allow(dead_code, reason = "each test binary uses the helpers it needs")]
 pub fn start_server(data_dir: &Path, environment: &[(&str, &str)]) -> Server {
+    start_listening(data_dir, environment, &["amqp", "http"])
+}
+
+#[allow(dead_code, reason = "each test binary uses the helpers it needs")]
+/// Starts the server with AMQP and HTTP on temporary loopback ports, and waits until the
+/// listeners of every protocol in `protocols` are announced.
+pub fn start_listening(
+    data_dir: &Path,
+    environment: &[(&str, &str)],
+    protocols: &[&str],
+) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_postino"))
         .args([
             "server",
@@ -47,29 +61,31 @@ pub fn start_server(data_dir: &Path, environment: &[(&str, &str)]) -> Server {
         .spawn()
         .expect("start the server");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let (mut amqp, mut http) = (None, None);
-    while amqp.is_none() || http.is_none() {
+    let mut addresses = std::collections::BTreeMap::new();
+    while !protocols
+        .iter()
+        .all(|protocol| addresses.contains_key(*protocol))
+    {
         let line = lines
             .next()
             .expect("the server announces its listeners")
             .expect("log line");
-        let address = || {
-            line.rsplit("addr=")
-                .next()
-                .expect("an address")
-                .trim()
-                .to_owned()
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(name))
+                .map(str::to_owned)
         };
-        if line.contains("listening protocol=amqp") {
-            amqp = Some(address());
-        } else if line.contains("listening protocol=http") {
-            http = Some(address());
+        if line.contains("listening")
+            && let (Some(protocol), Some(address)) = (field("protocol="), field("addr="))
+        {
+            addresses.insert(protocol, address);
         }
     }
     Server {
         child,
-        amqp: amqp.unwrap_or_default(),
-        http: http.unwrap_or_default(),
+        amqp: addresses.get("amqp").cloned().unwrap_or_default(),
+        http: addresses.get("http").cloned().unwrap_or_default(),
+        addresses,
         lines,
     }
 }
