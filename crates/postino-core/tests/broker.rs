@@ -55,17 +55,38 @@ async fn virtual_hosts_are_kept_apart_and_persist() {
 }
 
 #[tokio::test]
-async fn publishers_wait_while_the_disk_alarm_is_raised() {
+async fn publishers_wait_while_the_disk_alarm_is_raised_and_consumers_are_served() {
     let dir = tempfile::tempdir().expect("dir");
-    let broker = open(dir.path(), limits(u64::MAX));
+    let broker = open(dir.path(), limits(0));
+    let host = broker.vhost(DEFAULT_VHOST).expect("default");
+    host.declare_queue("q", QueueSpec::durable())
+        .expect("declare");
+    host.publish("", "q", Message::new(&b"before"[..]))
+        .await
+        .expect("published before the alarm");
+    broker.set_limits(limits(u64::MAX));
     let mut alarm = broker.alarm();
     alarm
         .wait_for(|state| *state == Alarm::Disk)
         .await
         .expect("the impossible disk limit raises the alarm");
-    let host = broker.vhost(DEFAULT_VHOST).expect("default");
-    host.declare_queue("q", QueueSpec::transient())
-        .expect("declare");
+    let queue = host.queue("q").expect("the queue");
+    let delivered = queue
+        .get(
+            postino_core::GetSpec {
+                auto_ack: true,
+                lease_ms: None,
+            },
+            None,
+        )
+        .await
+        .expect("a get during the alarm")
+        .expect("the stored message is still there");
+    assert_eq!(
+        &delivered.message.body[..],
+        b"before",
+        "existing data is intact"
+    );
     let publish = {
         let host = Arc::clone(&host);
         tokio::spawn(async move { host.publish("", "q", Message::new(&b"m"[..])).await })
