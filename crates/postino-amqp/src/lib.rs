@@ -7,8 +7,9 @@
 //!
 //! It covers the connection handshake (tune, vhost open, heartbeats), channels, exchange and
 //! queue declaration/binding/purge/deletion, `basic.publish` (mandatory returns), publisher
-//! confirms, transactions (`tx.*`), `basic.consume`/`cancel` with `basic.qos` prefetch,
-//! `basic.get`, `basic.ack`/`nack`/`reject`/`recover`, direct reply-to and stream queues.
+//! confirms, transactions (`tx.*`), `basic.consume`/`cancel` with `basic.qos` prefetch (per
+//! consumer and per channel), `basic.get`, `basic.ack`/`nack`/`reject`/`recover`, direct
+//! reply-to and stream queues.
 //! Logins (PLAIN, AMQPLAIN; EXTERNAL with a verified client certificate) are checked against
 //! the broker's users, and every resource operation against the user's permissions
 //! (`session::login`). `connection.blocked` follows the broker's flow-control alarm. Each

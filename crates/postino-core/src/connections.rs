@@ -101,7 +101,10 @@ pub type Probe = Arc<dyn Fn() -> u64 + Send + Sync>;
 pub struct ChannelInfo {
     pub confirm: bool,
     pub transactional: bool,
+    /// `basic.qos` per consumer, for the consumers started from now on.
     pub prefetch_count: u32,
+    /// `basic.qos` with `global`: shared by all the channel's consumers.
+    pub global_prefetch_count: u32,
     pub consumers: BTreeMap<String, ConsumerInfo>,
     /// Deliveries handed to the client and not yet settled.
     pub unacked: Option<Probe>,
@@ -113,6 +116,7 @@ impl std::fmt::Debug for ChannelInfo {
             .field("confirm", &self.confirm)
             .field("transactional", &self.transactional)
             .field("prefetch_count", &self.prefetch_count)
+            .field("global_prefetch_count", &self.global_prefetch_count)
             .field("consumers", &self.consumers)
             .finish_non_exhaustive()
     }

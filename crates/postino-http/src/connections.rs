@@ -127,6 +127,7 @@ fn channel_json(
         "confirm": channel.confirm,
         "transactional": channel.transactional,
         "prefetch_count": channel.prefetch_count,
+        "global_prefetch_count": channel.global_prefetch_count,
         "consumer_count": channel.consumers.len(),
         "messages_unacknowledged": unacked,
     })

@@ -317,3 +317,38 @@ fn a_bad_tls_section_stops_the_server_naming_the_key() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("tls.verify"), "{stderr}");
 }
+
+#[test]
+fn required_client_certificates_refuse_a_client_without_one() {
+    let certificates = Certificates::new();
+    let data = tempfile::tempdir().expect("dir");
+    let environment = certificates.environment("required");
+    let environment: Vec<(&str, &str)> = environment
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let server = support::start_listening(data.path(), &environment, &["amqp", "https"]);
+    let lines = server.lines;
+    std::thread::spawn(move || lines.for_each(drop));
+    let whoami = format!(
+        "https://localhost:{}/api/whoami",
+        port(&server.addresses["https"])
+    );
+    assert!(
+        https_agent(&certificates, None)
+            .get(&whoami)
+            .call()
+            .is_err(),
+        "without a client certificate the handshake fails"
+    );
+    let answer = https_agent(&certificates, Some("ann"))
+        .get(&whoami)
+        .call()
+        .expect("an answer over TLS");
+    assert_eq!(
+        answer.status().as_u16(),
+        401,
+        "a certified user the broker does not know is not logged in"
+    );
+    support::stop(server.child);
+}

@@ -41,11 +41,23 @@ impl Session {
     ) -> Result<Next, CoreError> {
         match method {
             basic::AMQPMethod::Qos(qos) => {
-                if let Some(channel) = self.channels.get_mut(&id) {
+                // RabbitMQ's reading (`per_consumer_qos`): without `global` the count applies
+                // to each consumer the channel starts from now on; with it, to all the
+                // channel's unsettled consumer deliveries together.
+                if qos.global {
+                    lock(&self.channel(id).tags)
+                        .channel_credit
+                        .set_limit(qos.prefetch_count);
+                } else if let Some(channel) = self.channels.get_mut(&id) {
                     channel.prefetch = qos.prefetch_count;
                 }
                 self.listed.describe_channel(id, |channel| {
-                    channel.prefetch_count = u32::from(qos.prefetch_count);
+                    let count = u32::from(qos.prefetch_count);
+                    if qos.global {
+                        channel.global_prefetch_count = count;
+                    } else {
+                        channel.prefetch_count = count;
+                    }
                 });
                 self.send(
                     id,
@@ -262,6 +274,11 @@ impl Session {
             .expect("methods reach only open channels")
     }
 
+    /// The channel's shared prefetch (`basic.qos` with `global`), 0 for none.
+    fn channel_prefetch(&self, id: u16) -> u16 {
+        lock(&self.channel(id).tags).channel_credit.limit()
+    }
+
     pub(super) async fn consume(
         &mut self,
         host: &Arc<VirtualHost>,
@@ -298,8 +315,15 @@ impl Session {
             }
             _ => 0,
         };
+        // The core holds at most this many deliveries for the consumer: its own prefetch, and
+        // never more than the channel's shared one.
+        let prefetch = match (self.channel(id).prefetch, self.channel_prefetch(id)) {
+            (0, shared) => shared,
+            (own, 0) => own,
+            (own, shared) => own.min(shared),
+        };
         let spec = ConsumerSpec {
-            prefetch_count: u32::from(self.channel(id).prefetch),
+            prefetch_count: u32::from(prefetch),
             auto_ack: consume.no_ack,
             priority,
             ..ConsumerSpec::default()
@@ -313,6 +337,7 @@ impl Session {
             })),
         );
         let tags = Arc::clone(&self.channel(id).tags);
+        let credit = Arc::clone(&lock(&tags).channel_credit);
         let (out, frame_max, no_ack) = (self.out.clone(), self.frame_max, consume.no_ack);
         let forward_queue = queue.clone();
         let forward_tag = short(&tag);
@@ -327,7 +352,8 @@ impl Session {
                 let delivery_tag = if no_ack {
                     0
                 } else {
-                    lock(&tags).assign(&forward_queue, delivery.id)
+                    credit.acquire().await;
+                    lock(&tags).assign_credited(&forward_queue, delivery.id)
                 };
                 let annotations = &delivery.message.annotations;
                 let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {

@@ -5,7 +5,7 @@
 //! deliveries from their queue to the writer, numbering them with their channel's delivery
 //! tags.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,6 +22,7 @@ use postino_types::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+mod credit;
 mod declare;
 mod login;
 mod messages;
@@ -32,6 +33,7 @@ pub(crate) use reply_to::ReplyConsumers;
 
 use crate::Limits;
 use crate::convert::properties_to_amqp;
+use credit::ChannelCredit;
 
 const PROTOCOL_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
 /// Bytes of a frame around its payload: type, channel, size, end.
@@ -110,19 +112,31 @@ fn send_content(out: &Out, channel: u16, method: AMQPClass, message: &Message, f
 }
 
 /// Delivery tags of a channel: each maps to the queue and the core's delivery id, or (a
-/// delivery from a stream) to its consumer's credit.
+/// delivery from a stream) to its consumer's credit. Consumers' deliveries also hold a unit of
+/// the channel's shared prefetch until they are settled.
 #[derive(Debug, Default)]
 struct Tags {
     next: u64,
     open: BTreeMap<u64, (QueueHandle, u64)>,
     credits: BTreeMap<u64, Arc<tokio::sync::Semaphore>>,
+    /// The tags whose deliveries took a unit of `channel_credit`.
+    credited: BTreeSet<u64>,
+    channel_credit: Arc<ChannelCredit>,
 }
 
 impl Tags {
+    /// A tag for a `basic.get` delivery, outside the channel's prefetch.
     fn assign(&mut self, queue: &QueueHandle, id: u64) -> u64 {
         self.next += 1;
         self.open.insert(self.next, (queue.clone(), id));
         self.next
+    }
+
+    /// A tag for a consumer's delivery, sent under a unit of the channel's prefetch.
+    fn assign_credited(&mut self, queue: &QueueHandle, id: u64) -> u64 {
+        let tag = self.assign(queue, id);
+        self.credited.insert(tag);
+        tag
     }
 
     /// A tag for a stream delivery; settling it gives `credit` one permit back.
@@ -148,7 +162,9 @@ impl Tags {
             return Err(tag);
         };
         let mut groups: Vec<(QueueHandle, Vec<u64>)> = Vec::new();
+        let mut released = 0;
         for tag in tags {
+            released += u64::from(self.credited.remove(&tag));
             if let Some(credit) = self.credits.remove(&tag) {
                 credit.add_permits(1);
                 continue;
@@ -164,6 +180,7 @@ impl Tags {
                 None => groups.push((queue, vec![id])),
             }
         }
+        self.channel_credit.release(released);
         Ok(groups)
     }
 }
