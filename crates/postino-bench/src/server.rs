@@ -3,8 +3,9 @@
 //!
 //! - `start`: from spawning `postino server` on an empty data directory until every listener
 //!   is announced, and its resident memory once idle (RabbitMQ's is read as it runs).
-//! - `idle_connections`: AMQP connections opened with lapin (PLAIN login, one channel each)
-//!   and left idle; the broker's resident memory growth per connection.
+//! - `idle_connections`: AMQP connections opened over real sockets by a minimal hand-written
+//!   handshake (PLAIN login, heartbeats off, one channel each: lapin costs the client megabytes
+//!   a connection) and left idle; the broker's resident memory growth per connection.
 //! - `queues`: transient queues declared over one AMQP channel (`nowait`, one round trip at
 //!   the end); declarations per second and resident memory growth per queue.
 //! - `list_page`: the management API's `GET /api/queues/%2F?page=N&page_size=100` over those
@@ -18,11 +19,15 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
+use amq_protocol::protocol::{AMQPClass, channel, connection};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::amqp::find_process;
 use crate::storage::Size;
@@ -126,9 +131,9 @@ struct Target {
 
 fn sizes(size: Size) -> (usize, usize, usize) {
     match size {
-        // connections, queues, page requests
+        // connections, queues, page requests (RabbitMQ takes seconds a page over 100,000)
         Size::Quick => (500, 2_000, 50),
-        Size::Full => (10_000, 100_000, 500),
+        Size::Full => (10_000, 100_000, 100),
     }
 }
 
@@ -256,18 +261,111 @@ fn compared(rows: Vec<Row>, key: &str) -> Vec<Row> {
         .collect()
 }
 
-/// Opens `count` connections with a channel each, measures the broker's growth, closes them.
+/// How long one connection's handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `host:port` and the PLAIN response (`\0user\0password`) of an `amqp://user:password@host:port/…`
+/// URI.
+fn endpoint(uri: &str) -> Result<(String, Vec<u8>)> {
+    let rest = uri
+        .strip_prefix("amqp://")
+        .with_context(|| format!("{uri} is not an amqp:// URI"))?;
+    let (credentials, rest) = rest.split_once('@').unwrap_or(("guest:guest", rest));
+    let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+    let address = rest.split('/').next().unwrap_or(rest).to_owned();
+    Ok((address, format!("\0{user}\0{password}").into_bytes()))
+}
+
+/// An idle AMQP connection opened by hand over a real socket: the handshake (PLAIN, heartbeats
+/// off, as an idle pooled client may ask) and one open channel. A lapin connection costs the
+/// client megabytes, too much for 10,000 of them in one process.
+async fn open_idle(address: &str, response: &[u8]) -> Result<TcpStream> {
+    let mut socket = TcpStream::connect(address).await?;
+    let mut bytes = b"AMQP\x00\x00\x09\x01".to_vec();
+    let frames = [
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: amq_protocol::types::FieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: response.into(),
+                locale: "en_US".into(),
+            })),
+        ),
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 16,
+                frame_max: 131_072,
+                heartbeat: 0,
+            })),
+        ),
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: "/".into(),
+            })),
+        ),
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        ),
+    ];
+    for frame in &frames {
+        bytes = gen_frame(frame)(WriteContext::from(bytes))
+            .map_err(|error| anyhow::anyhow!("serialise {frame:?}: {error:?}"))?
+            .into_inner()
+            .0;
+    }
+    socket.write_all(&bytes).await?;
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = socket.read(&mut chunk).await?;
+        if read == 0 {
+            bail!("the broker closed the connection during the handshake");
+        }
+        received.extend_from_slice(&chunk[..read]);
+        while let Ok((rest, frame)) = parse_frame(received.as_slice()) {
+            let consumed = received.len() - rest.len();
+            match frame {
+                AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))) => {
+                    return Ok(socket);
+                }
+                AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Close(close)),
+                ) => {
+                    bail!("the broker refused the connection: {}", close.reply_text);
+                }
+                _ => {}
+            }
+            received.drain(..consumed);
+        }
+    }
+}
+
+/// Opens `count` idle connections with a channel each, measures the broker's growth, closes
+/// them.
 async fn idle_connections(target: &Target, count: usize) -> Result<Row> {
     let before = settled_rss(target.pid)?;
+    let (address, response) = endpoint(&target.amqp_uri)?;
     let began = Instant::now();
     let mut open = Vec::with_capacity(count);
     let mut pending = tokio::task::JoinSet::new();
-    for _ in 0..count {
-        let uri = target.amqp_uri.clone();
+    for index in 0..count {
+        let (address, response, name) = (address.clone(), response.clone(), target.name);
         pending.spawn(async move {
-            let connection = Connection::connect(&uri, ConnectionProperties::default()).await?;
-            let channel = connection.create_channel().await?;
-            anyhow::Ok((connection, channel))
+            // A broker out of file descriptors (RabbitMQ's alarm) stops answering handshakes:
+            // fail the run rather than wait for ever.
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, open_idle(&address, &response))
+                .await
+                .with_context(|| {
+                    format!(
+                        "{name} did not open connection {index} of {count} within \
+                         {HANDSHAKE_TIMEOUT:?} (is its open-file limit below {count}?)"
+                    )
+                })?
         });
         // A bounded number of handshakes at once, as a pool of clients would.
         while pending.len() >= 64 {
@@ -281,9 +379,7 @@ async fn idle_connections(target: &Target, count: usize) -> Result<Row> {
     }
     let elapsed = began.elapsed();
     let after = settled_rss(target.pid)?;
-    for (connection, _) in &open {
-        let _ = connection.close(200, "bye".into()).await;
-    }
+    drop(open);
     Ok(Row::new("idle_connections")
         .with("broker", target.name)
         .with("count", count)

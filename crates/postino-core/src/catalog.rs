@@ -78,7 +78,7 @@ impl VirtualHost {
         state
             .topology
             .exchange_names()
-            .flat_map(|name| state.topology.bindings(name).iter().cloned())
+            .flat_map(|name| state.topology.bindings(name).cloned())
             .collect()
     }
 

@@ -23,6 +23,7 @@ mod compacted;
 pub mod connections;
 mod definitions;
 pub mod error;
+pub mod filter;
 pub mod group;
 pub mod logins;
 pub mod offsets;
@@ -43,6 +44,7 @@ pub use connections::{
     ChannelInfo, Connection, Connections, ConsumerInfo, Origin, Registered, TrafficCounts,
 };
 pub use error::{CoreError, GroupError, TransactionError};
+pub use filter::{Filter, FilterError};
 pub use group::{Committer, GroupHandle, GroupLimits, Join, Joined, OffsetCommit};
 pub use logins::{LoginGuard, LoginLimits};
 pub use offsets::OffsetSet;

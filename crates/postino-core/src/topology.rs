@@ -6,15 +6,18 @@
 //! `all`, `any`, `all-with-x`, `any-with-x` over the binding arguments). The default exchange
 //! `""` routes to the queue named by the key. Exchange-to-exchange bindings are followed once
 //! per exchange (cycles end); an exchange with no matching binding hands the message to its
-//! alternate exchange.
+//! alternate exchange. A binding with an `x-filter` argument (a [`Filter`] over the message's
+//! properties and headers) matches only the messages its filter holds for, on top of its
+//! exchange's rule.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 
-use postino_types::{HeaderValue, Headers};
+use postino_types::{HeaderValue, Headers, Message};
 
 use crate::error::CoreError;
+use crate::filter::Filter;
 
 /// How an exchange matches bindings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,10 +200,38 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
     reachable[key.len()]
 }
 
+/// The binding argument holding a [`Filter`].
+pub const FILTER_ARGUMENT: &str = "x-filter";
+
 #[derive(Debug, Clone)]
 struct Exchange {
     spec: ExchangeSpec,
-    bindings: Vec<Binding>,
+    bindings: Vec<Bound>,
+}
+
+/// A binding and its parsed filter.
+#[derive(Debug, Clone)]
+struct Bound {
+    binding: Binding,
+    filter: Option<Filter>,
+}
+
+/// The filter of a binding's `x-filter` argument, if it has one.
+///
+/// # Errors
+/// `InvalidArgument` when it is not a string or does not parse (the reason names the position).
+pub fn binding_filter(arguments: &Headers) -> Result<Option<Filter>, CoreError> {
+    let invalid = |reason: String| CoreError::InvalidArgument {
+        name: FILTER_ARGUMENT.to_owned(),
+        reason,
+    };
+    match arguments.get(FILTER_ARGUMENT) {
+        None => Ok(None),
+        Some(HeaderValue::Text(text)) => Filter::parse(text)
+            .map(Some)
+            .map_err(|error| invalid(error.to_string())),
+        Some(other) => Err(invalid(format!("a filter is a string, not {other}"))),
+    }
 }
 
 /// The exchanges, bindings and queue names of one virtual host.
@@ -310,7 +341,7 @@ impl Topology {
         for exchange in self.exchanges.values_mut() {
             exchange
                 .bindings
-                .retain(|binding| binding.destination != gone);
+                .retain(|bound| bound.binding.destination != gone);
         }
         Ok(())
     }
@@ -327,7 +358,7 @@ impl Topology {
         for exchange in self.exchanges.values_mut() {
             exchange
                 .bindings
-                .retain(|binding| binding.destination != gone);
+                .retain(|bound| bound.binding.destination != gone);
         }
     }
 
@@ -341,9 +372,10 @@ impl Topology {
     ///
     /// # Errors
     /// `NotFound` for a missing source or destination; `AccessRefused` when binding to or from
-    /// the default exchange; `InvalidArgument` for a bad `x-match`.
+    /// the default exchange; `InvalidArgument` for a bad `x-match` or `x-filter`.
     pub fn bind(&mut self, binding: Binding) -> Result<(), CoreError> {
         self.check_binding(&binding)?;
+        let filter = binding_filter(&binding.arguments)?;
         let exchange = self
             .exchanges
             .get_mut(&binding.source)
@@ -351,8 +383,12 @@ impl Topology {
         if exchange.spec.kind == ExchangeKind::Headers {
             HeadersMatch::of(&binding.arguments)?;
         }
-        if !exchange.bindings.contains(&binding) {
-            exchange.bindings.push(binding);
+        if !exchange
+            .bindings
+            .iter()
+            .any(|bound| bound.binding == binding)
+        {
+            exchange.bindings.push(Bound { binding, filter });
         }
         Ok(())
     }
@@ -364,7 +400,7 @@ impl Topology {
     pub fn unbind(&mut self, binding: &Binding) -> Result<(), CoreError> {
         self.check_binding(binding)?;
         if let Some(exchange) = self.exchanges.get_mut(&binding.source) {
-            exchange.bindings.retain(|existing| existing != binding);
+            exchange.bindings.retain(|bound| bound.binding != *binding);
         }
         Ok(())
     }
@@ -391,15 +427,15 @@ impl Topology {
     }
 
     /// The bindings whose source is `exchange`.
-    #[must_use]
-    pub fn bindings(&self, exchange: &str) -> &[Binding] {
+    pub fn bindings(&self, exchange: &str) -> impl Iterator<Item = &Binding> {
         self.exchanges
             .get(exchange)
-            .map_or(&[], |exchange| exchange.bindings.as_slice())
+            .into_iter()
+            .flat_map(|exchange| exchange.bindings.iter().map(|bound| &bound.binding))
     }
 
-    /// The queues a message published to `exchange` with `routing_key` and `headers` goes to,
-    /// each once, in name order. Empty when it is unroutable.
+    /// The queues `message` published to `exchange` with `routing_key` goes to, each once, in
+    /// name order. Empty when it is unroutable.
     ///
     /// # Errors
     /// `NotFound` for a missing exchange; `AccessRefused` for an internal one.
@@ -407,7 +443,7 @@ impl Topology {
         &self,
         exchange: &str,
         routing_key: &str,
-        headers: &Headers,
+        message: &Message,
     ) -> Result<Vec<String>, CoreError> {
         let spec = self
             .exchange(exchange)
@@ -434,13 +470,16 @@ impl Topology {
                 continue;
             }
             let mut matched = false;
-            for binding in current
-                .bindings
-                .iter()
-                .filter(|binding| binding_matches(current.spec.kind, binding, routing_key, headers))
-            {
+            let headers = &message.properties.headers;
+            for bound in current.bindings.iter().filter(|bound| {
+                binding_matches(current.spec.kind, &bound.binding, routing_key, headers)
+                    && bound
+                        .filter
+                        .as_ref()
+                        .is_none_or(|filter| filter.matches(message, exchange, routing_key))
+            }) {
                 matched = true;
-                match &binding.destination {
+                match &bound.binding.destination {
                     Destination::Queue(queue) => {
                         queues.insert(queue.clone());
                     }
@@ -525,13 +564,13 @@ mod tests {
         let topology = topology(&["orders"]);
         assert_eq!(
             topology
-                .route("", "orders", &Headers::new())
+                .route("", "orders", &Message::default())
                 .expect("route"),
             ["orders"]
         );
         assert!(
             topology
-                .route("", "nobody", &Headers::new())
+                .route("", "nobody", &Message::default())
                 .expect("route")
                 .is_empty()
         );
@@ -555,7 +594,7 @@ mod tests {
         topology
             .bind(to_queue("amq.topic", "b", "kern.#"))
             .expect("bind");
-        let none = Headers::new();
+        let none = Message::default();
         assert_eq!(
             topology.route("amq.direct", "red", &none).expect("route"),
             ["a", "b"]
@@ -617,11 +656,13 @@ mod tests {
                 ..to_queue("amq.headers", "present", "")
             })
             .expect("bind");
-        let headers = |pairs: &[(&str, &str)]| -> Headers {
-            pairs
+        let headers = |pairs: &[(&str, &str)]| -> Message {
+            let mut message = Message::default();
+            message.properties.headers = pairs
                 .iter()
                 .map(|(name, value)| ((*name).to_owned(), HeaderValue::Text((*value).to_owned())))
-                .collect()
+                .collect();
+            message
         };
         let route = |pairs: &[(&str, &str)]| {
             topology
@@ -675,7 +716,7 @@ mod tests {
         topology.bind(to_queue("back", "q1", "")).expect("bind");
         topology.bind(to_queue("front", "q2", "k")).expect("bind");
         topology.bind(to_queue("ae", "unrouted", "")).expect("bind");
-        let none = Headers::new();
+        let none = Message::default();
         assert_eq!(
             topology.route("front", "k", &none).expect("route"),
             ["q1", "q2"]
@@ -724,7 +765,7 @@ mod tests {
             .declare_exchange("hidden", internal)
             .expect("declare");
         assert!(matches!(
-            topology.route("hidden", "", &Headers::new()),
+            topology.route("hidden", "", &Message::default()),
             Err(CoreError::AccessRefused { .. })
         ));
         topology.add_queue("q");
@@ -736,5 +777,83 @@ mod tests {
         topology.remove_queue("q");
         topology.delete_exchange("x", true).expect("unused now");
         assert!(topology.exchange("x").is_none());
+    }
+
+    #[test]
+    fn a_binding_filter_narrows_what_its_exchange_routes() {
+        let mut topology = topology(&["italy", "big", "all"]);
+        let filtered = |queue: &str, filter: &str| {
+            let mut arguments = Headers::new();
+            arguments.insert(FILTER_ARGUMENT.into(), HeaderValue::Text(filter.into()));
+            Binding {
+                arguments,
+                ..to_queue("amq.topic", queue, "orders.#")
+            }
+        };
+        topology
+            .bind(filtered("italy", "country = 'IT'"))
+            .expect("bind");
+        topology
+            .bind(filtered(
+                "big",
+                "amount > 100 AND properties.routing_key LIKE '%.new'",
+            ))
+            .expect("bind");
+        topology
+            .bind(to_queue("amq.topic", "all", "orders.#"))
+            .expect("bind");
+        let order = |country: &str, amount: i64| {
+            Message::default()
+                .with_header("country", HeaderValue::Text(country.into()))
+                .with_header("amount", HeaderValue::Int(amount))
+        };
+        let route = |topology: &Topology, key: &str, message: &Message| {
+            topology.route("amq.topic", key, message)
+        };
+        assert_eq!(
+            route(&topology, "orders.new", &order("IT", 500)).expect("route"),
+            ["all", "big", "italy"]
+        );
+        assert_eq!(
+            route(&topology, "orders.old", &order("IT", 500)).expect("route"),
+            ["all", "italy"]
+        );
+        assert_eq!(
+            route(&topology, "orders.new", &order("FR", 5)).expect("route"),
+            ["all"]
+        );
+        assert_eq!(
+            route(&topology, "orders.new", &Message::default()).expect("route"),
+            ["all"],
+            "missing headers make the filters unknown, so false"
+        );
+        assert_eq!(
+            route(&topology, "invoices", &order("IT", 500)).expect("route"),
+            Vec::<String>::new(),
+            "the filter comes on top of the key"
+        );
+        match topology.bind(filtered("all", "country = ")) {
+            Err(CoreError::InvalidArgument { name, reason }) => {
+                assert_eq!(name, FILTER_ARGUMENT);
+                assert!(reason.contains("position 11"), "{reason}");
+            }
+            other => panic!("a bad filter is refused: {other:?}"),
+        }
+        let mut not_text = Headers::new();
+        not_text.insert(FILTER_ARGUMENT.into(), HeaderValue::Int(1));
+        assert!(matches!(
+            topology.bind(Binding {
+                arguments: not_text,
+                ..to_queue("amq.topic", "all", "x")
+            }),
+            Err(CoreError::InvalidArgument { .. })
+        ));
+        topology
+            .unbind(&filtered("italy", "country = 'IT'"))
+            .expect("unbind");
+        assert_eq!(
+            route(&topology, "orders.old", &order("IT", 500)).expect("route"),
+            ["all"]
+        );
     }
 }

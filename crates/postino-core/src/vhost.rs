@@ -542,9 +542,7 @@ impl VirtualHost {
         message: &Message,
     ) -> Result<Vec<(String, QueueHandle)>, CoreError> {
         let state = self.lock();
-        let queues = state
-            .topology
-            .route(exchange, routing_key, &message.properties.headers)?;
+        let queues = state.topology.route(exchange, routing_key, message)?;
         if let Some(stream) = queues.iter().find(|name| state.streams.contains_key(*name)) {
             return Err(CoreError::PreconditionFailed {
                 reason: format!("a transaction cannot publish to stream '{stream}' yet"),
@@ -641,9 +639,7 @@ impl VirtualHost {
         }
         let targets: Vec<(Target, bool)> = {
             let state = self.lock();
-            let names = state
-                .topology
-                .route(exchange, routing_key, &message.properties.headers)?;
+            let names = state.topology.route(exchange, routing_key, &message)?;
             names
                 .iter()
                 .filter_map(|name| {

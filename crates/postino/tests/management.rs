@@ -137,6 +137,40 @@ fn endpoints_answer_with_rabbitmq_codes_and_shapes() {
     );
     assert_eq!(api.get(queue)["messages_ready"], 0);
 
+    // A binding with a content filter: only orders over 100 go through it.
+    let (status, body, _) = api.call(
+        "POST",
+        "/api/bindings/%2F/e/events/q/orders",
+        Some(r#"{"routing_key": "big.*", "arguments": {"x-filter": "amount >"}}"#),
+    );
+    assert_eq!(status, 400, "a filter that does not parse: {body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("position 9")),
+        "{body}"
+    );
+    let (status, _, _) = api.call(
+        "POST",
+        "/api/bindings/%2F/e/events/q/orders",
+        Some(r#"{"routing_key": "big.*", "arguments": {"x-filter": "amount > 100"}}"#),
+    );
+    assert_eq!(status, 201);
+    for (amount, routed) in [(500, true), (5, false)] {
+        let (status, body, _) = api.call(
+            "POST",
+            "/api/exchanges/%2F/events/publish",
+            Some(&json!({ "routing_key": "big.order", "payload": "x", "properties": { "headers": { "amount": amount } } }).to_string()),
+        );
+        assert_eq!(status, 200);
+        assert_eq!(body["routed"], routed, "amount {amount}");
+    }
+    assert_eq!(api.get(queue)["messages_ready"], 1);
+    assert_eq!(
+        api.status("DELETE", &format!("{queue}/contents"), None),
+        204
+    );
+
     for index in 0..5 {
         assert_eq!(
             api.status("PUT", &format!("/api/queues/%2F/page.{index}"), None),
@@ -216,7 +250,7 @@ fn endpoints_answer_with_rabbitmq_codes_and_shapes() {
         .read_to_string()
         .expect("text");
     assert!(
-        metrics.contains("postino_queue_messages_published_total{vhost=\"/\",queue=\"orders\"} 2"),
+        metrics.contains("postino_queue_messages_published_total{vhost=\"/\",queue=\"orders\"} 3"),
         "{metrics}"
     );
     assert!(metrics.contains("# TYPE postino_alarm gauge"));
@@ -496,6 +530,8 @@ fn definitions_exported_from_one_server_recreate_its_topology_on_another() {
             "carts",
             "--routing-key",
             "new",
+            "--argument",
+            "x-filter=total > 0 AND currency IN ('EUR', 'CHF')",
         ],
     );
     succeeds(

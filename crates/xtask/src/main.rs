@@ -33,7 +33,13 @@ fn main() -> ExitCode {
 }
 
 /// Fuzz targets, each a file in `fuzz/fuzz_targets/`.
-const FUZZ_TARGETS: &[&str] = &["batch", "amqp_frame", "amqp_session", "certificate_user"];
+const FUZZ_TARGETS: &[&str] = &[
+    "batch",
+    "amqp_frame",
+    "amqp_session",
+    "certificate_user",
+    "filter",
+];
 
 fn cargo(args: &[&str]) -> Result<(), String> {
     cargo_in(".", args)
