@@ -66,7 +66,14 @@ impl Drop for Started {
 pub(crate) fn start(binary: &Path, dir: &Path, http: bool) -> Result<Started> {
     let began = Instant::now();
     let mut child = Command::new(binary)
-        .args(["server", "--amqp-listen", "127.0.0.1:0", "--http-listen"])
+        .args([
+            "server",
+            "--grpc-listen",
+            "off",
+            "--amqp-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--http-listen")
         .arg(if http { "127.0.0.1:0" } else { "off" })
         .arg("--data-dir")
         .arg(dir)
@@ -451,7 +458,10 @@ async fn declare_queues(target: &Target, count: usize) -> Result<Row> {
 }
 
 async fn delete_queues(target: &Target, count: usize) -> Result<()> {
-    let connection = Connection::connect(&target.amqp_uri, ConnectionProperties::default()).await?;
+    // Heartbeats off: RabbitMQ takes minutes over 100,000 deletions and reads the socket so
+    // slowly that lapin's heartbeats wait behind them, and it drops the connection.
+    let uri = format!("{}?heartbeat=0", target.amqp_uri);
+    let connection = Connection::connect(&uri, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     let nowait = lapin::options::QueueDeleteOptions {
         nowait: true,

@@ -186,6 +186,35 @@ impl Broker {
         &self.access
     }
 
+    /// Checks a password login from `peer` like [`Access::authenticate_from`], for async
+    /// front-ends: argon2 takes tens of milliseconds, so it runs on a blocking thread, unless
+    /// this password was verified before (a reconnecting client).
+    ///
+    /// # Errors
+    /// As [`Access::authenticate_from`]; `AccessRefused` when the check could not run.
+    pub async fn login(
+        self: &Arc<Self>,
+        user: &str,
+        password: &str,
+        peer: Option<std::net::IpAddr>,
+        now_ms: i64,
+    ) -> Result<(), CoreError> {
+        if !self.access.needs_hashing(user, password) {
+            return self.access.authenticate_from(user, password, peer, now_ms);
+        }
+        let broker = Arc::clone(self);
+        let (user, password) = (user.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || {
+            broker
+                .access
+                .authenticate_from(&user, &password, peer, now_ms)
+        })
+        .await
+        .map_err(|error| CoreError::AccessRefused {
+            reason: format!("the login could not be checked: {error}"),
+        })?
+    }
+
     /// The client connections of every front-end.
     #[must_use]
     pub fn connections(&self) -> &Connections {

@@ -81,6 +81,12 @@ enum Command {
         wait: Option<Duration>,
         reply: Reply<Option<Delivery>>,
     },
+    GetMatching {
+        spec: GetSpec,
+        scan_max: usize,
+        matches: Box<dyn Fn(&Message) -> bool + Send>,
+        reply: Reply<Option<Delivery>>,
+    },
     Settle {
         ids: Vec<u64>,
         outcome: Outcome,
@@ -134,6 +140,7 @@ impl std::fmt::Debug for Command {
             Command::Cancel { .. } => "Cancel",
             Command::Recover { .. } => "Recover",
             Command::Get { .. } => "Get",
+            Command::GetMatching { .. } => "GetMatching",
             Command::Settle { .. } => "Settle",
             Command::ChangeLease { .. } => "ChangeLease",
             Command::Stats { .. } => "Stats",
@@ -295,6 +302,26 @@ impl QueueHandle {
         wait: Option<Duration>,
     ) -> Result<Option<Delivery>, CoreError> {
         self.call(|reply| Command::Get { spec, wait, reply }).await
+    }
+
+    /// Takes the first of the next `scan_max` ready messages that `matches` accepts, at once
+    /// (see [`QueueEngine::get_matching`]); `None` when none in the window does.
+    ///
+    /// # Errors
+    /// Storage errors; `QueueStopped`.
+    pub async fn get_matching(
+        &self,
+        spec: GetSpec,
+        scan_max: usize,
+        matches: impl Fn(&Message) -> bool + Send + 'static,
+    ) -> Result<Option<Delivery>, CoreError> {
+        self.call(|reply| Command::GetMatching {
+            spec,
+            scan_max,
+            matches: Box::new(matches),
+            reply,
+        })
+        .await
     }
 
     /// Settles deliveries (see [`QueueEngine::settle`]).
@@ -546,6 +573,7 @@ impl<L: Log> Owner<L> {
             Command::Consume { .. }
                 | Command::Cancel { .. }
                 | Command::Get { .. }
+                | Command::GetMatching { .. }
                 | Command::Touch { .. }
         ) {
             self.last_used_ms = now;
@@ -609,6 +637,14 @@ impl<L: Log> Owner<L> {
                         let _ = reply.send(Err(error));
                     }
                 }
+            }
+            Command::GetMatching {
+                spec,
+                scan_max,
+                matches,
+                reply,
+            } => {
+                let _ = reply.send(self.engine.get_matching(now, spec, scan_max, &*matches));
             }
             Command::Settle {
                 ids,

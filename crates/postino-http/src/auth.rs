@@ -65,21 +65,10 @@ impl FromRequestParts<Arc<Api>> for Caller {
                 .map_err(|error| ApiError::unauthorized(error.to_string()))?;
             return Self::tagged(api, name);
         };
-        let now_ms = SystemClock.now_ms();
-        let access = api.broker.access();
-        let checked = if access.needs_hashing(&name, &password) {
-            let broker = Arc::clone(&api.broker);
-            let user = name.clone();
-            tokio::task::spawn_blocking(move || {
-                broker
-                    .access()
-                    .authenticate_from(&user, &password, peer, now_ms)
-            })
-            .await
-            .map_err(|error| ApiError::unauthorized(error.to_string()))?
-        } else {
-            access.authenticate_from(&name, &password, peer, now_ms)
-        };
+        let checked = api
+            .broker
+            .login(&name, &password, peer, SystemClock.now_ms())
+            .await;
         match checked {
             Ok(()) => {}
             Err(error @ postino_core::CoreError::TooManyLogins { .. }) => {

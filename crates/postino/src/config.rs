@@ -24,6 +24,7 @@ pub struct Config {
     pub auth: AuthSection,
     pub amqp: AmqpSection,
     pub http: HttpSection,
+    pub grpc: GrpcSection,
     pub tls: TlsSection,
     pub storage: StorageSection,
     pub flow: FlowSection,
@@ -132,6 +133,22 @@ impl Default for HttpSection {
         Self {
             listen: "0.0.0.0:15672".to_owned(),
             tls_listen: "off".to_owned(),
+        }
+    }
+}
+
+/// The native gRPC API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcSection {
+    /// `host:port` (port 0 picks one) or `off`.
+    pub listen: String,
+}
+
+impl Default for GrpcSection {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:5680".to_owned(),
         }
     }
 }
@@ -247,6 +264,7 @@ pub struct Flags {
     pub http_listen: Option<String>,
     pub amqp_tls_listen: Option<String>,
     pub http_tls_listen: Option<String>,
+    pub grpc_listen: Option<String>,
 }
 
 /// The effective configuration, and the source of each `section.key`.
@@ -286,6 +304,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Loade
         ("log", "format", "--log-format", flags.log_format.clone()),
         ("amqp", "listen", "--amqp-listen", flags.amqp_listen.clone()),
         ("http", "listen", "--http-listen", flags.http_listen.clone()),
+        ("grpc", "listen", "--grpc-listen", flags.grpc_listen.clone()),
         (
             "amqp",
             "tls_listen",
@@ -552,6 +571,7 @@ impl Loaded {
         }
         self.amqp_listen()?;
         self.http_listen()?;
+        self.grpc_listen()?;
         self.tls()?;
         // AMQP 0-9-1 §4.2.3: a peer must accept frames of at least 4096 octets.
         if config.amqp.frame_max < 4096 {
@@ -603,6 +623,14 @@ impl Loaded {
     /// An address that is not `host:port` or `off`.
     pub fn http_listen(&self) -> Result<Listen, ConfigError> {
         self.listen("http.listen", &self.config.http.listen)
+    }
+
+    /// The native gRPC API's listener.
+    ///
+    /// # Errors
+    /// An address that is not `host:port` or `off`.
+    pub fn grpc_listen(&self) -> Result<Listen, ConfigError> {
+        self.listen("grpc.listen", &self.config.grpc.listen)
     }
 
     /// AMQP's TLS listener.

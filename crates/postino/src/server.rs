@@ -46,6 +46,10 @@ pub struct ServerArgs {
     /// `0.0.0.0:15671`; needs the `[tls]` certificate).
     #[arg(long)]
     http_tls_listen: Option<Listen>,
+    /// Where the native gRPC API listens (`host:port`, port 0 picks one, `off` disables;
+    /// default `0.0.0.0:5680`).
+    #[arg(long)]
+    grpc_listen: Option<Listen>,
     /// Print the effective configuration, each key with where its value came from, and exit.
     #[arg(long)]
     print_config: bool,
@@ -73,6 +77,7 @@ pub fn run(args: ServerArgs) -> ExitCode {
         http_listen: args.http_listen.as_ref().map(Listen::to_string),
         amqp_tls_listen: args.amqp_tls_listen.as_ref().map(Listen::to_string),
         http_tls_listen: args.http_tls_listen.as_ref().map(Listen::to_string),
+        grpc_listen: args.grpc_listen.as_ref().map(Listen::to_string),
     };
     let loaded = match config::load(&flags, &|name| std::env::var(name).ok()) {
         Ok(loaded) => loaded,
@@ -138,6 +143,15 @@ fn serve(loaded: &Loaded) -> Result<()> {
         let amqps = bound(loaded.amqp_tls_listen()?, "amqps", &mut listeners).await?;
         let http = bound(loaded.http_listen()?, "http", &mut listeners).await?;
         let https = bound(loaded.http_tls_listen()?, "https", &mut listeners).await?;
+        let grpc = bound(loaded.grpc_listen()?, "grpc", &mut listeners).await?;
+        if let Some(listener) = grpc {
+            let broker = Arc::clone(&broker);
+            tokio::spawn(async move {
+                if let Err(error) = postino_grpc::serve(listener, broker).await {
+                    error!(%error, "the gRPC API stopped");
+                }
+            });
+        }
         if let Some(listener) = amqp {
             let limits = loaded.amqp_limits();
             tokio::spawn(postino_amqp::serve(listener, Arc::clone(&broker), limits));
@@ -194,6 +208,7 @@ async fn bound(
         "amqps" => "amqp.tls_listen",
         "https" => "http.tls_listen",
         "amqp" => "amqp.listen",
+        "grpc" => "grpc.listen",
         _ => "http.listen",
     };
     let listener = bind(&address, key).await?;

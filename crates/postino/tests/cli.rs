@@ -39,6 +39,8 @@ fn server_opens_its_data_directory_and_stops_cleanly_on_sigterm() {
             "127.0.0.1:0",
             "--http-listen",
             "off",
+            "--grpc-listen",
+            "off",
             "--data-dir",
         ])
         .arg(&data_dir)
@@ -64,6 +66,8 @@ fn server_opens_its_data_directory_and_stops_cleanly_on_sigterm() {
             "--amqp-listen",
             "off",
             "--http-listen",
+            "off",
+            "--grpc-listen",
             "off",
             "--data-dir",
         ])
@@ -178,6 +182,8 @@ fn a_port_in_use_is_named() {
             "--amqp-listen",
             &address.to_string(),
             "--http-listen",
+            "off",
+            "--grpc-listen",
             "off",
             "--data-dir",
         ])

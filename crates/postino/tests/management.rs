@@ -39,7 +39,7 @@ fn endpoints_answer_with_rabbitmq_codes_and_shapes() {
     assert!(
         overview["listeners"]
             .as_array()
-            .is_some_and(|listeners| listeners.len() == 2)
+            .is_some_and(|listeners| listeners.len() == 3)
     );
 
     let queue = "/api/queues/%2F/orders";

@@ -255,6 +255,8 @@ fn refused(environment: &[(&str, &str)]) -> (Option<i32>, String) {
             "127.0.0.1:0",
             "--http-listen",
             "off",
+            "--grpc-listen",
+            "off",
             "--data-dir",
         ])
         .arg(data.path())

@@ -146,25 +146,10 @@ impl Session {
         let Some((user, password)) = credentials(start_ok) else {
             return Err("login refused: use PLAIN, AMQPLAIN or EXTERNAL".to_owned());
         };
-        // argon2 takes tens of milliseconds: off the runtime's worker threads, unless this
-        // password was verified before (a reconnecting client).
-        let broker = std::sync::Arc::clone(&self.broker);
-        let peer = self.peer;
-        let now_ms = SystemClock.now_ms();
-        let checked = if broker.access().needs_hashing(&user, &password) {
-            let user = user.clone();
-            tokio::task::spawn_blocking(move || {
-                broker
-                    .access()
-                    .authenticate_from(&user, &password, peer, now_ms)
-            })
-            .await
-            .map_err(|_| "login could not be checked".to_owned())?
-        } else {
-            broker
-                .access()
-                .authenticate_from(&user, &password, peer, now_ms)
-        };
+        let checked = self
+            .broker
+            .login(&user, &password, self.peer, SystemClock.now_ms())
+            .await;
         checked.map(|()| user).map_err(|error| error.to_string())
     }
 

@@ -52,6 +52,8 @@ pub fn start_listening(
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data_dir)

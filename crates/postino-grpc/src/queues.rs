@@ -1,0 +1,290 @@
+//! The `Queues` service: the lecture notes' message queue over a postino queue.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postino_core::{
+    Action, ConsumerSpec, CoreError, Filter, GetSpec, Outcome, QueueHandle, VirtualHost,
+};
+use postino_types::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Caller, caller};
+use crate::convert::{message_from, wire_delivery};
+use crate::{Shared, proto, status_of};
+
+/// A get's lease when the request names none, as SQS's default visibility timeout.
+const DEFAULT_LEASE_MS: u64 = 30_000;
+/// A filtered get looks at this many ready messages.
+const SCAN_MAX: usize = 1_000;
+/// How often a filtered get that waits looks again.
+const FILTERED_WAIT_STEP: Duration = Duration::from_millis(25);
+/// A stream's prefetch when the request names none.
+const DEFAULT_PREFETCH: u32 = 100;
+/// Deliveries a server stream holds for a client that is not reading: with the consumer's
+/// prefetch, what bounds the server's memory for a slow client.
+const STREAM_BUFFER: usize = 16;
+
+#[derive(Debug)]
+pub(crate) struct Service(pub Arc<Shared>);
+
+fn status(error: CoreError) -> Status {
+    status_of(&error)
+}
+
+/// Publishes `message` and waits as `sync` says; returns how many queues took it.
+pub(crate) async fn publish(
+    host: &VirtualHost,
+    exchange: &str,
+    routing_key: &str,
+    message: Message,
+    sync: proto::Sync,
+) -> Result<usize, Status> {
+    match sync {
+        proto::Sync::Stored => host
+            .publish(exchange, routing_key, message)
+            .await
+            .map(|routed| routed.queues)
+            .map_err(status),
+        proto::Sync::None => {
+            let (routed, confirm) = host
+                .publish_pipelined(exchange, routing_key, message)
+                .await
+                .map_err(status)?;
+            // The caller asked not to wait: the owners append it all the same.
+            drop(confirm);
+            Ok(routed.queues)
+        }
+    }
+}
+
+fn queue_of(caller: &Caller, queue: &str, action: Action) -> Result<QueueHandle, Status> {
+    caller.may(action, "queue", queue)?;
+    caller.host.queue_for(queue, None).map_err(status)
+}
+
+/// How a server stream takes a queue's deliveries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Forwarding {
+    /// Acknowledge each delivery once it is in the stream's buffer (at-most-once).
+    pub settle_on_send: bool,
+    /// End the stream with `NOT_FOUND` when the queue goes (else it just ends).
+    pub gone_is_error: bool,
+}
+
+/// Delivers `deliveries` of `consumer` to a bounded server stream until the client goes away
+/// or the queue ends. The consumer is cancelled at the end: what it held and had not settled
+/// returns to the queue; then `ended` runs.
+pub(crate) fn forward<T: Send + 'static>(
+    queue: QueueHandle,
+    consumer: u64,
+    mut deliveries: mpsc::UnboundedReceiver<postino_core::Delivery>,
+    how: Forwarding,
+    wrap: impl Fn(proto::Delivery) -> T + Send + 'static,
+    ended: impl FnOnce() + Send + 'static,
+) -> mpsc::Receiver<Result<T, Status>> {
+    let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        let name = queue.name().to_owned();
+        loop {
+            tokio::select! {
+                delivery = deliveries.recv() => {
+                    let Some(delivery) = delivery else {
+                        if how.gone_is_error {
+                            let gone = Status::not_found(format!("queue '{name}' was deleted"));
+                            let _ = sender.send(Err(gone)).await;
+                        }
+                        break;
+                    };
+                    let id = delivery.id;
+                    if sender.send(Ok(wrap(wire_delivery(&name, &delivery)))).await.is_err() {
+                        break;
+                    }
+                    if how.settle_on_send {
+                        let _ = queue.settle_pipelined(vec![id], Outcome::Accept).await;
+                    }
+                }
+                () = sender.closed() => break,
+            }
+        }
+        let _ = queue.cancel(consumer).await;
+        ended();
+    });
+    receiver
+}
+
+impl Service {
+    async fn take(
+        &self,
+        caller: &Caller,
+        queue: &str,
+        wait_ms: u64,
+        spec: GetSpec,
+        filter: &str,
+    ) -> Result<proto::GetReply, Status> {
+        let handle = queue_of(caller, queue, Action::Read)?;
+        let delivery = if filter.is_empty() {
+            let wait = (wait_ms > 0).then(|| Duration::from_millis(wait_ms));
+            handle.get(spec, wait).await.map_err(status)?
+        } else {
+            let filter = Filter::parse(filter)
+                .map_err(|error| Status::invalid_argument(error.to_string()))?;
+            let deadline = Instant::now() + Duration::from_millis(wait_ms);
+            loop {
+                let filter = filter.clone();
+                let found = handle
+                    .get_matching(spec, SCAN_MAX, move |message| {
+                        let annotations = &message.annotations;
+                        filter.matches(message, &annotations.exchange, &annotations.routing_key)
+                    })
+                    .await
+                    .map_err(status)?;
+                if found.is_some() || Instant::now() >= deadline {
+                    break found;
+                }
+                tokio::time::sleep(FILTERED_WAIT_STEP).await;
+            }
+        };
+        Ok(proto::GetReply {
+            delivery: delivery.map(|delivery| wire_delivery(queue, &delivery)),
+        })
+    }
+}
+
+fn get_spec(auto_ack: bool, lease_ms: Option<u64>) -> GetSpec {
+    GetSpec {
+        auto_ack,
+        lease_ms: (!auto_ack).then(|| lease_ms.unwrap_or(DEFAULT_LEASE_MS)),
+    }
+}
+
+#[tonic::async_trait]
+impl proto::queues_server::Queues for Service {
+    async fn put(
+        &self,
+        request: Request<proto::PutRequest>,
+    ) -> Result<Response<proto::PutReply>, Status> {
+        let caller = caller(&self.0, &request, &request.get_ref().vhost).await?;
+        let request = request.into_inner();
+        caller.may(Action::Write, "exchange", "")?;
+        if caller.host.queue(&request.queue).is_none() {
+            return Err(Status::not_found(format!("no queue '{}'", request.queue)));
+        }
+        let sync = request.sync();
+        let message = message_from(request.message.unwrap_or_default());
+        publish(&caller.host, "", &request.queue, message, sync).await?;
+        Ok(Response::new(proto::PutReply {}))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::GetReply>, Status> {
+        let caller = caller(&self.0, &request, &request.get_ref().vhost).await?;
+        let request = request.into_inner();
+        let spec = get_spec(request.auto_ack, request.lease_ms);
+        self.take(
+            &caller,
+            &request.queue,
+            request.wait_ms,
+            spec,
+            &request.filter,
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn poll(
+        &self,
+        request: Request<proto::PollRequest>,
+    ) -> Result<Response<proto::GetReply>, Status> {
+        let caller = caller(&self.0, &request, &request.get_ref().vhost).await?;
+        let request = request.into_inner();
+        let spec = get_spec(request.auto_ack, request.lease_ms);
+        self.take(&caller, &request.queue, 0, spec, &request.filter)
+            .await
+            .map(Response::new)
+    }
+
+    async fn ack(
+        &self,
+        request: Request<proto::SettleRequest>,
+    ) -> Result<Response<proto::SettleReply>, Status> {
+        let caller = caller(&self.0, &request, &request.get_ref().vhost).await?;
+        let request = request.into_inner();
+        queue_of(&caller, &request.queue, Action::Read)?
+            .settle(request.delivery_ids, Outcome::Accept)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::SettleReply {}))
+    }
+
+    async fn nack(
+        &self,
+        request: Request<proto::NackRequest>,
+    ) -> Result<Response<proto::SettleReply>, Status> {
+        let caller = caller(&self.0, &request, &request.get_ref().vhost).await?;
+        let request = request.into_inner();
+        let outcome = if request.requeue {
+            Outcome::Requeue
+        } else {
+            Outcome::Discard
+        };
+        queue_of(&caller, &request.queue, Action::Read)?
+            .settle(request.delivery_ids, outcome)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::SettleReply {}))
+    }
+
+    async fn change_visibility(
+        &self,
+        request: Request<proto::ChangeVisibilityRequest>,
+    ) -> Result<Response<proto::SettleReply>, Status> {
+        let caller = caller(&self.0, &request, &request.get_ref().vhost).await?;
+        let request = request.into_inner();
+        queue_of(&caller, &request.queue, Action::Read)?
+            .change_lease(request.delivery_id, request.lease_ms)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::SettleReply {}))
+    }
+
+    type NotifyStream = ReceiverStream<Result<proto::Delivery, Status>>;
+
+    async fn notify(
+        &self,
+        request: Request<proto::NotifyRequest>,
+    ) -> Result<Response<Self::NotifyStream>, Status> {
+        let caller = caller(&self.0, &request, &request.get_ref().vhost).await?;
+        let request = request.into_inner();
+        let queue = queue_of(&caller, &request.queue, Action::Read)?;
+        let consumer = self.0.consumer_id();
+        let prefetch = if request.prefetch == 0 {
+            DEFAULT_PREFETCH
+        } else {
+            request.prefetch
+        };
+        // Always a consumer with acks inside, so its prefetch bounds what it holds; an
+        // auto-ack stream acknowledges each delivery once it is in the stream's buffer.
+        let spec = ConsumerSpec {
+            prefetch_count: prefetch,
+            ..ConsumerSpec::default()
+        };
+        let deliveries = queue.consume(consumer, spec).await.map_err(status)?;
+        let receiver = forward(
+            queue,
+            consumer,
+            deliveries,
+            Forwarding {
+                settle_on_send: request.auto_ack,
+                gone_is_error: true,
+            },
+            |delivery| delivery,
+            || {},
+        );
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
