@@ -1,11 +1,12 @@
-//! Who is calling: the `authorization` metadata (`Basic base64(user:password)`, else `guest`),
+//! Who is calling: the `authorization` metadata (`Basic base64(user:password)`); without it,
+//! the user a verified TLS client certificate names, else `guest`;
 //! checked like an AMQP login (`Broker::login`: argon2 off the runtime's workers, failed logins
 //! counted per address), and the permission checks of each call.
 
 use std::sync::Arc;
 
 use base64::Engine;
-use postino_core::{Action, VirtualHost};
+use postino_core::{Action, VirtualHost, user_of_certificate};
 use postino_types::{Clock, SystemClock};
 use tonic::{Request, Status};
 
@@ -54,8 +55,23 @@ pub(crate) async fn caller<T>(
     request: &Request<T>,
     vhost: &str,
 ) -> Result<Caller, Status> {
-    let (user, password) = credentials(request)?;
     let peer = request.remote_addr().map(|address| address.ip());
+    let certified = request.peer_certs().and_then(|chain| {
+        chain
+            .first()
+            .and_then(|leaf| user_of_certificate(leaf.as_ref()))
+    });
+    if request.metadata().get("authorization").is_none()
+        && let Some(user) = certified
+    {
+        shared
+            .broker
+            .access()
+            .authenticate_certificate(&user, peer)
+            .map_err(|error| Status::unauthenticated(error.to_string()))?;
+        return open(shared, user, vhost);
+    }
+    let (user, password) = credentials(request)?;
     let checked = shared
         .broker
         .login(&user, &password, peer, SystemClock.now_ms())
@@ -67,6 +83,11 @@ pub(crate) async fn caller<T>(
             other => status_of(&other),
         });
     }
+    open(shared, user, vhost)
+}
+
+/// `user`, logged in, on `vhost`.
+fn open(shared: &Arc<Shared>, user: String, vhost: &str) -> Result<Caller, Status> {
     let vhost = vhost_of(vhost);
     shared
         .broker

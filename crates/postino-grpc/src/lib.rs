@@ -5,7 +5,7 @@
 //! `proto/postino/v1/postino.proto` is the contract; `docs/protocols/grpc.md` maps it onto the
 //! core.
 //!
-//! Main items: [`serve`], [`status_of`] (the one core-error → status mapping), [`proto`] (the
+//! Main items: [`serve`], [`serve_tls`], [`status_of`] (the one core-error → status mapping), [`proto`] (the
 //! generated messages, servers and clients).
 //!
 //! The crate must not know storage or other protocols: it sees only `postino-core`.
@@ -17,9 +17,11 @@ mod queues;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use postino_core::{Broker, CoreError};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tonic::Status;
 
 /// The generated protobuf messages, servers and clients of `postino.v1`.
@@ -61,6 +63,69 @@ pub async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
 ) -> Result<(), tonic::transport::Error> {
+    serve_incoming(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        broker,
+    )
+    .await
+}
+
+/// How long a client has to complete its TLS handshake.
+const HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
+
+/// Serves the native API over TLS: each connection's handshake runs in its own task (a slow
+/// one holds up nobody), with `acceptor`'s certificate and client-certificate policy; its ALPN
+/// must offer `h2`. A verified client certificate without `authorization` metadata logs in as
+/// the user its subject names (as AMQP's `EXTERNAL`).
+///
+/// # Errors
+/// A transport failure of the listener.
+pub async fn serve_tls(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    acceptor: TlsAcceptor,
+) -> Result<(), tonic::transport::Error> {
+    let (handshaken, incoming) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (socket, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a gRPC connection failed");
+                    continue;
+                }
+            };
+            let (acceptor, handshaken) = (acceptor.clone(), handshaken.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_WAIT, acceptor.accept(socket)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = handshaken.send(Ok::<_, std::io::Error>(stream)).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "gRPC TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    serve_incoming(
+        tokio_stream::wrappers::ReceiverStream::new(incoming),
+        broker,
+    )
+    .await
+}
+
+async fn serve_incoming<IO>(
+    incoming: impl tokio_stream::Stream<Item = Result<IO, std::io::Error>> + Send + 'static,
+    broker: Arc<Broker>,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
     let shared = Arc::new(Shared {
         broker,
         next_consumer: AtomicU64::new(1),
@@ -75,7 +140,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(queues)
         .add_service(pubsub)
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .serve_with_incoming(incoming)
         .await
 }
 

@@ -143,12 +143,15 @@ impl Default for HttpSection {
 pub struct GrpcSection {
     /// `host:port` (port 0 picks one) or `off`.
     pub listen: String,
+    /// Where the native API listens over TLS, or `off`; needs `[tls]`.
+    pub tls_listen: String,
 }
 
 impl Default for GrpcSection {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:5680".to_owned(),
+            tls_listen: "off".to_owned(),
         }
     }
 }
@@ -265,6 +268,7 @@ pub struct Flags {
     pub amqp_tls_listen: Option<String>,
     pub http_tls_listen: Option<String>,
     pub grpc_listen: Option<String>,
+    pub grpc_tls_listen: Option<String>,
 }
 
 /// The effective configuration, and the source of each `section.key`.
@@ -305,6 +309,12 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Loade
         ("amqp", "listen", "--amqp-listen", flags.amqp_listen.clone()),
         ("http", "listen", "--http-listen", flags.http_listen.clone()),
         ("grpc", "listen", "--grpc-listen", flags.grpc_listen.clone()),
+        (
+            "grpc",
+            "tls_listen",
+            "--grpc-tls-listen",
+            flags.grpc_tls_listen.clone(),
+        ),
         (
             "amqp",
             "tls_listen",
@@ -633,6 +643,14 @@ impl Loaded {
         self.listen("grpc.listen", &self.config.grpc.listen)
     }
 
+    /// The native gRPC API's TLS listener.
+    ///
+    /// # Errors
+    /// An address that is not `host:port` or `off`.
+    pub fn grpc_tls_listen(&self) -> Result<Listen, ConfigError> {
+        self.listen("grpc.tls_listen", &self.config.grpc.tls_listen)
+    }
+
     /// AMQP's TLS listener.
     ///
     /// # Errors
@@ -661,9 +679,13 @@ impl Loaded {
             .verify
             .parse()
             .map_err(|reason: String| self.invalid("tls.verify", reason))?;
-        let on = [self.amqp_tls_listen()?, self.http_tls_listen()?]
-            .iter()
-            .any(|listen| matches!(listen, Listen::At(_)));
+        let on = [
+            self.amqp_tls_listen()?,
+            self.http_tls_listen()?,
+            self.grpc_tls_listen()?,
+        ]
+        .iter()
+        .any(|listen| matches!(listen, Listen::At(_)));
         if !on {
             return Ok(None);
         }

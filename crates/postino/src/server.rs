@@ -50,6 +50,10 @@ pub struct ServerArgs {
     /// default `0.0.0.0:5680`).
     #[arg(long)]
     grpc_listen: Option<Listen>,
+    /// Where the native gRPC API listens over TLS (default `off`; needs the `[tls]`
+    /// certificate).
+    #[arg(long)]
+    grpc_tls_listen: Option<Listen>,
     /// Print the effective configuration, each key with where its value came from, and exit.
     #[arg(long)]
     print_config: bool,
@@ -78,6 +82,7 @@ pub fn run(args: ServerArgs) -> ExitCode {
         amqp_tls_listen: args.amqp_tls_listen.as_ref().map(Listen::to_string),
         http_tls_listen: args.http_tls_listen.as_ref().map(Listen::to_string),
         grpc_listen: args.grpc_listen.as_ref().map(Listen::to_string),
+        grpc_tls_listen: args.grpc_tls_listen.as_ref().map(Listen::to_string),
     };
     let loaded = match config::load(&flags, &|name| std::env::var(name).ok()) {
         Ok(loaded) => loaded,
@@ -144,11 +149,20 @@ fn serve(loaded: &Loaded) -> Result<()> {
         let http = bound(loaded.http_listen()?, "http", &mut listeners).await?;
         let https = bound(loaded.http_tls_listen()?, "https", &mut listeners).await?;
         let grpc = bound(loaded.grpc_listen()?, "grpc", &mut listeners).await?;
+        let grpcs = bound(loaded.grpc_tls_listen()?, "grpcs", &mut listeners).await?;
         if let Some(listener) = grpc {
             let broker = Arc::clone(&broker);
             tokio::spawn(async move {
                 if let Err(error) = postino_grpc::serve(listener, broker).await {
                     error!(%error, "the gRPC API stopped");
+                }
+            });
+        }
+        if let (Some(listener), Some(tls)) = (grpcs, &tls) {
+            let (broker, acceptor) = (Arc::clone(&broker), tls.grpc.clone());
+            tokio::spawn(async move {
+                if let Err(error) = postino_grpc::serve_tls(listener, broker, acceptor).await {
+                    error!(%error, "the gRPC API over TLS stopped");
                 }
             });
         }
@@ -209,6 +223,7 @@ async fn bound(
         "https" => "http.tls_listen",
         "amqp" => "amqp.listen",
         "grpc" => "grpc.listen",
+        "grpcs" => "grpc.tls_listen",
         _ => "http.listen",
     };
     let listener = bind(&address, key).await?;

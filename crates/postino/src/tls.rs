@@ -37,12 +37,13 @@ impl std::str::FromStr for Verify {
     }
 }
 
-/// The acceptors of the TLS listeners: AMQP's, and the management API's (which offers
-/// `http/1.1` by ALPN).
+/// The acceptors of the TLS listeners: AMQP's, the management API's (which offers
+/// `http/1.1` by ALPN) and the gRPC API's (`h2`).
 #[derive(Clone)]
 pub struct Acceptors {
     pub amqp: TlsAcceptor,
     pub http: TlsAcceptor,
+    pub grpc: TlsAcceptor,
 }
 
 impl std::fmt::Debug for Acceptors {
@@ -109,8 +110,11 @@ pub fn acceptors(section: &TlsSection, verify: Verify) -> Result<Acceptors, Fail
     })?;
     let mut http = amqp.clone();
     http.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut grpc = amqp.clone();
+    grpc.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Acceptors {
         amqp: TlsAcceptor::from(Arc::new(amqp)),
         http: TlsAcceptor::from(Arc::new(http)),
+        grpc: TlsAcceptor::from(Arc::new(grpc)),
     })
 }

@@ -77,6 +77,7 @@ impl Certificates {
         vec![
             ("POSTINO_AMQP_TLS_LISTEN".into(), "127.0.0.1:0".into()),
             ("POSTINO_HTTP_TLS_LISTEN".into(), "127.0.0.1:0".into()),
+            ("POSTINO_GRPC_TLS_LISTEN".into(), "127.0.0.1:0".into()),
             ("POSTINO_TLS_CERT_FILE".into(), self.text("server.pem")),
             ("POSTINO_TLS_KEY_FILE".into(), self.text("server.key")),
             ("POSTINO_TLS_CA_FILE".into(), self.text("ca.pem")),
@@ -128,7 +129,7 @@ fn amqps_and_https_serve_clients_with_and_without_certificates() {
     let server = support::start_listening(
         data.path(),
         &environment,
-        &["amqp", "amqps", "http", "https"],
+        &["amqp", "amqps", "http", "https", "grpcs"],
     );
     let lines = server.lines;
     std::thread::spawn(move || lines.for_each(drop));
@@ -204,6 +205,15 @@ fn amqps_and_https_serve_clients_with_and_without_certificates() {
         "{}",
         String::from_utf8_lossy(&listed.stderr)
     );
+
+    // gRPC over TLS: the client certificate is the caller (ann may use `annex`, guest may not).
+    assert_eq!(admin.status("PUT", "/api/vhosts/annex", None), 201);
+    assert_eq!(
+        admin.status("PUT", "/api/permissions/annex/ann", Some(everything)),
+        201
+    );
+    assert_eq!(admin.status("PUT", "/api/queues/annex/inbox", None), 201);
+    grpc_over_tls(&certificates, port(&server.addresses["grpcs"]));
 
     // AMQPS with pika: EXTERNAL as the certificate's user.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pika_tls.py");
@@ -353,4 +363,53 @@ fn required_client_certificates_refuse_a_client_without_one() {
         "a certified user the broker does not know is not logged in"
     );
     support::stop(server.child);
+}
+
+/// Polls `annex/inbox` over gRPC with TLS on `port`: as ann by her certificate, then as guest
+/// (no certificate, no credentials), whom the vhost refuses.
+fn grpc_over_tls(certificates: &Certificates, port: &str) {
+    use postino_grpc::QueuesClient;
+    use postino_grpc::proto::PollRequest;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let pem = |name: &str| std::fs::read(certificates.path(name)).expect("read");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(pem("ca.pem")))
+        .domain_name("localhost");
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let poll = || PollRequest {
+        vhost: "annex".into(),
+        queue: "inbox".into(),
+        ..PollRequest::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let ann = Identity::from_pem(pem("ann.pem"), pem("ann.key"));
+        let channel = Channel::from_shared(endpoint.clone())
+            .expect("endpoint")
+            .tls_config(tls.clone().identity(ann))
+            .expect("tls")
+            .connect()
+            .await
+            .expect("a TLS connection with a client certificate");
+        let polled = QueuesClient::new(channel)
+            .poll(poll())
+            .await
+            .expect("ann polls her vhost");
+        assert!(polled.into_inner().delivery.is_none());
+        let channel = Channel::from_shared(endpoint)
+            .expect("endpoint")
+            .tls_config(tls)
+            .expect("tls")
+            .connect()
+            .await
+            .expect("a TLS connection without one");
+        let refused = QueuesClient::new(channel)
+            .poll(poll())
+            .await
+            .expect_err("guest has no permission on annex");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    });
 }
