@@ -141,15 +141,15 @@ impl proto::pub_sub_server::PubSub for Service {
         request: Request<proto::PublishRequest>,
     ) -> Result<Response<proto::PublishReply>, Status> {
         let caller = caller(&self.0, &request, &request.get_ref().vhost).await?;
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        let sync = request.sync();
+        let message = message_from(request.message.take().unwrap_or_default());
         let exchange = if request.exchange.is_empty() {
             DEFAULT_EXCHANGE
         } else {
             request.exchange.as_str()
         };
         caller.may(Action::Write, "exchange", exchange)?;
-        let sync = request.sync();
-        let message = message_from(request.message.clone().unwrap_or_default());
         let routed = publish(&caller.host, exchange, &request.routing_key, message, sync).await?;
         Ok(Response::new(proto::PublishReply {
             routed: u32::try_from(routed).unwrap_or(u32::MAX),
@@ -192,6 +192,10 @@ impl proto::pub_sub_server::PubSub for Service {
                 tokio::spawn(async move { end(&shared, &ending).await });
             }
         };
+        // The handle goes first, ahead of the events.
+        let subscribed = proto::SubscriptionEvent {
+            item: Some(proto::subscription_event::Item::Subscribed(handle)),
+        };
         let events = forward(
             queue,
             consumer,
@@ -200,28 +204,13 @@ impl proto::pub_sub_server::PubSub for Service {
                 settle_on_send: true,
                 gone_is_error: false,
             },
+            Some(subscribed),
             |delivery| proto::SubscriptionEvent {
                 item: Some(proto::subscription_event::Item::Event(delivery)),
             },
             ended,
         );
-        // The handle goes first, ahead of the events.
-        let (sender, receiver) = tokio::sync::mpsc::channel(2);
-        let first = proto::SubscriptionEvent {
-            item: Some(proto::subscription_event::Item::Subscribed(handle)),
-        };
-        tokio::spawn(async move {
-            if sender.send(Ok(first)).await.is_err() {
-                return;
-            }
-            let mut events = events;
-            while let Some(event) = events.recv().await {
-                if sender.send(event).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        Ok(Response::new(ReceiverStream::new(events)))
     }
 
     async fn unsubscribe(

@@ -74,18 +74,23 @@ pub(crate) struct Forwarding {
     pub gone_is_error: bool,
 }
 
-/// Delivers `deliveries` of `consumer` to a bounded server stream until the client goes away
-/// or the queue ends. The consumer is cancelled at the end: what it held and had not settled
-/// returns to the queue; then `ended` runs.
+/// Delivers `deliveries` of `consumer` to a bounded server stream, after `first`, until the
+/// client goes away or the queue ends. The consumer is cancelled at the end: what it held and
+/// had not settled returns to the queue; then `ended` runs.
 pub(crate) fn forward<T: Send + 'static>(
     queue: QueueHandle,
     consumer: u64,
     mut deliveries: mpsc::UnboundedReceiver<postino_core::Delivery>,
     how: Forwarding,
+    first: Option<T>,
     wrap: impl Fn(proto::Delivery) -> T + Send + 'static,
     ended: impl FnOnce() + Send + 'static,
 ) -> mpsc::Receiver<Result<T, Status>> {
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+    if let Some(first) = first {
+        // The buffer is empty: there is room.
+        let _ = sender.try_send(Ok(first));
+    }
     tokio::spawn(async move {
         let name = queue.name().to_owned();
         loop {
@@ -282,6 +287,7 @@ impl proto::queues_server::Queues for Service {
                 settle_on_send: request.auto_ack,
                 gone_is_error: true,
             },
+            None,
             |delivery| delivery,
             || {},
         );
