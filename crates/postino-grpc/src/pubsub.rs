@@ -15,12 +15,17 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Caller, caller};
 use crate::convert::message_from;
 use crate::queues::{Forwarding, forward, publish};
-use crate::{Shared, proto, status_of, vhost_of};
+use crate::{Shared, proto, status_of};
 
 /// The exchange of a publish or subscription that names none.
 const DEFAULT_EXCHANGE: &str = "amq.topic";
 /// Undelivered events a subscription stream holds for its client.
 const SUBSCRIPTION_PREFETCH: u32 = 64;
+
+/// `name`, or `default` when it is empty.
+fn or_default<'a>(name: &'a str, default: &'a str) -> &'a str {
+    if name.is_empty() { default } else { name }
+}
 
 #[derive(Debug, Clone)]
 struct Subscription {
@@ -68,16 +73,8 @@ async fn end(shared: &Shared, handle: &str) {
 impl Service {
     /// Starts a subscription for `request`; returns its handle.
     fn start(&self, caller: &Caller, request: &proto::SubscribeRequest) -> Result<String, Status> {
-        let exchange = if request.exchange.is_empty() {
-            DEFAULT_EXCHANGE
-        } else {
-            request.exchange.as_str()
-        };
-        let key = if request.binding_key.is_empty() {
-            "#"
-        } else {
-            request.binding_key.as_str()
-        };
+        let exchange = or_default(&request.exchange, DEFAULT_EXCHANGE);
+        let key = or_default(&request.binding_key, "#");
         if !request.filter.is_empty() {
             Filter::parse(&request.filter)
                 .map_err(|error| Status::invalid_argument(error.to_string()))?;
@@ -144,11 +141,7 @@ impl proto::pub_sub_server::PubSub for Service {
         let mut request = request.into_inner();
         let sync = request.sync();
         let message = message_from(request.message.take().unwrap_or_default());
-        let exchange = if request.exchange.is_empty() {
-            DEFAULT_EXCHANGE
-        } else {
-            request.exchange.as_str()
-        };
+        let exchange = or_default(&request.exchange, DEFAULT_EXCHANGE);
         caller.may(Action::Write, "exchange", exchange)?;
         let routed = publish(&caller.host, exchange, &request.routing_key, message, sync).await?;
         Ok(Response::new(proto::PublishReply {
@@ -167,7 +160,6 @@ impl proto::pub_sub_server::PubSub for Service {
         let handle = if request.handle.is_empty() {
             self.start(&caller, &request)?
         } else {
-            self.0.subscriptions.find(&request.handle, &caller)?;
             request.handle.clone()
         };
         let subscription = self.0.subscriptions.find(&handle, &caller)?;
@@ -217,8 +209,7 @@ impl proto::pub_sub_server::PubSub for Service {
         &self,
         request: Request<proto::UnsubscribeRequest>,
     ) -> Result<Response<proto::UnsubscribeReply>, Status> {
-        let vhost = vhost_of(&request.get_ref().vhost).to_owned();
-        let caller = caller(&self.0, &request, &vhost).await?;
+        let caller = caller(&self.0, &request, &request.get_ref().vhost).await?;
         let handle = request.into_inner().handle;
         self.0.subscriptions.find(&handle, &caller)?;
         end(&self.0, &handle).await;

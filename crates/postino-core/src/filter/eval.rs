@@ -75,15 +75,20 @@ fn property<'a>(property: Property, fields: &Fields<'a>) -> Value<'a> {
     }
 }
 
+/// SQL's three-valued `AND`.
+fn and(left: Option<bool>, right: Option<bool>) -> Option<bool> {
+    match (left, right) {
+        (Some(false), _) | (_, Some(false)) => Some(false),
+        (Some(true), Some(true)) => Some(true),
+        _ => None,
+    }
+}
+
 /// Whether `expr` holds for `fields`: `None` when it is unknown.
 pub(super) fn truth(expr: &Expr, fields: &Fields<'_>) -> Option<bool> {
     match expr {
         Expr::Not(inner) => truth(inner, fields).map(|value| !value),
-        Expr::And(left, right) => match (truth(left, fields), truth(right, fields)) {
-            (Some(false), _) | (_, Some(false)) => Some(false),
-            (Some(true), Some(true)) => Some(true),
-            _ => None,
-        },
+        Expr::And(left, right) => and(truth(left, fields), truth(right, fields)),
         Expr::Or(left, right) => match (truth(left, fields), truth(right, fields)) {
             (Some(true), _) | (_, Some(true)) => Some(true),
             (Some(false), Some(false)) => Some(false),
@@ -99,12 +104,7 @@ pub(super) fn truth(expr: &Expr, fields: &Fields<'_>) -> Option<bool> {
             let tested = value(tested, fields);
             let above = compare(Comparison::Ge, &tested, &value(low, fields));
             let below = compare(Comparison::Le, &tested, &value(high, fields));
-            let inside = match (above, below) {
-                (Some(false), _) | (_, Some(false)) => Some(false),
-                (Some(true), Some(true)) => Some(true),
-                _ => None,
-            };
-            inside.map(|inside| inside != *negated)
+            and(above, below).map(|inside| inside != *negated)
         }
         Expr::In {
             value: tested,
