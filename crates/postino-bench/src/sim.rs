@@ -1,5 +1,5 @@
-//! `postino bench sim`: the gossip simulator's own speed. For rumor mongering (k = 1..7),
-//! anti-entropy (three modes) and aggregation (four functions), one run per row at 1,000,
+//! `postino bench sim`: the gossip simulator's own speed. For rumor mongering (k = 1..7, in
+//! synchronous rounds and with event-driven delivery), anti-entropy (three modes) and aggregation (four functions), one run per row at 1,000,
 //! 10,000 and (full run) 100,000 nodes: the wall time of the table, simulated node-rounds per
 //! second (nodes × the rounds each row reports), and peak memory per simulated node. Each table
 //! runs in a child process of its own (this binary, `POSTINO_BENCH_SIM_TABLE` naming the
@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use postino_gossip::aggregate::Function;
 use postino_gossip::anti_entropy::Mode;
 use postino_gossip::rumor::Variant;
+use postino_sim::{Delivery, Model};
 
 use crate::storage::Size;
 use crate::{Printer, Row};
@@ -70,7 +71,7 @@ pub fn run(
         Size::Full => &[1_000, 10_000, 100_000],
     };
     let mut rows = Vec::new();
-    for name in ["rumor", "anti-entropy", "aggregate"] {
+    for name in ["rumor", "rumor-events", "anti-entropy", "aggregate"] {
         for nodes in sizes {
             let label = format!("{name}/{nodes}");
             if !label.contains(filter) {
@@ -111,15 +112,25 @@ fn measure(label: &str) -> Result<Row> {
     let started = Instant::now();
     let (rows, field) = match name {
         "rumor" => (
-            postino_sim::rumor::table(Variant::FeedbackCoin, 1..=7, nodes, 1, 1)?,
+            postino_sim::rumor::table(Variant::FeedbackCoin, 1..=7, nodes, &Model::COMPLETE, 1, 1)?,
             "t_last",
         ),
+        "rumor-events" => {
+            let events = Model {
+                delivery: Delivery::Events,
+                ..Model::COMPLETE
+            };
+            (
+                postino_sim::rumor::table(Variant::FeedbackCoin, 1..=7, nodes, &events, 1, 1)?,
+                "t_last",
+            )
+        }
         "anti-entropy" => (
-            postino_sim::anti_entropy::table(&Mode::ALL, nodes, 1, 1)?,
+            postino_sim::anti_entropy::table(&Mode::ALL, nodes, &Model::COMPLETE, 1, 1)?,
             "rounds_mean",
         ),
         "aggregate" => (
-            postino_sim::aggregate::table(&Function::ALL, nodes, 1e-3, 1, 1)?,
+            postino_sim::aggregate::table(&Function::ALL, nodes, 1e-3, &Model::COMPLETE, 1, 1)?,
             "rounds_mean",
         ),
         other => anyhow::bail!("no simulator table {other}"),

@@ -2,7 +2,17 @@
 //! at each round a node exchanges its state with one random peer and both keep the combination:
 //! the mean for `avg`, the smaller for `min`, the larger for `max`. For `sum` a node averages two
 //! quantities, its value and a weight that is 1 at one node and 0 elsewhere; value ÷ weight
-//! tends to the sum. An exchange conserves the total of what is averaged.
+//! tends to the sum.
+//!
+//! An exchange is two messages, so it need not be atomic: the initiator offers its state; the
+//! peer keeps the combination and answers with what it took (for `avg` and `sum`, the change
+//! of its state) or what it had (for `min` and `max`), and the initiator gives up what the peer
+//! took. The total of what is averaged is so conserved even when the initiator's state changed
+//! between offer and answer; only a lost message changes it.
+
+use rand::Rng;
+
+use crate::framework::{Gossip, Output, To};
 
 /// The aggregate computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,24 +76,81 @@ impl Aggregate {
         }
     }
 
-    /// An exchange with a peer that held `peer`: the node keeps the combination (the peer,
-    /// handling this node's state the same way, keeps the same).
-    pub fn on_exchange(&mut self, peer: State) {
+    /// The passive side of an exchange: the initiator offered `offer`; the node keeps the
+    /// combination and returns the answer.
+    pub fn on_offer(&mut self, offer: State) -> State {
         let own = self.state;
-        self.state = match self.function {
-            Function::Avg | Function::Sum => State {
-                value: (own.value + peer.value) / 2.0,
-                weight: (own.weight + peer.weight) / 2.0,
-            },
-            Function::Min => State {
-                value: own.value.min(peer.value),
-                weight: own.weight,
-            },
-            Function::Max => State {
-                value: own.value.max(peer.value),
-                weight: own.weight,
-            },
+        match self.function {
+            Function::Avg | Function::Sum => {
+                self.state = State {
+                    value: (own.value + offer.value) / 2.0,
+                    weight: (own.weight + offer.weight) / 2.0,
+                };
+                State {
+                    value: self.state.value - own.value,
+                    weight: self.state.weight - own.weight,
+                }
+            }
+            Function::Min | Function::Max => {
+                self.combine_extreme(offer);
+                own
+            }
+        }
+    }
+
+    /// The initiator gets the answer to its offer.
+    pub fn on_answer(&mut self, answer: State) {
+        match self.function {
+            Function::Avg | Function::Sum => {
+                self.state.value -= answer.value;
+                self.state.weight -= answer.weight;
+            }
+            Function::Min | Function::Max => self.combine_extreme(answer),
+        }
+    }
+
+    fn combine_extreme(&mut self, peer: State) {
+        self.state.value = match self.function {
+            Function::Min => self.state.value.min(peer.value),
+            Function::Max => self.state.value.max(peer.value),
+            Function::Avg | Function::Sum => self.state.value,
         };
+    }
+}
+
+/// What nodes send each other: the initiator's offer, and the answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Message {
+    Offer(State),
+    Answer(State),
+}
+
+impl Gossip for Aggregate {
+    type Message = Message;
+
+    fn active(&mut self, _now: u64, _rng: &mut impl Rng) -> Vec<Output<Message>> {
+        vec![Output::Send(To::Peer, Message::Offer(self.state))]
+    }
+
+    fn passive(
+        &mut self,
+        _now: u64,
+        _from: usize,
+        message: Message,
+        _rng: &mut impl Rng,
+    ) -> Vec<Output<Message>> {
+        match message {
+            Message::Offer(offer) => {
+                vec![Output::Send(
+                    To::Reply,
+                    Message::Answer(self.on_offer(offer)),
+                )]
+            }
+            Message::Answer(answer) => {
+                self.on_answer(answer);
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -92,9 +159,20 @@ mod tests {
     use super::*;
 
     fn exchange(a: &mut Aggregate, b: &mut Aggregate) {
-        let (sa, sb) = (a.state(), b.state());
-        a.on_exchange(sb);
-        b.on_exchange(sa);
+        let answer = b.on_offer(a.state());
+        a.on_answer(answer);
+    }
+
+    #[test]
+    fn an_answer_after_the_initiator_changed_still_conserves_the_total() {
+        let mut a = Aggregate::new(Function::Avg, 10.0, false);
+        let mut b = Aggregate::new(Function::Avg, 2.0, false);
+        let mut c = Aggregate::new(Function::Avg, 0.0, false);
+        let answer = b.on_offer(a.state());
+        exchange(&mut c, &mut a);
+        a.on_answer(answer);
+        let total = a.state().value + b.state().value + c.state().value;
+        assert!((total - 12.0).abs() < 1e-12, "{total}");
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! has it, with **pull** it asks for it if it lacks it, with **push-pull** both. Only messages
 //! that carry the update count as transmissions; a request to pull carries none.
 
+use rand::Rng;
+
+use crate::framework::{Gossip, Output, To};
+
 /// How two replicas reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -38,6 +42,13 @@ pub enum Event {
     Answered { update: bool },
 }
 
+/// What replicas send each other: a contact or its answer, with the update or without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    Contact { update: bool, asks: bool },
+    Answer { update: bool },
+}
+
 /// What a replica asks its transport or application to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
@@ -55,13 +66,21 @@ pub enum Effect {
 pub struct Replica {
     mode: Mode,
     has: bool,
+    /// Whether it had the update when its active thread last ran: through the framework a
+    /// replica answers from that snapshot, so in synchronous rounds an update moves one hop a
+    /// round, as in Demers et al.'s analysis.
+    had_at_cycle: bool,
 }
 
 impl Replica {
     /// A replica without the update.
     #[must_use]
     pub fn new(mode: Mode) -> Self {
-        Self { mode, has: false }
+        Self {
+            mode,
+            has: false,
+            had_at_cycle: false,
+        }
     }
 
     /// Whether the replica has the update.
@@ -103,6 +122,53 @@ impl Replica {
             }
             Event::Answered { update } => self.learn(update).into_iter().collect(),
         }
+    }
+}
+
+impl Gossip for Replica {
+    type Message = Message;
+
+    fn active(&mut self, _now: u64, _rng: &mut impl Rng) -> Vec<Output<Message>> {
+        self.had_at_cycle = self.has;
+        self.handle(Event::Round)
+            .into_iter()
+            .filter_map(|effect| match effect {
+                Effect::Contact { update, asks } => {
+                    Some(Output::Send(To::Peer, Message::Contact { update, asks }))
+                }
+                Effect::Answer { .. } | Effect::Deliver => None,
+            })
+            .collect()
+    }
+
+    fn passive(
+        &mut self,
+        _now: u64,
+        _from: usize,
+        message: Message,
+        _rng: &mut impl Rng,
+    ) -> Vec<Output<Message>> {
+        let (event, asks) = match message {
+            Message::Contact { update, asks } => (
+                Event::Contacted {
+                    update,
+                    asks: false,
+                },
+                asks,
+            ),
+            Message::Answer { update } => (Event::Answered { update }, false),
+        };
+        let mut outputs: Vec<Output<Message>> = self
+            .handle(event)
+            .into_iter()
+            .filter(|effect| *effect == Effect::Deliver)
+            .map(|_| Output::Deliver)
+            .collect();
+        if asks {
+            let update = self.had_at_cycle;
+            outputs.push(Output::Send(To::Reply, Message::Answer { update }));
+        }
+        outputs
     }
 }
 

@@ -11,6 +11,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::ParamError;
+use crate::framework::{Gossip, Output, To};
 
 /// What a node asks its transport or application to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,15 +85,13 @@ impl Broadcast {
         self.delivered
     }
 
-    /// The node originates the message.
-    pub fn originate(&mut self, rng: &mut impl Rng) -> Vec<Effect> {
+    /// The node originates the message: what it sends, through the framework.
+    pub fn originate(&mut self, rng: &mut impl Rng) -> Vec<Output<()>> {
         if self.delivered {
             return Vec::new();
         }
         self.delivered = true;
-        let mut effects = vec![Effect::Deliver];
-        effects.extend(self.forward(None, rng));
-        effects
+        outputs(self.forward(None, rng))
     }
 
     /// The message arrived from neighbour `from`.
@@ -137,6 +136,36 @@ impl Broadcast {
         };
         self.seen_by.extend(targets.iter().copied());
         targets.into_iter().map(Effect::SendTo).collect()
+    }
+}
+
+fn outputs(effects: Vec<Effect>) -> Vec<Output<()>> {
+    effects
+        .into_iter()
+        .map(|effect| match effect {
+            Effect::SendTo(peer) => Output::Send(To::Node(peer), ()),
+            Effect::Deliver => Output::Deliver,
+        })
+        .collect()
+}
+
+/// The message carries nothing but itself; a node has no active thread, it forwards when it
+/// receives.
+impl Gossip for Broadcast {
+    type Message = ();
+
+    fn active(&mut self, _now: u64, _rng: &mut impl Rng) -> Vec<Output<()>> {
+        Vec::new()
+    }
+
+    fn passive(
+        &mut self,
+        _now: u64,
+        from: usize,
+        _message: (),
+        rng: &mut impl Rng,
+    ) -> Vec<Output<()>> {
+        outputs(self.on_receive(from, rng))
     }
 }
 

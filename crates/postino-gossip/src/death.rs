@@ -7,6 +7,10 @@
 //! obsolete copy of the item meets a dormant certificate, the certificate wakes up and spreads
 //! again.
 
+use rand::Rng;
+
+use crate::framework::{Gossip, Output, To};
+
 /// What a replica knows of the item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Item {
@@ -83,7 +87,15 @@ impl Replica {
     /// An exchange with a replica that knew `peer`, at `now`: keeps what wins. A certificate
     /// beats every copy it covers; a copy beats absence; a copy covered by a dormant
     /// certificate wakes it up.
+    ///
+    /// A certificate that expired by `now` counts as nothing, on either side: otherwise one
+    /// could pass from replica to replica ahead of their ticks and never die.
     pub fn on_exchange(&mut self, now: u64, peer: Item) {
+        self.tick(now);
+        let peer = match peer {
+            Item::Certificate { expires_at, .. } if now >= expires_at => Item::Absent,
+            other => other,
+        };
         self.item = match (self.item, peer) {
             (
                 Item::Held { version },
@@ -117,6 +129,43 @@ impl Replica {
             }
             (own, _) => own,
         };
+    }
+}
+
+/// What replicas send each other in a push-pull exchange: what each knew of the item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    Offer(Item),
+    Answer(Item),
+}
+
+impl Gossip for Replica {
+    type Message = Message;
+
+    /// Time passes, then the replica offers what it knows to a peer.
+    fn active(&mut self, now: u64, _rng: &mut impl Rng) -> Vec<Output<Message>> {
+        self.tick(now);
+        vec![Output::Send(To::Peer, Message::Offer(self.item))]
+    }
+
+    fn passive(
+        &mut self,
+        now: u64,
+        _from: usize,
+        message: Message,
+        _rng: &mut impl Rng,
+    ) -> Vec<Output<Message>> {
+        match message {
+            Message::Offer(item) => {
+                let own = self.item;
+                self.on_exchange(now, item);
+                vec![Output::Send(To::Reply, Message::Answer(own))]
+            }
+            Message::Answer(item) => {
+                self.on_exchange(now, item);
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -166,6 +215,22 @@ mod tests {
                 version: 1,
                 expires_at: 60
             }
+        );
+    }
+
+    #[test]
+    fn an_expired_certificate_is_not_adopted_nor_kept_past_its_time() {
+        let mut stale = Replica::holding(1, 5, false);
+        stale.delete(0, true);
+        let mut absent = Replica::holding(1, 5, false);
+        absent.delete(0, false);
+        absent.on_exchange(7, stale.item());
+        assert_eq!(absent.item(), Item::Absent, "it died at 5");
+        stale.on_exchange(7, Item::Absent);
+        assert_eq!(
+            stale.item(),
+            Item::Absent,
+            "its holder forgets it when it exchanges"
         );
     }
 }

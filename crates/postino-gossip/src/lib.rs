@@ -3,7 +3,12 @@
 //! this, deliver, lose interest); it owns no socket, reads no clock, and takes its randomness
 //! from the caller, so a simulator or a real transport can drive it and a seed repeats a run.
 //!
-//! Protocols so far: [`rumor`] mongering (Demers et al. 1987) in its four variants, feedback or
+//! Every protocol's state implements [`framework::Gossip`], the notes' generic framework (an
+//! active thread once a cycle, a passive thread on each message), so one simulator runs any
+//! of them over any network model; each also keeps its own events and effects for unit tests
+//! and other transports.
+//!
+//! Protocols: [`rumor`] mongering (Demers et al. 1987) in its four variants, feedback or
 //! blind × counter or coin, [`anti_entropy`] (push, pull, push-pull), [`broadcast`] on an
 //! overlay (flooding, blind counter rumor mongering) and [`aggregate`] (averages, sums,
 //! minimum, maximum), [`death`] certificates for deletions, bimodal multicast ([`pbcast`]) and
@@ -48,6 +53,7 @@ pub mod aggregate;
 pub mod anti_entropy;
 pub mod broadcast;
 pub mod death;
+pub mod framework;
 pub mod pbcast;
 pub mod rumor;
 pub mod sampling;

@@ -4,6 +4,10 @@
 //! sends a digest of what it has to `fanout` random processes; a process that lacks the message
 //! solicits it from the digest's sender, which retransmits it while it is still in its buffer.
 
+use rand::Rng;
+
+use crate::framework::{Gossip, Output, To};
+
 /// What happens to a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -100,6 +104,54 @@ impl Pbcast {
                 }
             }
         }
+    }
+}
+
+/// What processes send each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    /// The message itself: the first pass or a retransmission.
+    Data,
+    /// A digest listing the message.
+    Digest,
+    /// A request for the message the digest listed.
+    Solicit,
+}
+
+impl Gossip for Pbcast {
+    type Message = Message;
+
+    fn active(&mut self, _now: u64, _rng: &mut impl Rng) -> Vec<Output<Message>> {
+        let mut outputs = Vec::new();
+        for effect in self.handle(Event::Round) {
+            if let Effect::GossipDigest { fanout } = effect {
+                outputs.extend((0..fanout).map(|_| Output::Send(To::Peer, Message::Digest)));
+            }
+        }
+        outputs
+    }
+
+    fn passive(
+        &mut self,
+        _now: u64,
+        from: usize,
+        message: Message,
+        _rng: &mut impl Rng,
+    ) -> Vec<Output<Message>> {
+        let event = match message {
+            Message::Data => Event::Retransmit,
+            Message::Digest => Event::Digest { from },
+            Message::Solicit => Event::Solicit { from },
+        };
+        self.handle(event)
+            .into_iter()
+            .filter_map(|effect| match effect {
+                Effect::Solicit { .. } => Some(Output::Send(To::Reply, Message::Solicit)),
+                Effect::Retransmit { .. } => Some(Output::Send(To::Reply, Message::Data)),
+                Effect::Deliver => Some(Output::Deliver),
+                Effect::GossipDigest { .. } => None,
+            })
+            .collect()
     }
 }
 

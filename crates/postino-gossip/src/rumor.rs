@@ -13,6 +13,7 @@
 use rand::Rng;
 
 use crate::ParamError;
+use crate::framework::{Gossip, Output, To};
 
 /// Which rule makes an infective node lose interest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,15 @@ pub enum Event {
     /// A peer pushed the rumor.
     Push,
     /// The peer this node pushed to answered whether it already knew the rumor.
+    Answer { already_knew: bool },
+}
+
+/// What nodes send each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    /// The rumor.
+    Push,
+    /// The answer to a push: whether the receiver already knew.
     Answer { already_knew: bool },
 }
 
@@ -118,11 +128,18 @@ impl Rumor {
         }
     }
 
-    /// Handles one event; `rng` decides the coin variants' tosses.
+    /// Handles one event; `rng` decides the coin variants' tosses. A blind node decides when
+    /// it pushes (it needs no answer, so a lost one changes nothing); a feedback node when the
+    /// answer says the peer already knew.
     pub fn handle(&mut self, event: Event, rng: &mut impl Rng) -> Vec<Effect> {
         match event {
             Event::Round => match self.phase {
-                Phase::Infective => vec![Effect::PushToPeer],
+                Phase::Infective if self.variant.feedback() => vec![Effect::PushToPeer],
+                Phase::Infective => {
+                    let mut effects = vec![Effect::PushToPeer];
+                    effects.extend(self.count_towards_losing_interest(rng));
+                    effects
+                }
                 Phase::Susceptible | Phase::Removed => Vec::new(),
             },
             Event::Push => {
@@ -140,23 +157,62 @@ impl Rumor {
             }
             Event::Answer { already_knew } => {
                 // A late answer after losing interest changes nothing.
-                if self.phase != Phase::Infective || (self.variant.feedback() && !already_knew) {
+                if self.phase != Phase::Infective || !self.variant.feedback() || !already_knew {
                     return Vec::new();
                 }
-                let lose = if self.variant.coin() {
-                    rng.random_range(0..self.k) == 0
-                } else {
-                    self.count += 1;
-                    self.count >= self.k
-                };
-                if lose {
-                    self.phase = Phase::Removed;
-                    vec![Effect::LostInterest]
-                } else {
-                    Vec::new()
-                }
+                self.count_towards_losing_interest(rng)
+                    .into_iter()
+                    .collect()
             }
         }
+    }
+
+    fn count_towards_losing_interest(&mut self, rng: &mut impl Rng) -> Option<Effect> {
+        let lose = if self.variant.coin() {
+            rng.random_range(0..self.k) == 0
+        } else {
+            self.count += 1;
+            self.count >= self.k
+        };
+        lose.then(|| {
+            self.phase = Phase::Removed;
+            Effect::LostInterest
+        })
+    }
+}
+
+impl Gossip for Rumor {
+    type Message = Message;
+
+    fn active(&mut self, _now: u64, rng: &mut impl Rng) -> Vec<Output<Message>> {
+        self.handle(Event::Round, rng)
+            .into_iter()
+            .filter(|effect| *effect == Effect::PushToPeer)
+            .map(|_| Output::Send(To::Peer, Message::Push))
+            .collect()
+    }
+
+    fn passive(
+        &mut self,
+        _now: u64,
+        _from: usize,
+        message: Message,
+        rng: &mut impl Rng,
+    ) -> Vec<Output<Message>> {
+        let event = match message {
+            Message::Push => Event::Push,
+            Message::Answer { already_knew } => Event::Answer { already_knew },
+        };
+        self.handle(event, rng)
+            .into_iter()
+            .filter_map(|effect| match effect {
+                Effect::Answer { already_knew } => {
+                    Some(Output::Send(To::Reply, Message::Answer { already_knew }))
+                }
+                Effect::Deliver => Some(Output::Deliver),
+                Effect::PushToPeer | Effect::LostInterest => None,
+            })
+            .collect()
     }
 }
 
@@ -234,12 +290,19 @@ mod tests {
     fn blind_counter_loses_interest_after_k_pushes_whatever_the_answers() {
         let mut node = Rumor::new(Variant::BlindCounter, 3).expect("valid");
         node.originate();
-        let useful = Event::Answer {
-            already_knew: false,
-        };
-        assert!(node.handle(useful, &mut rng()).is_empty());
-        assert!(node.handle(useful, &mut rng()).is_empty());
-        assert_eq!(node.handle(useful, &mut rng()), [Effect::LostInterest]);
+        let useless = Event::Answer { already_knew: true };
+        assert_eq!(node.handle(Event::Round, &mut rng()), [Effect::PushToPeer]);
+        assert!(
+            node.handle(useless, &mut rng()).is_empty(),
+            "answers do not count"
+        );
+        assert_eq!(node.handle(Event::Round, &mut rng()), [Effect::PushToPeer]);
+        assert_eq!(
+            node.handle(Event::Round, &mut rng()),
+            [Effect::PushToPeer, Effect::LostInterest],
+            "the third push, answered or not"
+        );
+        assert!(node.handle(Event::Round, &mut rng()).is_empty());
     }
 
     #[test]
@@ -249,13 +312,7 @@ mod tests {
         for _ in 0..10_000 {
             let mut node = Rumor::new(Variant::BlindCoin, 4).expect("valid");
             node.originate();
-            if node.handle(
-                Event::Answer {
-                    already_knew: false,
-                },
-                &mut rng,
-            ) == [Effect::LostInterest]
-            {
+            if node.handle(Event::Round, &mut rng) == [Effect::PushToPeer, Effect::LostInterest] {
                 lost += 1;
             }
         }

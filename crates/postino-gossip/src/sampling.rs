@@ -13,6 +13,7 @@ use rand::Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
 
 use crate::ParamError;
+use crate::framework::{Gossip, Output, To};
 
 /// A peer in a view and how many rounds ago its descriptor was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +140,43 @@ impl Sampling {
         merged.sort_by_key(|descriptor| descriptor.age);
         merged.truncate(self.size);
         self.view = merged;
+    }
+}
+
+/// What nodes send each other: a part of a view, and the answer with a part of the peer's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Exchange(Vec<Descriptor>),
+    Answer(Vec<Descriptor>),
+}
+
+impl Gossip for Sampling {
+    type Message = Message;
+
+    fn active(&mut self, _now: u64, rng: &mut impl Rng) -> Vec<Output<Message>> {
+        self.start_exchange(rng)
+            .map(|(peer, sent)| Output::Send(To::Node(peer), Message::Exchange(sent)))
+            .into_iter()
+            .collect()
+    }
+
+    fn passive(
+        &mut self,
+        _now: u64,
+        from: usize,
+        message: Message,
+        rng: &mut impl Rng,
+    ) -> Vec<Output<Message>> {
+        match message {
+            Message::Exchange(received) => {
+                let answer = self.on_exchange(from, received, rng);
+                vec![Output::Send(To::Reply, Message::Answer(answer))]
+            }
+            Message::Answer(received) => {
+                self.on_answer(received, rng);
+                Vec::new()
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! `postino sim death-certificates`: every replica holds an item; at round 0 replica 0 deletes
 //! it; replica 1 is down (it keeps its copy and exchanges nothing) until round `--down`; the
-//! live replicas reconcile by push-pull anti-entropy every round, and keep doing so for
+//! replicas that are up reconcile by push-pull anti-entropy every round (by default on a
+//! complete graph; replicas crashed by the model stay down and do not count), and keep doing so for
 //! `SETTLE_ROUNDS` rounds after replica 1 returns. A run *resurrects* the item when some replica
 //! holds it at the end. Three ways of deleting, one row each: `none` (drop the item), `ttl`
 //! (a death certificate living `--ttl` rounds) and `dormant` (the same, with replica 0 and
@@ -11,7 +12,8 @@ use postino_gossip::death::{Item, Replica};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::{Graph, Row};
+use crate::network::{Exchanges, Network, Plan};
+use crate::{Model, Row};
 
 /// Rounds the replicas keep reconciling after the down replica returns.
 pub const SETTLE_ROUNDS: u64 = 100;
@@ -39,15 +41,16 @@ impl Deletion {
     }
 }
 
-/// One run; returns how many replicas hold the item at the end.
+/// One run on `network` (replica 1 down until round `down` is the run's to arrange); returns
+/// how many replicas that are up at the end hold the item.
 pub fn run_once(
     deletion: Deletion,
-    graph: &Graph,
+    network: &Network,
     ttl: u64,
     down: u64,
     rng: &mut impl Rng,
 ) -> usize {
-    let nodes = graph.nodes();
+    let nodes = network.nodes();
     let mut replicas: Vec<Replica> = (0..nodes)
         .map(|node| {
             let keeps = deletion == Deletion::Dormant
@@ -56,39 +59,35 @@ pub fn run_once(
         })
         .collect();
     replicas[0].delete(0, deletion != Deletion::None);
-    for round in 1..=down + SETTLE_ROUNDS {
-        let live = |node: usize| node != 1 || round > down;
-        for (node, replica) in replicas.iter_mut().enumerate() {
-            if live(node) {
-                replica.tick(round);
-            }
-        }
-        for node in 0..nodes {
-            if !live(node) {
-                continue;
-            }
-            let Some(peer) = graph.peer(node, rng).filter(|peer| live(*peer)) else {
-                continue;
-            };
-            let (own, other) = (replicas[node].item(), replicas[peer].item());
-            replicas[node].on_exchange(round, other);
-            replicas[peer].on_exchange(round, own);
-        }
-    }
+    let rounds = down + SETTLE_ROUNDS;
+    network.run(
+        &mut replicas,
+        Plan {
+            exchanges: Exchanges::Sequential,
+            start: Vec::new(),
+            rounds_max: rounds,
+            counts: &|_| true,
+            done: &mut |_, _, _| false,
+        },
+        rng,
+    );
     replicas
         .iter()
-        .filter(|replica| matches!(replica.item(), Item::Held { .. }))
+        .zip(network.live_after(rounds))
+        .filter(|(replica, live)| *live && matches!(replica.item(), Item::Held { .. }))
         .count()
 }
 
-/// The table: one row per way of deleting, `runs` runs each on a complete graph.
+/// The table: one row per way of deleting, `runs` runs each on `model`.
 ///
 /// # Errors
-/// [`ParamError`] for fewer than `DORMANT_SITES + 1` nodes, 0 runs or a TTL of 0.
+/// [`ParamError`] for fewer than `DORMANT_SITES + 1` nodes, 0 runs, a TTL of 0, or a model out
+/// of range.
 pub fn table(
     nodes: usize,
     ttl: u64,
     down: u64,
+    model: &Model,
     runs: u32,
     seed: u64,
 ) -> Result<Vec<Row>, ParamError> {
@@ -104,8 +103,9 @@ pub fn table(
             reason: "a certificate living 0 rounds deletes nothing".to_owned(),
         });
     }
-    let graph = Graph::complete(nodes)?;
     crate::check_runs(runs)?;
+    model.check()?;
+    let spared: Vec<usize> = (0..2).chain(nodes - (DORMANT_SITES - 1)..nodes).collect();
     let mut rows = Vec::new();
     for (index, deletion) in [Deletion::None, Deletion::Ttl, Deletion::Dormant]
         .into_iter()
@@ -115,7 +115,9 @@ pub fn table(
         let mut holders = 0usize;
         for run in 0..runs {
             let mut rng = ChaCha8Rng::seed_from_u64(crate::run_seed(seed, index as u64, run));
-            let held = run_once(deletion, &graph, ttl, down, &mut rng);
+            let mut network = model.network(nodes, &spared, &mut rng)?;
+            network.take_down(1, 0..down + 1);
+            let held = run_once(deletion, &network, ttl, down, &mut rng);
             resurrected += u32::from(held > 0);
             holders += held;
         }
@@ -123,6 +125,7 @@ pub fn table(
             Row::default()
                 .with("deletion", deletion.name())
                 .with("nodes", nodes)
+                .with("network", model.name())
                 .with("ttl", ttl)
                 .with("down", down)
                 .with("resurrected", f64::from(resurrected) / f64::from(runs))
@@ -146,7 +149,7 @@ mod tests {
 
     #[test]
     fn only_dormant_certificates_survive_a_replica_down_longer_than_the_ttl() {
-        let rows = table(500, 30, 60, 5, 4).expect("table");
+        let rows = table(500, 30, 60, &Model::COMPLETE, 5, 4).expect("table");
         assert_eq!(
             resurrected(&rows, 0),
             1.0,
@@ -175,10 +178,11 @@ mod tests {
             down in 0u64..50,
             seed in any::<u64>(),
         ) {
-            let graph = Graph::complete(nodes)?;
+            let mut network = Network::new(crate::Graph::complete(nodes)?, 0.0, crate::Delivery::Rounds)?;
+            network.take_down(1, 0..down + 1);
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             // Push-pull covers 200 replicas in about a dozen rounds: 100 rounds of margin.
-            let held = run_once(Deletion::Ttl, &graph, down + 100, down, &mut rng);
+            let held = run_once(Deletion::Ttl, &network, down + 100, down, &mut rng);
             prop_assert_eq!(held, 0);
         }
     }

@@ -1,9 +1,12 @@
-//! A deterministic simulator for the epidemic protocols of `postino-gossip`: N nodes in
-//! synchronous rounds over a network model, every random choice drawn from one seeded
-//! generator, so that the same seed gives the same table.
+//! A deterministic simulator for the epidemic protocols of `postino-gossip`: N nodes of any
+//! protocol of the notes' framework over a [`network::Network`] (a complete graph or a
+//! Barabási–Albert overlay, message loss, crashed nodes, synchronous rounds or event-driven
+//! delivery), every random choice drawn from one seeded generator, so that the same seed gives
+//! the same table.
 //!
-//! Scenarios so far: [`rumor`] (the residue table of rumor mongering on a complete graph).
-//! Each returns rows that print as a table or as JSON lines ([`Row`]).
+//! Scenarios: [`rumor`], [`anti_entropy`], [`broadcast`], [`pbcast`], [`death`],
+//! [`aggregate`] and [`sampling`]. Each returns rows that print as a table or as JSON lines
+//! ([`Row`]).
 //!
 //! This crate must not know sockets or the wall clock.
 
@@ -11,6 +14,7 @@ pub mod aggregate;
 pub mod anti_entropy;
 pub mod broadcast;
 pub mod death;
+pub mod network;
 pub mod pbcast;
 pub mod rumor;
 pub mod sampling;
@@ -107,12 +111,7 @@ impl Graph {
         degree: usize,
         rng: &mut impl Rng,
     ) -> Result<Self, ParamError> {
-        if degree < 2 || !degree.is_multiple_of(2) {
-            return Err(ParamError {
-                name: "degree",
-                reason: format!("{degree} is not an even number of at least 2"),
-            });
-        }
+        check_degree(degree)?;
         let links = degree / 2;
         if nodes <= links + 1 {
             return Err(ParamError {
@@ -179,6 +178,101 @@ impl Graph {
             }
         }
     }
+}
+
+/// The overlay nodes contact each other on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlay {
+    Complete,
+    /// A fresh Barabási–Albert graph each run, of this mean degree.
+    BarabasiAlbert {
+        degree: usize,
+    },
+}
+
+/// The network every scenario takes: overlay, loss, crashes and delivery (the CLI's
+/// `--graph`, `--degree`, `--loss`, `--crash`, `--delivery`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Model {
+    pub overlay: Overlay,
+    /// Probability that any one message is lost.
+    pub loss: f64,
+    /// Probability that a node (other than the one a scenario starts from) is down from the
+    /// start, for good.
+    pub crash: f64,
+    pub delivery: Delivery,
+}
+
+impl Model {
+    /// A complete graph, nothing lost, nothing crashed, in rounds: the notes' setting.
+    pub const COMPLETE: Model = Model {
+        overlay: Overlay::Complete,
+        loss: 0.0,
+        crash: 0.0,
+        delivery: Delivery::Rounds,
+    };
+
+    /// Checks the parameters that do not depend on the node count.
+    ///
+    /// # Errors
+    /// [`ParamError`] naming `loss` or `crash` outside [0, 1), or `degree`.
+    pub fn check(&self) -> Result<(), ParamError> {
+        network::Network::new(Graph::Complete(2), self.loss, self.delivery)?;
+        network::check_crash(self.crash)?;
+        if let Overlay::BarabasiAlbert { degree } = self.overlay {
+            check_degree(degree)?;
+        }
+        Ok(())
+    }
+
+    /// The network of one run over `nodes` nodes; the nodes in `spared` do not crash.
+    ///
+    /// # Errors
+    /// [`ParamError`] for a graph that cannot be built or a parameter out of range.
+    pub fn network(
+        &self,
+        nodes: usize,
+        spared: &[usize],
+        rng: &mut impl Rng,
+    ) -> Result<network::Network, ParamError> {
+        let graph = match self.overlay {
+            Overlay::Complete => Graph::complete(nodes)?,
+            Overlay::BarabasiAlbert { degree } => Graph::barabasi_albert(nodes, degree, rng)?,
+        };
+        let mut network = network::Network::new(graph, self.loss, self.delivery)?;
+        network.crash_share(self.crash, spared, rng)?;
+        Ok(network)
+    }
+
+    /// How a table row names the model: `complete`, `barabasi-albert(6)`, then the loss, the
+    /// crashes and event-driven delivery when there are any.
+    #[must_use]
+    pub fn name(&self) -> String {
+        let mut name = match self.overlay {
+            Overlay::Complete => "complete".to_owned(),
+            Overlay::BarabasiAlbert { degree } => format!("barabasi-albert({degree})"),
+        };
+        if self.loss > 0.0 {
+            name.push_str(&format!(" loss {}", self.loss));
+        }
+        if self.crash > 0.0 {
+            name.push_str(&format!(" crash {}", self.crash));
+        }
+        if self.delivery == Delivery::Events {
+            name.push_str(" events");
+        }
+        name
+    }
+}
+
+fn check_degree(degree: usize) -> Result<(), ParamError> {
+    if degree < 2 || !degree.is_multiple_of(2) {
+        return Err(ParamError {
+            name: "degree",
+            reason: format!("{degree} is not an even number of at least 2"),
+        });
+    }
+    Ok(())
 }
 
 /// Mean, minimum, maximum and standard deviation of `values`, as `name`, `name_min`,

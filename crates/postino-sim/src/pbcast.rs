@@ -1,5 +1,6 @@
-//! `postino sim pbcast`: one message from process 0 to `nodes` processes by bimodal multicast.
-//! Each other process is crashed from the start with probability `crash`; the sender crashes in
+//! `postino sim pbcast`: one message from process 0 to `nodes` processes by bimodal multicast,
+//! by default on a complete graph in rounds. Each other process is crashed from the start with
+//! probability `crash`; the sender crashes in
 //! the middle of its first pass with probability `crash` too, having reached a uniformly random
 //! number of processes; every message (first pass, digest, solicitation, retransmission) is
 //! lost with probability `loss`. With repair, processes then gossip digests to `fanout` random
@@ -9,123 +10,91 @@
 //! `p_high` (at least 90 %).
 
 use postino_gossip::ParamError;
-use postino_gossip::pbcast::{Effect, Event, Pbcast};
+use postino_gossip::framework::{Output, To};
+use postino_gossip::pbcast::{Event, Message, Pbcast};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::{Graph, Row};
+use crate::network::{Exchanges, Network, Plan};
+use crate::{Model, Row};
 
-/// The parameters of a pbcast run.
+/// Rounds after which a run stops (gossip ends long before: each process gossips for `rounds`
+/// rounds after getting the message).
+const ROUNDS_MAX: u64 = 100_000;
+
+/// The parameters of a pbcast run besides its network.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Params {
     pub nodes: usize,
     pub fanout: usize,
-    pub loss: f64,
-    pub crash: f64,
     pub rounds: u32,
     pub repair: bool,
 }
 
 impl Params {
     fn check(&self) -> Result<(), ParamError> {
-        let invalid = |name, reason: String| Err(ParamError { name, reason });
-        if !(0.0..1.0).contains(&self.loss) {
-            return invalid("loss", format!("{} is not in [0, 1)", self.loss));
-        }
-        if !(0.0..1.0).contains(&self.crash) {
-            return invalid("crash", format!("{} is not in [0, 1)", self.crash));
-        }
         if self.fanout == 0 || self.fanout >= self.nodes {
-            return invalid(
-                "fanout",
-                format!("{} is not in 1..{}", self.fanout, self.nodes),
-            );
+            return Err(ParamError {
+                name: "fanout",
+                reason: format!("{} is not in 1..{}", self.fanout, self.nodes),
+            });
         }
-        Graph::complete(self.nodes).map(|_| ())
+        Ok(())
     }
 }
 
-/// One run; returns how many live processes delivered the message, and how many are live.
-pub fn run_once(params: &Params, rng: &mut impl Rng) -> (usize, usize) {
-    let nodes = params.nodes;
-    let graph = Graph::Complete(nodes);
+/// One run on `network`, the sender (process 0) crashing in its first pass with probability
+/// `crash`; returns how many live processes delivered the message, and how many are live.
+pub fn run_once(
+    params: &Params,
+    mut network: Network,
+    crash: f64,
+    rng: &mut impl Rng,
+) -> (usize, usize) {
+    let nodes = network.nodes();
     let rounds = if params.repair { params.rounds } else { 0 };
     let mut processes = vec![Pbcast::new(params.fanout, rounds); nodes];
-    let mut crashed: Vec<bool> = (0..nodes)
-        .map(|node| node != 0 && rng.random_bool(params.crash))
-        .collect();
-    let lost = |rng: &mut dyn rand::RngCore| rng.random_bool(params.loss);
     processes[0].handle(Event::Multicast);
     let mut order: Vec<usize> = (1..nodes).collect();
     order.shuffle(rng);
-    if rng.random_bool(params.crash) {
+    if crash > 0.0 && rng.random_bool(crash) {
         order.truncate(rng.random_range(0..nodes));
-        crashed[0] = true;
+        network.take_down(0, 1..u64::MAX);
     }
-    for target in order {
-        if !crashed[target] && !lost(rng) {
-            processes[target].handle(Event::Multicast);
-        }
-    }
-    loop {
-        let mut digests = Vec::new();
-        for (node, process) in processes.iter_mut().enumerate() {
-            if crashed[node] {
-                continue;
-            }
-            for effect in process.handle(Event::Round) {
-                if let Effect::GossipDigest { fanout } = effect {
-                    digests.push((node, fanout));
-                }
-            }
-        }
-        if digests.is_empty() {
-            break;
-        }
-        for (from, fanout) in digests {
-            for _ in 0..fanout {
-                let Some(to) = graph.peer(from, rng) else {
-                    continue;
-                };
-                if crashed[to] || lost(rng) {
-                    continue;
-                }
-                for effect in processes[to].handle(Event::Digest { from }) {
-                    let Effect::Solicit { to: source } = effect else {
-                        continue;
-                    };
-                    if lost(rng) {
-                        continue;
-                    }
-                    let answer = processes[source].handle(Event::Solicit { from: to });
-                    if answer
-                        .iter()
-                        .any(|effect| matches!(effect, Effect::Retransmit { .. }))
-                        && !lost(rng)
-                    {
-                        processes[to].handle(Event::Retransmit);
-                    }
-                }
-            }
-        }
-    }
-    let live = crashed.iter().filter(|crashed| !**crashed).count();
+    let first = order
+        .into_iter()
+        .map(|to| Output::Send(To::Node(to), Message::Data))
+        .collect();
+    network.run(
+        &mut processes,
+        Plan {
+            exchanges: Exchanges::Synchronous,
+            start: vec![(0, first)],
+            rounds_max: ROUNDS_MAX,
+            counts: &|_| true,
+            done: &mut |_, _, _| false,
+        },
+        rng,
+    );
+    let live = network.live_after(0);
     let delivered = processes
         .iter()
-        .zip(&crashed)
-        .filter(|(process, crashed)| process.delivered() && !**crashed)
+        .zip(&live)
+        .filter(|(process, live)| process.delivered() && **live)
         .count();
-    (delivered, live)
+    (delivered, live.iter().filter(|live| **live).count())
 }
 
-/// The table: without and with gossip repair, `runs` runs each.
+/// The table: without and with gossip repair, `runs` runs each on `model`, whose crash
+/// probability is also the sender's.
 ///
 /// # Errors
 /// [`ParamError`] naming `loss` or `crash` outside [0, 1), a `fanout` not below the nodes,
 /// fewer than 2 nodes, or 0 runs.
-pub fn table(params: Params, runs: u32, seed: u64) -> Result<Vec<Row>, ParamError> {
+pub fn table(params: Params, model: &Model, runs: u32, seed: u64) -> Result<Vec<Row>, ParamError> {
     params.check()?;
+    model.check()?;
     crate::check_runs(runs)?;
     let mut rows = Vec::new();
     for repair in [false, true] {
@@ -134,7 +103,8 @@ pub fn table(params: Params, runs: u32, seed: u64) -> Result<Vec<Row>, ParamErro
         let mut total = 0usize;
         for run in 0..runs {
             let mut rng = ChaCha8Rng::seed_from_u64(crate::run_seed(seed, u64::from(repair), run));
-            let (reached, live) = run_once(&params, &mut rng);
+            let network = model.network(params.nodes, &[0], &mut rng)?;
+            let (reached, live) = run_once(&params, network, model.crash, &mut rng);
             total += reached;
             let tenth = (reached * 10 / live.max(1)).min(9);
             hist[tenth] += 1;
@@ -144,9 +114,8 @@ pub fn table(params: Params, runs: u32, seed: u64) -> Result<Vec<Row>, ParamErro
             Row::default()
                 .with("repair", repair)
                 .with("nodes", params.nodes)
+                .with("network", model.name())
                 .with("fanout", params.fanout)
-                .with("loss", params.loss)
-                .with("crash", params.crash)
                 .with("rounds", params.rounds)
                 .with("reach_mean", total as f64 / f64::from(runs))
                 .with("p_low", share(hist[0]))
@@ -162,6 +131,12 @@ pub fn table(params: Params, runs: u32, seed: u64) -> Result<Vec<Row>, ParamErro
 mod tests {
     use super::*;
 
+    const MODEL: Model = Model {
+        loss: 0.05,
+        crash: 0.2,
+        ..Model::COMPLETE
+    };
+
     fn figure(row: &Row, name: &str) -> f64 {
         row.get(name)
             .and_then(serde_json::Value::as_f64)
@@ -173,12 +148,10 @@ mod tests {
         let params = Params {
             nodes: 500,
             fanout: 2,
-            loss: 0.05,
-            crash: 0.2,
             rounds: 8,
             repair: false,
         };
-        let rows = table(params, 300, 6).expect("table");
+        let rows = table(params, &MODEL, 300, 6).expect("table");
         let (without, with) = (&rows[0], &rows[1]);
         assert!(figure(without, "p_mid") > 0.05, "{without:?}");
         assert!(
@@ -194,6 +167,24 @@ mod tests {
             bimodal > 0.9,
             "with repair, almost every run reaches almost none or almost all"
         );
+        let events = Model {
+            delivery: crate::Delivery::Events,
+            ..MODEL
+        };
+        let timed = table(
+            Params {
+                repair: true,
+                ..params
+            },
+            &events,
+            100,
+            6,
+        )
+        .expect("table");
+        assert!(
+            figure(&timed[1], "p_low") + figure(&timed[1], "p_high") > 0.9,
+            "bimodal with events too: {timed:?}"
+        );
     }
 
     #[test]
@@ -201,37 +192,26 @@ mod tests {
         let good = Params {
             nodes: 50,
             fanout: 2,
-            loss: 0.1,
-            crash: 0.1,
             rounds: 3,
             repair: true,
         };
+        let lossy = Model { loss: 1.0, ..MODEL };
+        assert_eq!(table(good, &lossy, 1, 0).expect_err("loss").name, "loss");
+        let crashing = Model {
+            crash: -0.1,
+            ..MODEL
+        };
         assert_eq!(
-            table(Params { loss: 1.0, ..good }, 1, 0)
-                .expect_err("loss")
-                .name,
-            "loss"
-        );
-        assert_eq!(
-            table(
-                Params {
-                    crash: -0.1,
-                    ..good
-                },
-                1,
-                0
-            )
-            .expect_err("crash")
-            .name,
+            table(good, &crashing, 1, 0).expect_err("crash").name,
             "crash"
         );
         assert_eq!(
-            table(Params { fanout: 50, ..good }, 1, 0)
+            table(Params { fanout: 50, ..good }, &MODEL, 1, 0)
                 .expect_err("fanout")
                 .name,
             "fanout"
         );
-        let same = |seed| table(good, 5, seed).expect("table");
+        let same = |seed| table(good, &MODEL, 5, seed).expect("table");
         assert_eq!(same(3), same(3), "a seed repeats a run");
     }
 }

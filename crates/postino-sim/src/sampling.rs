@@ -1,16 +1,19 @@
-//! `postino sim sampling`: peer sampling from a ring. Every node starts knowing the next two
-//! nodes; each round every live node exchanges views with its oldest peer. After `rounds`
-//! rounds half the nodes crash, and the survivors go on for as many rounds again. Columns:
-//! `connected` (the view graph before the crash links every node), `in_degree_max` (the most
-//! views a node is in, against `view`, the average), `dead_in_views` (the share of entries in
-//! live views naming a crashed node, at the end).
+//! `postino sim sampling`: peer sampling. On the default complete graph every node starts
+//! knowing the next two nodes of a ring; on a Barabási–Albert overlay, its neighbours there.
+//! Each round every live node exchanges views with its oldest peer. After `rounds` rounds a
+//! share `crash` of the nodes crash (the model's crash share, 0.5 by default here, counts
+//! from that moment, not from the start), and the survivors go on for as many rounds again.
+//! Columns: `connected` (the view graph before the crash links every node), `in_degree_max`
+//! (the most views a node is in, against `view`, the average), `dead_in_views` (the share of
+//! entries in live views naming a crashed node, at the end).
 
 use postino_gossip::ParamError;
 use postino_gossip::sampling::Sampling;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::Row;
+use crate::network::{Exchanges, Plan};
+use crate::{Model, Overlay, Row};
 
 /// What a run measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,22 +21,6 @@ pub struct Report {
     pub connected: bool,
     pub in_degree_max: usize,
     pub dead_in_views: f64,
-}
-
-fn round(nodes: &mut [Sampling], live: &[bool], rng: &mut impl Rng) {
-    for node in 0..nodes.len() {
-        if !live[node] {
-            continue;
-        }
-        let Some((peer, sent)) = nodes[node].start_exchange(rng) else {
-            continue;
-        };
-        // A crashed peer answers nothing; the entry ages out of the view.
-        if live[peer] {
-            let answer = nodes[peer].on_exchange(node, sent, rng);
-            nodes[node].on_answer(answer, rng);
-        }
-    }
 }
 
 fn connected(nodes: &[Sampling]) -> bool {
@@ -58,14 +45,25 @@ fn connected(nodes: &[Sampling]) -> bool {
     seen.iter().all(|reached| *reached)
 }
 
-/// One run of `count` nodes with views of `view` peers.
+fn in_degree_max(nodes: &[Sampling]) -> usize {
+    let mut in_degree = vec![0usize; nodes.len()];
+    for sampling in nodes {
+        for descriptor in sampling.view() {
+            in_degree[descriptor.node] += 1;
+        }
+    }
+    in_degree.into_iter().max().unwrap_or(0)
+}
+
+/// One run of `count` nodes with views of `view` peers on `model`.
 ///
 /// # Errors
-/// [`ParamError`] naming `view` below 2 or `nodes` not above `view`.
+/// [`ParamError`] naming `view` below 2, `nodes` not above `view`, or a model out of range.
 pub fn run_once(
     count: usize,
     view: usize,
     rounds: u32,
+    model: &Model,
     rng: &mut impl Rng,
 ) -> Result<Report, ParamError> {
     if count <= view {
@@ -74,26 +72,45 @@ pub fn run_once(
             reason: format!("{count} nodes cannot fill views of {view}"),
         });
     }
-    let mut nodes = (0..count)
-        .map(|node| Sampling::new(node, view, &[(node + 1) % count, (node + 2) % count]))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut live = vec![true; count];
-    for _ in 0..rounds {
-        round(&mut nodes, &live, rng);
+    let crash = model.crash;
+    let mut network = Model {
+        crash: 0.0,
+        ..*model
     }
-    let connected = connected(&nodes);
-    let mut in_degree = vec![0usize; count];
-    for sampling in &nodes {
-        for descriptor in sampling.view() {
-            in_degree[descriptor.node] += 1;
+    .network(count, &[], rng)?;
+    let mut nodes = (0..count)
+        .map(|node| {
+            let seeds = match model.overlay {
+                Overlay::Complete => vec![(node + 1) % count, (node + 2) % count],
+                Overlay::BarabasiAlbert { .. } => network.graph().neighbours(node),
+            };
+            Sampling::new(node, view, &seeds)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let rounds = u64::from(rounds);
+    for node in 0..count {
+        if crash > 0.0 && rng.random_bool(crash) {
+            network.take_down(node, rounds + 1..u64::MAX);
         }
     }
-    for (node, alive) in live.iter_mut().enumerate() {
-        *alive = node % 2 == 0;
-    }
-    for _ in 0..rounds {
-        round(&mut nodes, &live, rng);
-    }
+    let mut before_crash = None;
+    network.run(
+        &mut nodes,
+        Plan {
+            exchanges: Exchanges::Sequential,
+            start: Vec::new(),
+            rounds_max: 2 * rounds,
+            counts: &|_| true,
+            done: &mut |nodes, _, round| {
+                if round == rounds {
+                    before_crash = Some((connected(nodes), in_degree_max(nodes)));
+                }
+                false
+            },
+        },
+        rng,
+    );
+    let live = network.live_after(2 * rounds);
     let (mut dead, mut total) = (0usize, 0usize);
     for (node, sampling) in nodes.iter().enumerate() {
         if live[node] {
@@ -105,9 +122,10 @@ pub fn run_once(
                 .count();
         }
     }
+    let (connected, in_degree_max) = before_crash.unwrap_or((false, 0));
     Ok(Report {
         connected,
-        in_degree_max: in_degree.into_iter().max().unwrap_or(0),
+        in_degree_max,
         dead_in_views: dead as f64 / total.max(1) as f64,
     })
 }
@@ -120,16 +138,18 @@ pub fn table(
     count: usize,
     view: usize,
     rounds: u32,
+    model: &Model,
     runs: u32,
     seed: u64,
 ) -> Result<Vec<Row>, ParamError> {
     crate::check_runs(runs)?;
+    model.check()?;
     let mut connected = 0u32;
     let mut in_degree_max = 0usize;
     let mut dead = 0.0;
     for run in 0..runs {
         let mut rng = ChaCha8Rng::seed_from_u64(crate::run_seed(seed, 0, run));
-        let report = run_once(count, view, rounds, &mut rng)?;
+        let report = run_once(count, view, rounds, model, &mut rng)?;
         connected += u32::from(report.connected);
         in_degree_max = in_degree_max.max(report.in_degree_max);
         dead += report.dead_in_views;
@@ -137,6 +157,7 @@ pub fn table(
     Ok(vec![
         Row::default()
             .with("nodes", count)
+            .with("network", model.name())
             .with("view", view)
             .with("rounds", rounds)
             .with("connected", f64::from(connected) / f64::from(runs))
@@ -152,7 +173,11 @@ mod tests {
     #[test]
     fn views_from_a_ring_become_random_connected_and_forget_the_dead() {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
-        let report = run_once(2_000, 20, 30, &mut rng).expect("run");
+        let half = Model {
+            crash: 0.5,
+            ..Model::COMPLETE
+        };
+        let report = run_once(2_000, 20, 30, &half, &mut rng).expect("run");
         assert!(report.connected);
         assert!(
             // Keeping the youngest entries (Jelasity et al.'s "healer") spreads in-degrees more
@@ -164,8 +189,22 @@ mod tests {
             report.dead_in_views < 0.05,
             "crashed nodes age out: {report:?}"
         );
+        let rough = Model {
+            overlay: Overlay::BarabasiAlbert { degree: 6 },
+            loss: 0.1,
+            delivery: crate::Delivery::Events,
+            ..half
+        };
+        let report = run_once(500, 20, 30, &rough, &mut rng).expect("run");
+        assert!(report.connected, "{report:?}");
+        assert!(
+            report.dead_in_views < 0.1,
+            "lost answers slow the healing, not stop it: {report:?}"
+        );
         assert_eq!(
-            run_once(10, 20, 1, &mut rng).expect_err("too few").name,
+            run_once(10, 20, 1, &half, &mut rng)
+                .expect_err("too few")
+                .name,
             "nodes"
         );
     }

@@ -8,6 +8,7 @@ use postino_gossip::aggregate::Function;
 use postino_gossip::anti_entropy::Mode;
 use postino_gossip::broadcast::Protocol;
 use postino_gossip::rumor::Variant;
+use postino_sim::{Model, Overlay};
 
 /// Arguments of `postino sim`.
 #[derive(Debug, clap::Args)]
@@ -23,6 +24,24 @@ pub struct SimArgs {
     /// Seed of every random choice.
     #[arg(long, global = true, default_value_t = 1)]
     seed: u64,
+    /// The overlay: complete or barabasi-albert (default: barabasi-albert for broadcast,
+    /// complete for the others).
+    #[arg(long, global = true)]
+    graph: Option<String>,
+    /// Mean node degree of a barabasi-albert overlay (even).
+    #[arg(long, global = true, default_value_t = 6)]
+    degree: usize,
+    /// Probability that any one message is lost (default: 0.05 for pbcast, 0 for the others).
+    #[arg(long, global = true)]
+    loss: Option<f64>,
+    /// Probability that a node is down from the start, for good (default: 0.2 for pbcast,
+    /// where the sender may also crash mid-multicast; for sampling the share that crashes
+    /// halfway, 0.5; 0 for the others).
+    #[arg(long, global = true)]
+    crash: Option<f64>,
+    /// rounds (synchronous) or events (random latencies, in order of arrival).
+    #[arg(long, global = true, default_value = "rounds")]
+    delivery: String,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -36,15 +55,9 @@ enum Scenario {
         #[arg(long, default_value = "1..7")]
         k: String,
     },
-    /// One broadcast on a Barabási–Albert overlay: cost, reach and time, flooding beside blind
-    /// counter rumor mongering.
+    /// One broadcast on an overlay: cost, reach and time, flooding beside blind counter rumor
+    /// mongering.
     Broadcast {
-        /// The overlay (only `barabasi-albert` so far).
-        #[arg(long, default_value = "barabasi-albert")]
-        graph: String,
-        /// Mean node degree (even).
-        #[arg(long, default_value_t = 6)]
-        degree: usize,
         /// flooding, blind-counter, or both.
         #[arg(long, default_value = "both")]
         protocol: String,
@@ -54,9 +67,6 @@ enum Scenario {
         /// F: receptions that still make a node forward.
         #[arg(long, default_value_t = 2)]
         max_forwards: u32,
-        /// rounds (one hop each) or events (random latencies, in order of arrival).
-        #[arg(long, default_value = "rounds")]
-        delivery: String,
     },
     /// Aggregation by push-pull gossip: rounds until every node is within epsilon of the true
     /// value.
@@ -83,12 +93,6 @@ enum Scenario {
         /// β: processes a digest goes to each round.
         #[arg(long, default_value_t = 2)]
         fanout: usize,
-        /// ε: probability that any one message is lost.
-        #[arg(long, default_value_t = 0.05)]
-        loss: f64,
-        /// τ: probability that a process (or the sender, mid-multicast) crashes.
-        #[arg(long, default_value_t = 0.2)]
-        crash: f64,
         /// Rounds a process gossips about the message after getting it.
         #[arg(long, default_value_t = 8)]
         rounds: u32,
@@ -112,21 +116,43 @@ enum Scenario {
     },
 }
 
+/// The scenario's network from the global flags and the scenario's defaults.
+fn model(args: &SimArgs) -> Result<Model, ParamError> {
+    let (graph, loss, crash) = match args.scenario {
+        Scenario::Broadcast { .. } => ("barabasi-albert", 0.0, 0.0),
+        Scenario::Pbcast { .. } => ("complete", 0.05, 0.2),
+        Scenario::Sampling { .. } => ("complete", 0.0, 0.5),
+        _ => ("complete", 0.0, 0.0),
+    };
+    let overlay = match args.graph.as_deref().unwrap_or(graph) {
+        "complete" => Overlay::Complete,
+        "barabasi-albert" => Overlay::BarabasiAlbert {
+            degree: args.degree,
+        },
+        other => {
+            return Err(ParamError {
+                name: "graph",
+                reason: format!("{other:?} is not complete or barabasi-albert"),
+            });
+        }
+    };
+    let model = Model {
+        overlay,
+        loss: args.loss.unwrap_or(loss),
+        crash: args.crash.unwrap_or(crash),
+        delivery: args.delivery.parse()?,
+    };
+    model.check()?;
+    Ok(model)
+}
+
 fn broadcast(
     args: &SimArgs,
-    graph: &str,
-    degree: usize,
+    model: &Model,
     protocol: &str,
     fanout: usize,
     max_forwards: u32,
-    delivery: postino_sim::Delivery,
 ) -> Result<Vec<postino_sim::Row>, ParamError> {
-    if graph != "barabasi-albert" {
-        return Err(ParamError {
-            name: "graph",
-            reason: format!("{graph:?} is not barabasi-albert"),
-        });
-    }
     let gossip = Protocol::blind_counter(fanout, max_forwards)?;
     let protocols = match protocol {
         "flooding" => vec![Protocol::Flooding],
@@ -142,82 +168,63 @@ fn broadcast(
     let mut rows = Vec::new();
     for protocol in protocols {
         rows.extend(postino_sim::broadcast::table(
-            protocol, args.nodes, degree, delivery, args.runs, args.seed,
+            protocol, args.nodes, model, args.runs, args.seed,
         )?);
     }
     Ok(rows)
 }
 
-/// Runs the scenario and prints its rows; bad parameters exit with 2, naming the parameter.
-pub fn run(args: &SimArgs, json: bool) -> ExitCode {
-    let rows = match &args.scenario {
-        Scenario::Rumor { variant, k } => variant.parse::<Variant>().and_then(|variant| {
+fn table(args: &SimArgs, model: &Model) -> Result<Vec<postino_sim::Row>, ParamError> {
+    match &args.scenario {
+        Scenario::Rumor { variant, k } => {
+            let variant = variant.parse::<Variant>()?;
             let ks = postino_sim::parse_range("k", k)?;
-            postino_sim::rumor::table(variant, ks, args.nodes, args.runs, args.seed)
-        }),
+            postino_sim::rumor::table(variant, ks, args.nodes, model, args.runs, args.seed)
+        }
         Scenario::Broadcast {
-            graph,
-            degree,
             protocol,
             fanout,
             max_forwards,
-            delivery,
-        } => delivery.parse().and_then(|delivery| {
-            broadcast(
-                args,
-                graph,
-                *degree,
-                protocol,
-                *fanout,
-                *max_forwards,
-                delivery,
-            )
-        }),
+        } => broadcast(args, model, protocol, *fanout, *max_forwards),
         Scenario::Aggregate { function, epsilon } => {
             let functions = if function == "all" {
-                Ok(Function::ALL.to_vec())
+                Function::ALL.to_vec()
             } else {
-                function.parse::<Function>().map(|function| vec![function])
+                vec![function.parse::<Function>()?]
             };
-            functions.and_then(|functions| {
-                postino_sim::aggregate::table(
-                    &functions, args.nodes, *epsilon, args.runs, args.seed,
-                )
-            })
+            postino_sim::aggregate::table(
+                &functions, args.nodes, *epsilon, model, args.runs, args.seed,
+            )
         }
         Scenario::DeathCertificates { ttl, down } => {
-            postino_sim::death::table(args.nodes, *ttl, *down, args.runs, args.seed)
+            postino_sim::death::table(args.nodes, *ttl, *down, model, args.runs, args.seed)
         }
-        Scenario::Pbcast {
-            fanout,
-            loss,
-            crash,
-            rounds,
-        } => {
+        Scenario::Pbcast { fanout, rounds } => {
             let params = postino_sim::pbcast::Params {
                 nodes: args.nodes,
                 fanout: *fanout,
-                loss: *loss,
-                crash: *crash,
                 rounds: *rounds,
                 repair: true,
             };
-            postino_sim::pbcast::table(params, args.runs, args.seed)
+            postino_sim::pbcast::table(params, model, args.runs, args.seed)
         }
         Scenario::Sampling { view, rounds } => {
-            postino_sim::sampling::table(args.nodes, *view, *rounds, args.runs, args.seed)
+            postino_sim::sampling::table(args.nodes, *view, *rounds, model, args.runs, args.seed)
         }
         Scenario::AntiEntropy { mode } => {
             let modes = if mode == "all" {
-                Ok(Mode::ALL.to_vec())
+                Mode::ALL.to_vec()
             } else {
-                mode.parse::<Mode>().map(|mode| vec![mode])
+                vec![mode.parse::<Mode>()?]
             };
-            modes.and_then(|modes| {
-                postino_sim::anti_entropy::table(&modes, args.nodes, args.runs, args.seed)
-            })
+            postino_sim::anti_entropy::table(&modes, args.nodes, model, args.runs, args.seed)
         }
-    };
+    }
+}
+
+/// Runs the scenario and prints its rows; bad parameters exit with 2, naming the parameter.
+pub fn run(args: &SimArgs, json: bool) -> ExitCode {
+    let rows = model(args).and_then(|model| table(args, &model));
     let rows = match rows {
         Ok(rows) => rows,
         Err(error) => {

@@ -259,10 +259,73 @@ fn sim_rumor_prints_the_same_rows_for_the_same_seed_and_names_bad_parameters() {
 }
 
 #[test]
+fn sim_runs_any_scenario_over_any_network_model_and_names_bad_ones() {
+    let rough = [
+        "--graph",
+        "barabasi-albert",
+        "--degree",
+        "4",
+        "--loss",
+        "0.1",
+        "--crash",
+        "0.05",
+        "--delivery",
+        "events",
+    ];
+    for scenario in [
+        "rumor",
+        "anti-entropy",
+        "broadcast",
+        "aggregate",
+        "death-certificates",
+        "pbcast",
+        "sampling",
+    ] {
+        let output = postino()
+            .args(["sim", scenario, "--nodes", "300", "--runs", "1", "--json"])
+            .args(rough)
+            .output()
+            .expect("run the simulator");
+        assert!(
+            output.status.success(),
+            "{scenario}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8(output.stdout).expect("utf-8");
+        let row: serde_json::Value =
+            serde_json::from_str(text.lines().next().expect("a row")).expect("JSON");
+        assert_eq!(
+            row["network"], "barabasi-albert(4) loss 0.1 crash 0.05 events",
+            "{scenario}: {row}"
+        );
+    }
+    for (flag, value) in [
+        ("--loss", "1.5"),
+        ("--crash", "1"),
+        ("--degree", "3"),
+        ("--graph", "ring"),
+        ("--delivery", "carrier-pigeon"),
+    ] {
+        let mut args = vec!["sim", "broadcast", "--nodes", "100", flag, value];
+        if flag == "--degree" {
+            args.extend(["--graph", "barabasi-albert"]);
+        }
+        let output = postino().args(&args).output().expect("run");
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}");
+        let name = flag.trim_start_matches("--");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(name),
+            "{flag}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
 fn sim_bench_measures_every_table_in_its_own_process() {
     let dir = tempfile::tempdir().expect("dir");
     let (rows, _) = bench_json("sim", dir.path(), &[]);
-    assert_eq!(rows.len(), 6, "three scenarios at 1,000 and 10,000 nodes");
+    assert_eq!(rows.len(), 8, "four tables at 1,000 and 10,000 nodes");
     for row in &rows {
         for field in ["seconds", "node_rounds_per_s", "peak_bytes_per_node"] {
             assert!(row[field].is_number(), "{field} missing in {row}");
