@@ -36,7 +36,8 @@ pub struct Network {
     graph: Graph,
     loss: f64,
     delivery: Delivery,
-    /// The rounds during which each node is down.
+    /// The rounds during which each node is down; empty while no node ever is (the common
+    /// case, which so costs no memory reads).
     outages: Vec<Option<Range<u64>>>,
 }
 
@@ -108,17 +109,19 @@ impl Network {
                 reason: format!("{loss} is not in [0, 1)"),
             });
         }
-        let outages = vec![None; graph.nodes()];
         Ok(Self {
             graph,
             loss,
             delivery,
-            outages,
+            outages: Vec::new(),
         })
     }
 
     /// Node `node` is down during `rounds` (from round `start` up to, not including, `end`).
     pub fn take_down(&mut self, node: usize, rounds: Range<u64>) {
+        if self.outages.is_empty() {
+            self.outages = vec![None; self.graph.nodes()];
+        }
         self.outages[node] = Some(rounds);
     }
 
@@ -145,17 +148,22 @@ impl Network {
     /// Whether `node` is up in round `round`.
     #[must_use]
     pub fn up(&self, node: usize, round: u64) -> bool {
-        self.outages[node]
-            .as_ref()
+        self.outages
+            .get(node)
+            .and_then(Option::as_ref)
             .is_none_or(|outage| !outage.contains(&round))
     }
 
     /// Nodes that are never down after round `round`.
     #[must_use]
     pub fn live_after(&self, round: u64) -> Vec<bool> {
-        self.outages
-            .iter()
-            .map(|outage| outage.as_ref().is_none_or(|outage| outage.end <= round))
+        (0..self.graph.nodes())
+            .map(|node| {
+                self.outages
+                    .get(node)
+                    .and_then(Option::as_ref)
+                    .is_none_or(|outage| outage.end <= round)
+            })
             .collect()
     }
 
@@ -344,71 +352,80 @@ impl<G: Gossip> Driver<'_, '_, G> {
         }
     }
 
+    /// Event-driven delivery: messages wait in a heap; the active threads wake in the order
+    /// of their phases, the same each cycle, so they need no heap entries of their own.
     fn events(&mut self, nodes: &mut [G], rng: &mut impl Rng) {
-        let end = self.plan.rounds_max.saturating_mul(UNITS_PER_CYCLE);
-        let mut events = Events::default();
-        for node in 0..nodes.len() {
-            let phase = rng.random_range(0..UNITS_PER_CYCLE);
-            events.push(phase, Pending::Tick(node));
-        }
-        for cycle in 1..=self.plan.rounds_max {
-            events.push(cycle * UNITS_PER_CYCLE, Pending::Check);
-        }
+        let mut phases: Vec<(u64, usize)> = (0..nodes.len())
+            .map(|node| (rng.random_range(0..UNITS_PER_CYCLE), node))
+            .collect();
+        phases.sort_unstable();
+        let mut in_transit = Messages::default();
         let mut sends = Vec::new();
         self.start(&mut sends, rng);
+        let (mut cycle, mut next) = (0u64, 0usize);
+        let mut checked = 0u64;
         let mut last_send = 0;
-        let mut in_flight = 0usize;
         let mut now = 0;
         loop {
             for sent in sends.drain(..) {
                 let latency = rng.random_range(UNITS_PER_CYCLE / 2..UNITS_PER_CYCLE * 3 / 2);
-                events.push(now + latency, Pending::Message(sent));
-                in_flight += 1;
+                in_transit.push(now + latency, sent);
                 last_send = now;
             }
-            let Some((at, pending)) = events.pop() else {
+            let tick = (cycle < self.plan.rounds_max && !phases.is_empty())
+                .then(|| cycle * UNITS_PER_CYCLE + phases[next].0);
+            let arrival = in_transit.next_at();
+            let Some(at) = [tick, arrival].into_iter().flatten().min() else {
                 return;
             };
+            while (checked + 1) * UNITS_PER_CYCLE <= at {
+                checked += 1;
+                self.run.rounds = checked;
+                if (self.plan.done)(nodes, self.network, checked) {
+                    self.run.done = true;
+                    return;
+                }
+                let quiet_since = (checked * UNITS_PER_CYCLE).saturating_sub(UNITS_PER_CYCLE);
+                if in_transit.is_empty() && last_send < quiet_since {
+                    return;
+                }
+                if checked >= self.plan.rounds_max {
+                    return;
+                }
+            }
             now = at;
-            let cycle = now / UNITS_PER_CYCLE + 1;
-            let at = now as f64 / UNITS_PER_CYCLE as f64;
-            match pending {
-                Pending::Check => {
-                    self.run.rounds = cycle - 1;
-                    if (self.plan.done)(nodes, self.network, cycle - 1) {
-                        self.run.done = true;
-                        return;
-                    }
-                    if in_flight == 0 && last_send < now.saturating_sub(UNITS_PER_CYCLE) {
-                        return;
-                    }
-                }
-                Pending::Tick(node) => {
-                    if now + UNITS_PER_CYCLE < end {
-                        events.push(now + UNITS_PER_CYCLE, Pending::Tick(node));
-                    }
-                    if self.network.up(node, cycle) {
-                        let outputs = nodes[node].active(cycle, rng);
-                        let origin = Origin {
-                            node,
-                            sender: None,
-                            at,
-                        };
-                        self.route(origin, outputs, &mut sends, rng);
-                    }
-                }
-                Pending::Message(Sent {
+            let cycle_now = now / UNITS_PER_CYCLE + 1;
+            let time = now as f64 / UNITS_PER_CYCLE as f64;
+            if arrival == Some(at) {
+                let Some(Sent {
                     from, to, message, ..
-                }) => {
-                    in_flight -= 1;
-                    if self.network.lost(rng) || !self.network.up(to, cycle) {
-                        continue;
-                    }
-                    let outputs = nodes[to].passive(cycle, from, message, rng);
+                }) = in_transit.pop()
+                else {
+                    return;
+                };
+                if self.network.lost(rng) || !self.network.up(to, cycle_now) {
+                    continue;
+                }
+                let outputs = nodes[to].passive(cycle_now, from, message, rng);
+                let origin = Origin {
+                    node: to,
+                    sender: Some(from),
+                    at: time,
+                };
+                self.route(origin, outputs, &mut sends, rng);
+            } else {
+                let node = phases[next].1;
+                next += 1;
+                if next == phases.len() {
+                    next = 0;
+                    cycle += 1;
+                }
+                if self.network.up(node, cycle_now) {
+                    let outputs = nodes[node].active(cycle_now, rng);
                     let origin = Origin {
-                        node: to,
-                        sender: Some(from),
-                        at,
+                        node,
+                        sender: None,
+                        at: time,
                     };
                     self.route(origin, outputs, &mut sends, rng);
                 }
@@ -437,17 +454,11 @@ pub(crate) fn check_crash(share: f64) -> Result<(), ParamError> {
     Ok(())
 }
 
-enum Pending<M> {
-    Tick(usize),
-    Message(Sent<M>),
-    Check,
-}
-
-/// A pending event, ordered by time, then by when it was scheduled.
+/// A message in transit, ordered by arrival, then by sending.
 struct Scheduled<M> {
     at: u64,
     sequence: u64,
-    pending: Pending<M>,
+    sent: Sent<M>,
 }
 
 impl<M> PartialEq for Scheduled<M> {
@@ -470,13 +481,13 @@ impl<M> Ord for Scheduled<M> {
     }
 }
 
-/// Events in order of time, then of scheduling.
-struct Events<M> {
+/// Messages in transit, in order of arrival, then of sending.
+struct Messages<M> {
     heap: BinaryHeap<Reverse<Scheduled<M>>>,
     sequence: u64,
 }
 
-impl<M> Default for Events<M> {
+impl<M> Default for Messages<M> {
     fn default() -> Self {
         Self {
             heap: BinaryHeap::new(),
@@ -485,20 +496,26 @@ impl<M> Default for Events<M> {
     }
 }
 
-impl<M> Events<M> {
-    fn push(&mut self, at: u64, pending: Pending<M>) {
+impl<M> Messages<M> {
+    fn push(&mut self, at: u64, sent: Sent<M>) {
         self.sequence += 1;
         self.heap.push(Reverse(Scheduled {
             at,
             sequence: self.sequence,
-            pending,
+            sent,
         }));
     }
 
-    fn pop(&mut self) -> Option<(u64, Pending<M>)> {
-        self.heap
-            .pop()
-            .map(|Reverse(scheduled)| (scheduled.at, scheduled.pending))
+    fn next_at(&self) -> Option<u64> {
+        self.heap.peek().map(|Reverse(scheduled)| scheduled.at)
+    }
+
+    fn pop(&mut self) -> Option<Sent<M>> {
+        self.heap.pop().map(|Reverse(scheduled)| scheduled.sent)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.heap.is_empty()
     }
 }
 
