@@ -1,7 +1,10 @@
-//! `postino bench sim`: the gossip simulator's own speed. For rumor mongering (k = 1..7, in
-//! synchronous rounds and with event-driven delivery), anti-entropy (three modes) and aggregation (four functions), one run per row at 1,000,
-//! 10,000 and (full run) 100,000 nodes: the wall time of the table, simulated node-rounds per
-//! second (nodes × the rounds each row reports), and peak memory per simulated node. Each table
+//! `postino bench sim`: the gossip simulator's own speed. For every scenario's table — rumor
+//! mongering (k = 1..7, in synchronous rounds and with event-driven delivery), anti-entropy
+//! (three modes), aggregation (four functions), broadcast (flooding and blind counter),
+//! pbcast, death certificates and peer sampling — one run per row at 1,000, 10,000 and (full
+//! run) 100,000 nodes: the wall time of the table, simulated node-rounds per second (nodes ×
+//! the rounds each row reports or, where a row reports none, the rounds it runs at least), and
+//! peak memory per simulated node. Each table
 //! runs in a child process of its own (this binary, `POSTINO_BENCH_SIM_TABLE` naming the
 //! table), so that the growth of its peak resident memory (`VmHWM`) is that table's alone.
 
@@ -10,8 +13,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use postino_gossip::aggregate::Function;
 use postino_gossip::anti_entropy::Mode;
+use postino_gossip::broadcast::Protocol;
 use postino_gossip::rumor::Variant;
-use postino_sim::{Delivery, Model};
+use postino_sim::{Delivery, Model, Overlay};
 
 use crate::storage::Size;
 use crate::{Printer, Row};
@@ -71,7 +75,16 @@ pub fn run(
         Size::Full => &[1_000, 10_000, 100_000],
     };
     let mut rows = Vec::new();
-    for name in ["rumor", "rumor-events", "anti-entropy", "aggregate"] {
+    for name in [
+        "rumor",
+        "rumor-events",
+        "anti-entropy",
+        "aggregate",
+        "broadcast",
+        "pbcast",
+        "death-certificates",
+        "sampling",
+    ] {
         for nodes in sizes {
             let label = format!("{name}/{nodes}");
             if !label.contains(filter) {
@@ -110,33 +123,85 @@ fn measure(label: &str) -> Result<Row> {
     let nodes: usize = nodes.parse().context("a number of nodes")?;
     let peak_before = peak_bytes()?;
     let started = Instant::now();
-    let (rows, field) = match name {
-        "rumor" => (
-            postino_sim::rumor::table(Variant::FeedbackCoin, 1..=7, nodes, &Model::COMPLETE, 1, 1)?,
-            "t_last",
-        ),
+    // Each table and the rounds it simulated per node, summed over its rows.
+    let rounds_per_node = match name {
+        "rumor" => {
+            let rows = postino_sim::rumor::table(
+                Variant::FeedbackCoin,
+                1..=7,
+                nodes,
+                &Model::COMPLETE,
+                1,
+                1,
+            )?;
+            rounds(&rows, "t_last")
+        }
         "rumor-events" => {
             let events = Model {
                 delivery: Delivery::Events,
                 ..Model::COMPLETE
             };
-            (
-                postino_sim::rumor::table(Variant::FeedbackCoin, 1..=7, nodes, &events, 1, 1)?,
-                "t_last",
-            )
+            let rows =
+                postino_sim::rumor::table(Variant::FeedbackCoin, 1..=7, nodes, &events, 1, 1)?;
+            rounds(&rows, "t_last")
         }
-        "anti-entropy" => (
-            postino_sim::anti_entropy::table(&Mode::ALL, nodes, &Model::COMPLETE, 1, 1)?,
-            "rounds_mean",
-        ),
-        "aggregate" => (
-            postino_sim::aggregate::table(&Function::ALL, nodes, 1e-3, &Model::COMPLETE, 1, 1)?,
-            "rounds_mean",
-        ),
+        "anti-entropy" => {
+            let rows = postino_sim::anti_entropy::table(&Mode::ALL, nodes, &Model::COMPLETE, 1, 1)?;
+            rounds(&rows, "rounds_mean")
+        }
+        "aggregate" => {
+            let rows =
+                postino_sim::aggregate::table(&Function::ALL, nodes, 1e-3, &Model::COMPLETE, 1, 1)?;
+            rounds(&rows, "rounds_mean")
+        }
+        "broadcast" => {
+            let overlay = Model {
+                overlay: Overlay::BarabasiAlbert { degree: 6 },
+                ..Model::COMPLETE
+            };
+            let mut rows =
+                postino_sim::broadcast::table(Protocol::Flooding, nodes, &overlay, 1, 1)?;
+            rows.extend(postino_sim::broadcast::table(
+                Protocol::blind_counter(2, 2)?,
+                nodes,
+                &overlay,
+                1,
+                1,
+            )?);
+            rounds(&rows, "time")
+        }
+        "pbcast" => {
+            let params = postino_sim::pbcast::Params {
+                nodes,
+                fanout: 2,
+                rounds: 8,
+                repair: true,
+            };
+            let lossy = Model {
+                loss: 0.05,
+                crash: 0.2,
+                ..Model::COMPLETE
+            };
+            postino_sim::pbcast::table(params, &lossy, 1, 1)?;
+            // Two rows, each gossiping at least the 8 rounds after the first pass.
+            2.0 * 8.0
+        }
+        "death-certificates" => {
+            let rows = postino_sim::death::table(nodes, 30, 60, &Model::COMPLETE, 1, 1)?;
+            (60 + postino_sim::death::SETTLE_ROUNDS) as f64 * rows.len() as f64
+        }
+        "sampling" => {
+            let half = Model {
+                crash: 0.5,
+                ..Model::COMPLETE
+            };
+            postino_sim::sampling::table(nodes, 20, 30, &half, 1, 1)?;
+            60.0
+        }
         other => anyhow::bail!("no simulator table {other}"),
     };
     let seconds = started.elapsed().as_secs_f64();
-    let node_rounds = rounds(&rows, field) * nodes as f64;
+    let node_rounds = rounds_per_node * nodes as f64;
     let grown = peak_bytes()?.saturating_sub(peak_before);
     Ok(Row::new(name)
         .with("nodes", nodes)

@@ -7,8 +7,6 @@
 //! youngest `size` entries. Views so stay small, fresh and random, and a node that is gone ages
 //! out of every view.
 
-use std::collections::HashMap;
-
 use rand::Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
 
@@ -123,18 +121,12 @@ impl Sampling {
     /// Merges `received` into the view: itself and duplicates out (the youngest entry of a
     /// peer stays), then the youngest `size` entries.
     fn keep(&mut self, received: Vec<Descriptor>, rng: &mut impl Rng) {
-        let mut youngest: HashMap<usize, u32> = HashMap::new();
-        for descriptor in self.view.drain(..).chain(received) {
-            if descriptor.node == self.node {
-                continue;
-            }
-            let age = youngest.entry(descriptor.node).or_insert(descriptor.age);
-            *age = (*age).min(descriptor.age);
-        }
-        let mut merged: Vec<Descriptor> = youngest
-            .into_iter()
-            .map(|(node, age)| Descriptor { node, age })
-            .collect();
+        let mut merged: Vec<Descriptor> = self.view.drain(..).chain(received).collect();
+        merged.retain(|descriptor| descriptor.node != self.node);
+        // By peer, youngest first; then one entry a peer. Sorting rather than hashing keeps
+        // the order, and so the run, a function of the seed alone.
+        merged.sort_unstable_by_key(|descriptor| (descriptor.node, descriptor.age));
+        merged.dedup_by_key(|descriptor| descriptor.node);
         // Random among equals: ordering ties by id would keep low ids in every view.
         merged.shuffle(rng);
         merged.sort_by_key(|descriptor| descriptor.age);

@@ -196,6 +196,7 @@ impl Network {
                 delivered_at: vec![None; nodes.len()],
             },
             plan,
+            answers: Vec::new(),
         };
         match self.delivery {
             Delivery::Rounds => driver.rounds(nodes, rng),
@@ -233,15 +234,19 @@ struct Driver<'n, 'p, G: Gossip> {
     network: &'n Network,
     plan: Plan<'p, G>,
     run: Run,
+    /// A buffer for the answers of an exchange step, kept between steps.
+    answers: Vec<Sent<G::Message>>,
 }
 
 impl<G: Gossip> Driver<'_, '_, G> {
     /// A node's outputs: deliveries are recorded, messages counted and queued.
+    /// With `later`, messages that are not answers go there instead of to `queue`.
     fn route(
         &mut self,
         origin: Origin,
         outputs: Vec<Output<G::Message>>,
         queue: &mut Vec<Sent<G::Message>>,
+        mut later: Option<&mut Vec<Sent<G::Message>>>,
         rng: &mut impl Rng,
     ) {
         for output in outputs {
@@ -254,12 +259,15 @@ impl<G: Gossip> Driver<'_, '_, G> {
                         if (self.plan.counts)(&message) {
                             self.run.messages += 1;
                         }
-                        queue.push(Sent {
+                        let sent = Sent {
                             from: origin.node,
                             to: peer,
                             message,
-                            answer: to == To::Reply,
-                        });
+                        };
+                        match later.as_deref_mut() {
+                            Some(later) if to != To::Reply => later.push(sent),
+                            _ => queue.push(sent),
+                        }
                     }
                 }
             }
@@ -273,24 +281,24 @@ impl<G: Gossip> Driver<'_, '_, G> {
                 sender: None,
                 at: 0.0,
             };
-            self.route(origin, outputs, queue, rng);
+            self.route(origin, outputs, queue, None, rng);
         }
     }
 
     fn rounds(&mut self, nodes: &mut [G], rng: &mut impl Rng) {
         let mut in_transit = Vec::new();
         self.start(&mut in_transit, rng);
+        let mut later = Vec::new();
+        let mut begun = Vec::new();
+        let mut order: Vec<usize> = (0..nodes.len()).collect();
         for round in 1..=self.plan.rounds_max {
             self.run.rounds = round;
             let mut busy = !in_transit.is_empty();
-            let mut later = Vec::new();
-            self.exchange(nodes, round, in_transit, &mut later, rng);
-            let mut order: Vec<usize> = (0..nodes.len()).collect();
+            self.exchange(nodes, round, &mut in_transit, &mut later, rng);
             if self.plan.exchanges == Exchanges::Sequential {
                 order.shuffle(rng);
             }
-            let mut begun = Vec::new();
-            for node in order {
+            for &node in &order {
                 if self.network.up(node, round) {
                     let outputs = nodes[node].active(round, rng);
                     let origin = Origin {
@@ -298,16 +306,16 @@ impl<G: Gossip> Driver<'_, '_, G> {
                         sender: None,
                         at: round as f64,
                     };
-                    self.route(origin, outputs, &mut begun, rng);
+                    self.route(origin, outputs, &mut begun, None, rng);
                     if self.plan.exchanges == Exchanges::Sequential {
                         busy |= !begun.is_empty();
-                        self.exchange(nodes, round, std::mem::take(&mut begun), &mut later, rng);
+                        self.exchange(nodes, round, &mut begun, &mut later, rng);
                     }
                 }
             }
             busy |= !begun.is_empty();
-            self.exchange(nodes, round, begun, &mut later, rng);
-            in_transit = later;
+            self.exchange(nodes, round, &mut begun, &mut later, rng);
+            std::mem::swap(&mut in_transit, &mut later);
             if (self.plan.done)(nodes, self.network, round) {
                 self.run.done = true;
                 return;
@@ -318,22 +326,19 @@ impl<G: Gossip> Driver<'_, '_, G> {
         }
     }
 
-    /// Delivers `step`, then the answers it caused, until none are left; messages that are
-    /// not answers go to `later`.
+    /// Delivers `step` (leaving it empty), then the answers it caused, until none are left;
+    /// messages that are not answers go to `later`.
     fn exchange(
         &mut self,
         nodes: &mut [G],
         round: u64,
-        mut step: Vec<Sent<G::Message>>,
+        step: &mut Vec<Sent<G::Message>>,
         later: &mut Vec<Sent<G::Message>>,
         rng: &mut impl Rng,
     ) {
+        let mut answers = std::mem::take(&mut self.answers);
         while !step.is_empty() {
-            let mut sent = Vec::new();
-            for Sent {
-                from, to, message, ..
-            } in step
-            {
+            for Sent { from, to, message } in step.drain(..) {
                 if self.network.lost(rng) || !self.network.up(to, round) {
                     continue;
                 }
@@ -343,13 +348,11 @@ impl<G: Gossip> Driver<'_, '_, G> {
                     sender: Some(from),
                     at: round as f64,
                 };
-                self.route(origin, outputs, &mut sent, rng);
+                self.route(origin, outputs, &mut answers, Some(later), rng);
             }
-            let (answers, others): (Vec<_>, Vec<_>) =
-                sent.into_iter().partition(|sent| sent.answer);
-            later.extend(others);
-            step = answers;
+            std::mem::swap(step, &mut answers);
         }
+        self.answers = answers;
     }
 
     /// Event-driven delivery: messages wait in a heap; the active threads wake in the order
@@ -397,10 +400,7 @@ impl<G: Gossip> Driver<'_, '_, G> {
             let cycle_now = now / UNITS_PER_CYCLE + 1;
             let time = now as f64 / UNITS_PER_CYCLE as f64;
             if arrival == Some(at) {
-                let Some(Sent {
-                    from, to, message, ..
-                }) = in_transit.pop()
-                else {
+                let Some(Sent { from, to, message }) = in_transit.pop() else {
                     return;
                 };
                 if self.network.lost(rng) || !self.network.up(to, cycle_now) {
@@ -412,7 +412,7 @@ impl<G: Gossip> Driver<'_, '_, G> {
                     sender: Some(from),
                     at: time,
                 };
-                self.route(origin, outputs, &mut sends, rng);
+                self.route(origin, outputs, &mut sends, None, rng);
             } else {
                 let node = phases[next].1;
                 next += 1;
@@ -427,7 +427,7 @@ impl<G: Gossip> Driver<'_, '_, G> {
                         sender: None,
                         at: time,
                     };
-                    self.route(origin, outputs, &mut sends, rng);
+                    self.route(origin, outputs, &mut sends, None, rng);
                 }
             }
         }
@@ -439,8 +439,6 @@ struct Sent<M> {
     from: usize,
     to: usize,
     message: M,
-    /// It answers the message its sender was handling.
-    answer: bool,
 }
 
 /// Refuses a crash share outside [0, 1).

@@ -208,4 +208,15 @@ mod tests {
             "nodes"
         );
     }
+
+    #[test]
+    fn the_same_seed_gives_the_same_views() {
+        let model = Model {
+            crash: 0.5,
+            delivery: crate::Delivery::Events,
+            ..Model::COMPLETE
+        };
+        let run = |seed| table(300, 10, 10, &model, 2, seed).expect("table");
+        assert_eq!(run(9), run(9));
+    }
 }

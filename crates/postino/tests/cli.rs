@@ -325,7 +325,7 @@ fn sim_runs_any_scenario_over_any_network_model_and_names_bad_ones() {
 fn sim_bench_measures_every_table_in_its_own_process() {
     let dir = tempfile::tempdir().expect("dir");
     let (rows, _) = bench_json("sim", dir.path(), &[]);
-    assert_eq!(rows.len(), 8, "four tables at 1,000 and 10,000 nodes");
+    assert_eq!(rows.len(), 16, "eight tables at 1,000 and 10,000 nodes");
     for row in &rows {
         for field in ["seconds", "node_rounds_per_s", "peak_bytes_per_node"] {
             assert!(row[field].is_number(), "{field} missing in {row}");
