@@ -1,11 +1,13 @@
-//! Content filters as an AMQP binding argument (`x-filter`), with lapin: only matching messages
-//! reach a filtered binding's queue; a filter that does not parse closes the channel with 406
-//! naming the position.
+//! Content filters as an AMQP binding argument and consumer argument (`x-filter`), with lapin:
+//! only matching messages reach a filtered binding's queue or a filtered consumer; a filter that
+//! does not parse closes the channel with 406 naming the position.
 
 mod support;
 
+use futures_lite::StreamExt;
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    ConfirmSelectOptions, QueueBindOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
@@ -112,4 +114,69 @@ async fn a_filter_that_does_not_parse_is_refused_with_406() {
     bind(&channel, "q", Some("country = 'IT'"))
         .await
         .expect("a good filter binds");
+}
+
+async fn consume(channel: &Channel, queue: &str, filter: &str) -> lapin::Result<lapin::Consumer> {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-filter".into(), AMQPValue::LongString(filter.into()));
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_consumer_gets_only_what_it_accepts_and_the_rest_stays_queued() {
+    let (uri, _broker) = start(None).await;
+    let (_connection, channel) = with_queue(&uri, "orders").await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for (body, country) in [("a", "FR"), ("b", "IT"), ("c", "FR"), ("d", "IT")] {
+        let mut headers = FieldTable::default();
+        headers.insert("country".into(), AMQPValue::LongString(country.into()));
+        channel
+            .basic_publish(
+                "".into(),
+                "orders".into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default().with_headers(headers),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
+    let mut italian = consume(&channel, "orders", "country = 'IT'")
+        .await
+        .expect("a filtered consumer");
+    for expected in ["b", "d"] {
+        let delivery = italian.next().await.expect("a delivery").expect("ok");
+        assert_eq!(delivery.data, expected.as_bytes(), "past the French head");
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    // What the filter refused is still there, in order, for anyone else.
+    assert_eq!(drain(&channel, "orders").await, ["a", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_filter_that_does_not_parse_is_refused_with_406() {
+    let (uri, _broker) = start(None).await;
+    let (connection, channel) = with_queue(&uri, "q").await;
+    let error = consume(&channel, "q", "country IN ('IT'")
+        .await
+        .expect_err("a bad filter");
+    let text = format!("{error:?}");
+    assert!(text.contains("PRECONDITIONFAILED"), "{text}");
+    assert!(text.contains("x-filter"), "{text}");
+    let channel = connection.create_channel().await.expect("a new channel");
+    consume(&channel, "q", "country = 'IT'")
+        .await
+        .expect("a good filter consumes");
 }

@@ -200,7 +200,7 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
     reachable[key.len()]
 }
 
-/// The binding argument holding a [`Filter`].
+/// The binding or consumer argument holding a [`Filter`].
 pub const FILTER_ARGUMENT: &str = "x-filter";
 
 #[derive(Debug, Clone)]
@@ -216,11 +216,11 @@ struct Bound {
     filter: Option<Filter>,
 }
 
-/// The filter of a binding's `x-filter` argument, if it has one.
+/// The filter of a binding's or consumer's `x-filter` argument, if it has one.
 ///
 /// # Errors
 /// `InvalidArgument` when it is not a string or does not parse (the reason names the position).
-pub fn binding_filter(arguments: &Headers) -> Result<Option<Filter>, CoreError> {
+pub fn filter_argument(arguments: &Headers) -> Result<Option<Filter>, CoreError> {
     let invalid = |reason: String| CoreError::InvalidArgument {
         name: FILTER_ARGUMENT.to_owned(),
         reason,
@@ -375,7 +375,7 @@ impl Topology {
     /// the default exchange; `InvalidArgument` for a bad `x-match` or `x-filter`.
     pub fn bind(&mut self, binding: Binding) -> Result<(), CoreError> {
         self.check_binding(&binding)?;
-        let filter = binding_filter(&binding.arguments)?;
+        let filter = filter_argument(&binding.arguments)?;
         let exchange = self
             .exchanges
             .get_mut(&binding.source)
@@ -780,7 +780,7 @@ mod tests {
     }
 
     #[test]
-    fn a_binding_filter_narrows_what_its_exchange_routes() {
+    fn a_filter_argument_narrows_what_its_exchange_routes() {
         let mut topology = topology(&["italy", "big", "all"]);
         let filtered = |queue: &str, filter: &str| {
             let mut arguments = Headers::new();

@@ -17,6 +17,15 @@ use crate::{Shared, proto, status_of};
 
 /// A get's lease when the request names none, as SQS's default visibility timeout.
 const DEFAULT_LEASE_MS: u64 = 30_000;
+/// The filter of a request (`None` for an empty text); one that does not parse is
+/// `INVALID_ARGUMENT` naming the position.
+fn filter_of(text: &str) -> Result<Option<Filter>, Status> {
+    (!text.is_empty())
+        .then(|| Filter::parse(text))
+        .transpose()
+        .map_err(|error| Status::invalid_argument(error.to_string()))
+}
+
 /// A filtered get looks at this many ready messages.
 const SCAN_MAX: usize = 1_000;
 /// How often a filtered get that waits looks again.
@@ -130,12 +139,7 @@ impl Service {
         filter: &str,
     ) -> Result<proto::GetReply, Status> {
         let handle = queue_of(caller, queue, Action::Read)?;
-        let delivery = if filter.is_empty() {
-            let wait = (wait_ms > 0).then(|| Duration::from_millis(wait_ms));
-            handle.get(spec, wait).await.map_err(status)?
-        } else {
-            let filter = Filter::parse(filter)
-                .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let delivery = if let Some(filter) = filter_of(filter)? {
             let deadline = Instant::now() + Duration::from_millis(wait_ms);
             loop {
                 let filter = filter.clone();
@@ -151,6 +155,9 @@ impl Service {
                 }
                 tokio::time::sleep(FILTERED_WAIT_STEP).await;
             }
+        } else {
+            let wait = (wait_ms > 0).then(|| Duration::from_millis(wait_ms));
+            handle.get(spec, wait).await.map_err(status)?
         };
         Ok(proto::GetReply {
             delivery: delivery.map(|delivery| wire_delivery(queue, &delivery)),
@@ -274,8 +281,10 @@ impl proto::queues_server::Queues for Service {
         };
         // Always a consumer with acks inside, so its prefetch bounds what it holds; an
         // auto-ack stream acknowledges each delivery once it is in the stream's buffer.
+        let filter = filter_of(&request.filter)?;
         let spec = ConsumerSpec {
             prefetch_count: prefetch,
+            filter,
             ..ConsumerSpec::default()
         };
         let deliveries = queue.consume(consumer, spec).await.map_err(status)?;

@@ -280,6 +280,70 @@ async fn a_subscription_ends_at_its_expiry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_with_a_filter_takes_only_what_it_matches() {
+    let (url, broker) = start().await;
+    let host = broker.vhost("/").expect("default vhost");
+    host.declare_queue("jobs", QueueSpec::durable())
+        .expect("declare");
+    let mut queues = QueuesClient::connect(url).await.expect("connect");
+    for (name, colour) in [("a", "red"), ("b", "blue"), ("c", "red"), ("d", "blue")] {
+        put(
+            &mut queues,
+            "jobs",
+            text_message(name, &[("colour", proto::value::Kind::Text(colour.into()))]),
+        )
+        .await;
+    }
+    let mut blue = queues
+        .notify(NotifyRequest {
+            queue: "jobs".into(),
+            filter: "colour = 'blue'".into(),
+            auto_ack: true,
+            ..NotifyRequest::default()
+        })
+        .await
+        .expect("notify")
+        .into_inner();
+    for expected in ["b", "d"] {
+        let delivery = blue.message().await.expect("stream").expect("a delivery");
+        assert_eq!(body(&delivery), expected);
+    }
+    put(
+        &mut queues,
+        "jobs",
+        text_message("e", &[("colour", proto::value::Kind::Text("blue".into()))]),
+    )
+    .await;
+    let late = blue.message().await.expect("stream").expect("a delivery");
+    assert_eq!(body(&late), "e", "a later match arrives on the stream");
+    drop(blue);
+    let mut rest = Vec::new();
+    while let Some(delivery) = queues
+        .poll(PollRequest {
+            queue: "jobs".into(),
+            auto_ack: true,
+            ..PollRequest::default()
+        })
+        .await
+        .expect("poll")
+        .into_inner()
+        .delivery
+    {
+        rest.push(body(&delivery));
+    }
+    assert_eq!(rest, ["a", "c"], "the red ones stayed, in order");
+    let bad = queues
+        .notify(NotifyRequest {
+            queue: "jobs".into(),
+            filter: "colour IN (".into(),
+            ..NotifyRequest::default()
+        })
+        .await
+        .expect_err("a filter that does not parse");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_status_codes() {
     let (url, broker) = start().await;
     broker

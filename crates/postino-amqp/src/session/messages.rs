@@ -309,7 +309,9 @@ impl Session {
             let stream = stream.expect("a stream when not a queue");
             return self.consume_stream(id, consume, stream, tag).await;
         };
-        let priority = match headers_from_table(&consume.arguments).get("x-priority") {
+        let arguments = headers_from_table(&consume.arguments);
+        let filter = postino_core::topology::filter_argument(&arguments)?;
+        let priority = match arguments.get("x-priority") {
             Some(postino_types::HeaderValue::Int(priority)) => {
                 i32::try_from(*priority).unwrap_or(0)
             }
@@ -326,6 +328,7 @@ impl Session {
             prefetch_count: u32::from(prefetch),
             auto_ack: consume.no_ack,
             priority,
+            filter,
             ..ConsumerSpec::default()
         };
         let mut deliveries = queue.consume(consumer_id, spec).await?;

@@ -21,6 +21,7 @@
 mod death;
 mod dedup;
 mod delay;
+mod dispatch;
 mod groups;
 mod ready;
 mod recovery;
@@ -79,6 +80,14 @@ struct Consumer {
 }
 
 impl Consumer {
+    /// Whether the consumer's filter, if any, accepts `message`.
+    fn accepts(&self, message: &Message) -> bool {
+        self.spec.filter.as_ref().is_none_or(|filter| {
+            let annotations = &message.annotations;
+            filter.matches(message, &annotations.exchange, &annotations.routing_key)
+        })
+    }
+
     fn can_take(&self, bytes: u64) -> bool {
         let count_ok = self.spec.prefetch_count == 0 || self.unsettled < self.spec.prefetch_count;
         let bytes_ok = self.spec.prefetch_bytes == 0
@@ -464,10 +473,7 @@ impl<L: Log> QueueEngine<L> {
         self.expire_heads(now_ms)?;
         let mut found = None;
         for (level, offset) in self.ready.in_order(scan_max) {
-            let candidate = match self.hot.get(&offset) {
-                Some(hot) => hot.message.clone(),
-                None => self.read(offset)?.0,
-            };
+            let candidate = self.peek(offset)?;
             let group_busy = self.options.message_groups
                 && groups::group_of(&candidate).is_some_and(|group| self.busy.is_busy(&group));
             let accepted = !group_busy && matches(&candidate);
@@ -718,10 +724,7 @@ impl<L: Log> QueueEngine<L> {
             return Ok(self.ready.next());
         }
         for (level, offset) in self.ready.in_order(GROUP_SCAN_MAX) {
-            let group = match self.hot.get(&offset) {
-                Some(hot) => groups::group_of(&hot.message),
-                None => groups::group_of(&self.read(offset)?.0),
-            };
+            let group = groups::group_of(&self.peek(offset)?);
             if group.is_none_or(|group| !self.busy.is_busy(&group)) {
                 return Ok(Some((level, offset)));
             }
@@ -779,83 +782,10 @@ impl<L: Log> QueueEngine<L> {
         }
     }
 
-    /// The consumer the next delivery of `bytes` goes to: with single active consumer only the
-    /// first registered; otherwise the highest-priority consumers with credit, round-robin.
-    fn choose_consumer(&self, bytes: u64) -> Option<usize> {
-        if self.options.single_active_consumer {
-            return self
-                .consumers
-                .first()
-                .filter(|consumer| consumer.can_take(bytes))
-                .map(|_| 0);
-        }
-        let count = self.consumers.len();
-        let top = self
-            .consumers
-            .iter()
-            .filter(|consumer| consumer.can_take(bytes))
-            .map(|consumer| consumer.spec.priority)
-            .max()?;
-        (0..count)
-            .map(|step| (self.next_consumer + step) % count)
-            .find(|index| {
-                let consumer = &self.consumers[*index];
-                consumer.spec.priority == top && consumer.can_take(bytes)
-            })
-    }
-
     /// Expires heads, delivers, and persists what the call settled.
     fn finish(&mut self, now_ms: i64) -> Result<Vec<Push>, CoreError> {
         let pushes = self.deliver(now_ms)?;
         self.flush(now_ms)?;
-        Ok(pushes)
-    }
-
-    /// Hands ready messages to waiting gets first, then to consumers, while someone can take
-    /// them; expired heads die on the way.
-    fn deliver(&mut self, now_ms: i64) -> Result<Vec<Push>, CoreError> {
-        self.expire_heads(now_ms)?;
-        let mut pushes = Vec::new();
-        while let Some((level, offset)) = self.next_deliverable()? {
-            self.read_ahead(offset)?;
-            let meta = self.meta(offset)?;
-            if self.is_expired(now_ms, meta) {
-                let (message, meta) = self.take(offset)?;
-                self.ready.remove(level, offset, meta.bytes);
-                self.die(now_ms, Some(offset), message, DeathReason::Expired);
-                continue;
-            }
-            if let Some((waiter, spec)) = self.waiters.pop_front() {
-                let (message, meta) = self.take(offset)?;
-                let delivery =
-                    self.hand_out(now_ms, (level, offset), message, meta, Holder::Get, spec);
-                pushes.push(Push::Waiter { waiter, delivery });
-                continue;
-            }
-            let Some(index) = self.choose_consumer(meta.bytes) else {
-                break;
-            };
-            let count = self.consumers.len();
-            self.next_consumer = (index + 1) % count;
-            let consumer = self.consumers[index].clone();
-            let (message, meta) = self.take(offset)?;
-            let mode = GetSpec {
-                auto_ack: consumer.spec.auto_ack,
-                lease_ms: consumer.spec.lease_ms,
-            };
-            let delivery = self.hand_out(
-                now_ms,
-                (level, offset),
-                message,
-                meta,
-                Holder::Consumer(consumer.id),
-                mode,
-            );
-            pushes.push(Push::Consumer {
-                consumer: consumer.id,
-                delivery,
-            });
-        }
         Ok(pushes)
     }
 

@@ -67,6 +67,14 @@ impl<L: Log> QueueEngine<L> {
         })
     }
 
+    /// A copy of the message at a ready offset, which stays ready.
+    pub(super) fn peek(&self, offset: u64) -> Result<Message, CoreError> {
+        Ok(match self.hot.get(&offset) {
+            Some(hot) => hot.message.clone(),
+            None => self.read(offset)?.0,
+        })
+    }
+
     /// The message at a ready offset, from memory when it is hot, else from the log.
     pub(super) fn take(&mut self, offset: u64) -> Result<(Message, Meta), CoreError> {
         match self.hot.remove(&offset) {

@@ -4,13 +4,15 @@
 use postino_storage::Durable;
 use postino_types::Message;
 
+use crate::filter::Filter;
+
 /// Identifies a consumer within its queue.
 pub type ConsumerId = u64;
 /// Identifies a waiting `get` within its queue.
 pub type WaiterId = u64;
 
 /// How a consumer takes deliveries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ConsumerSpec {
     /// Unsettled deliveries allowed at once (0: no limit), AMQP `basic.qos` prefetch-count.
     pub prefetch_count: u32,
@@ -23,6 +25,8 @@ pub struct ConsumerSpec {
     pub lease_ms: Option<u64>,
     /// Consumers of a higher priority get deliveries first while they have credit (`x-priority`).
     pub priority: i32,
+    /// Only messages this filter accepts (`x-filter`); others stay for other consumers.
+    pub filter: Option<Filter>,
 }
 
 /// How a `get` takes a message.
