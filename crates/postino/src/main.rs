@@ -1,8 +1,10 @@
 //! The `postino` binary: wiring only. `postino server` runs the broker; `postino bench` runs the
-//! benchmarks; `postino sim` runs the gossip simulator; `postino <noun> <verb>` administers a
+//! benchmarks; `postino sim` runs the gossip simulator; `postino publish|consume` are console
+//! clients of the native API; `postino <noun> <verb>` administers a
 //! running server through its management API. Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
 
 mod admin;
+mod clients;
 mod config;
 mod server;
 mod sim;
@@ -34,6 +36,12 @@ enum Command {
     Bench(BenchArgs),
     /// Run a gossip protocol in the deterministic simulator and print its table.
     Sim(sim::SimArgs),
+    /// Publish messages through the native API: to a queue or an exchange, from arguments, a
+    /// file or stdin lines.
+    Publish(clients::PublishArgs),
+    /// Consume through the native API: a queue (optionally filtered) or a subscription with a
+    /// filter; text or JSON lines.
+    Consume(clients::ConsumeArgs),
     #[command(flatten)]
     Admin(admin::Noun),
 }
@@ -88,6 +96,13 @@ fn main() -> ExitCode {
         Command::Server(args) => server::run(args),
         Command::Bench(args) => bench(&args, cli.target.json()),
         Command::Sim(args) => sim::run(&args, cli.target.json()),
+        Command::Publish(args) => clients::publish(&args, cli.target.user(), cli.target.password()),
+        Command::Consume(args) => clients::consume(
+            &args,
+            cli.target.user(),
+            cli.target.password(),
+            cli.target.json(),
+        ),
         Command::Admin(noun) => admin::run(&cli.target, noun),
     }
 }

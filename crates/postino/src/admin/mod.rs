@@ -72,6 +72,16 @@ impl Target {
     pub fn json(&self) -> bool {
         self.json
     }
+
+    /// `--user`, if given.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// `--password`.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
 }
 
 /// Why a command failed, and its exit code.

@@ -1,0 +1,200 @@
+//! `postino publish` and `postino consume` against the real server over its native API:
+//! messages from arguments and stdin, headers and properties carried, JSON lines, a filtered
+//! consumer, a subscription, acknowledgement modes, and exit codes for bad input.
+
+mod support;
+
+use std::io::{BufRead, Write};
+use std::process::{Command, Output, Stdio};
+
+fn postino(grpc: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_postino"));
+    command
+        .env("POSTINO_SERVER", grpc)
+        .env_remove("POSTINO_USER");
+    command
+}
+
+fn succeeded(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("utf-8")
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object a line"))
+        .collect()
+}
+
+#[test]
+fn publish_then_consume_a_queue_with_headers_properties_and_filters() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = support::start_listening(dir.path(), &[], &["amqp", "http", "grpc"]);
+    let grpc = server.addresses["grpc"].clone();
+    let lines = server.lines;
+    std::thread::spawn(move || lines.for_each(drop));
+    let api = format!("http://{}", server.http);
+    let declared = Command::new(env!("CARGO_BIN_EXE_postino"))
+        .args(["--url", &api, "queues", "declare", "orders"])
+        .output()
+        .expect("declare");
+    succeeded(&declared);
+
+    let published = postino(&grpc)
+        .args(["publish", "--queue", "orders", "--confirm", "--persistent"])
+        .args(["--header", "country=IT", "--header", "amount=50"])
+        .args([
+            "--property",
+            "priority=3",
+            "--property",
+            "content_type=text/plain",
+        ])
+        .args(["first", "second"])
+        .output()
+        .expect("publish");
+    succeeded(&published);
+    let mut from_stdin = postino(&grpc)
+        .args(["publish", "--queue", "orders", "--header", "country=FR"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("publish from stdin");
+    from_stdin
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"third\nfourth\n")
+        .expect("write");
+    succeeded(&from_stdin.wait_with_output().expect("publish"));
+
+    // A filtered consumer takes the French ones, past the Italian head, and acknowledges them.
+    let french = postino(&grpc)
+        .args([
+            "--json",
+            "consume",
+            "--queue",
+            "orders",
+            "--filter",
+            "country = 'FR'",
+        ])
+        .args(["--count", "2", "--timeout", "5"])
+        .output()
+        .expect("consume");
+    let rows = json_lines(&succeeded(&french));
+    let bodies: Vec<&str> = rows.iter().filter_map(|row| row["body"].as_str()).collect();
+    assert_eq!(bodies, ["third", "fourth"]);
+
+    // manual: printed, never acknowledged, so still there afterwards.
+    let look = postino(&grpc)
+        .args(["--json", "consume", "--queue", "orders", "--ack", "manual"])
+        .args(["--count", "1", "--timeout", "5"])
+        .output()
+        .expect("consume");
+    let row = &json_lines(&succeeded(&look))[0];
+    assert_eq!(row["body"], "first");
+    assert_eq!(row["headers"]["country"], "IT");
+    assert_eq!(row["headers"]["amount"], 50, "an integer header stays one");
+    assert_eq!(row["properties"]["priority"], 3);
+    assert_eq!(row["properties"]["content_type"], "text/plain");
+    assert_eq!(row["properties"]["persistent"], true);
+    assert_eq!(row["queue"], "orders");
+
+    // auto: both Italian ones, the first marked redelivered; then the queue is empty and the
+    // timeout ends the command.
+    let rest = postino(&grpc)
+        .args(["--json", "consume", "--queue", "orders", "--timeout", "1"])
+        .output()
+        .expect("consume");
+    let rows = json_lines(&succeeded(&rest));
+    let bodies: Vec<&str> = rows.iter().filter_map(|row| row["body"].as_str()).collect();
+    assert_eq!(bodies, ["first", "second"]);
+    assert_eq!(rows[0]["redelivered"], true);
+    let empty = postino(&grpc)
+        .args(["consume", "--queue", "orders", "--timeout", "0.5"])
+        .output()
+        .expect("consume");
+    assert_eq!(succeeded(&empty), "", "nothing left");
+
+    // A subscription with a filter sees what is published to its exchange after it began.
+    let mut subscriber = postino(&grpc)
+        .args([
+            "consume",
+            "--subscribe",
+            "amount > 10",
+            "--count",
+            "1",
+            "--timeout",
+            "10",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("subscribe");
+    let mut announced = String::new();
+    std::io::BufReader::new(subscriber.stderr.take().expect("stderr"))
+        .read_line(&mut announced)
+        .expect("the subscriber announces itself");
+    assert!(announced.contains("subscribed, handle"), "{announced}");
+    for amount in ["5", "20"] {
+        let published = postino(&grpc)
+            .args([
+                "publish",
+                "--exchange",
+                "amq.topic",
+                "--routing-key",
+                "orders.new",
+            ])
+            .args([
+                "--header",
+                &format!("amount={amount}"),
+                &format!("amount {amount}"),
+            ])
+            .output()
+            .expect("publish");
+        succeeded(&published);
+    }
+    let got = subscriber.wait_with_output().expect("the subscriber ends");
+    assert_eq!(succeeded(&got), "amount 20\n");
+
+    // Bad input: usage errors exit 2, a refusal by the server 1.
+    let bad_filter = postino(&grpc)
+        .args(["consume", "--queue", "orders", "--filter", "country ="])
+        .args(["--timeout", "1"])
+        .output()
+        .expect("consume");
+    assert_eq!(bad_filter.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad_filter.stderr).contains("position"));
+    let missing = postino(&grpc)
+        .args(["publish", "--queue", "nowhere", "x"])
+        .output()
+        .expect("publish");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"));
+    for args in [
+        vec!["publish", "x"],
+        vec![
+            "publish",
+            "--queue",
+            "orders",
+            "--property",
+            "colour=red",
+            "x",
+        ],
+        vec!["publish", "--queue", "orders", "--header", "nothing", "x"],
+        vec!["publish", "--stream", "events", "x"],
+        vec!["consume", "--queue", "orders", "--timeout", "-1"],
+    ] {
+        let output = postino(&grpc).args(&args).output().expect("run");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+    }
+    let unreachable = postino("127.0.0.1:1")
+        .args(["publish", "--queue", "orders", "x"])
+        .output()
+        .expect("publish");
+    assert_eq!(unreachable.status.code(), Some(1));
+    support::stop(server.child);
+}
