@@ -140,7 +140,8 @@ pub fn run(
             pid: None,
         },
         None => {
-            let started = crate::server::start(&targets.postino_binary, scratch.path(), false)?;
+            let started =
+                crate::server::start(&targets.postino_binary, scratch.path(), false, false)?;
             let target = Target {
                 name: "postino",
                 uri: format!("amqp://guest:guest@{}/%2f", started.amqp),
@@ -228,7 +229,7 @@ pub(crate) fn find_process(name: &str) -> Option<u32> {
 }
 
 /// CPU time (user + system) process `pid` has used so far.
-fn cpu_of(pid: u32) -> Option<Duration> {
+pub(crate) fn cpu_of(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start at field 3 (state).
     let rest = stat.rsplit_once(')')?.1;

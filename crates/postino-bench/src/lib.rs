@@ -6,6 +6,7 @@
 
 pub mod amqp;
 pub mod broker;
+pub mod grpc;
 pub mod server;
 pub mod sim;
 pub mod storage;

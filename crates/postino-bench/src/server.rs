@@ -48,6 +48,7 @@ pub(crate) struct Started {
     pub child: Child,
     pub amqp: String,
     pub http: Option<String>,
+    pub grpc: Option<String>,
     /// From spawning to the last listener announced.
     pub ready_after: Duration,
 }
@@ -61,18 +62,14 @@ impl Drop for Started {
 }
 
 /// Starts `binary server` on free loopback ports with its data in `dir`, with the management
-/// API when `http`; returns once every listener is announced. Its log keeps being drained so
+/// API when `http` and the native API when `grpc`; returns once every listener is announced. Its log keeps being drained so
 /// that it never blocks on a full pipe.
-pub(crate) fn start(binary: &Path, dir: &Path, http: bool) -> Result<Started> {
+pub(crate) fn start(binary: &Path, dir: &Path, http: bool, grpc: bool) -> Result<Started> {
     let began = Instant::now();
     let mut child = Command::new(binary)
-        .args([
-            "server",
-            "--grpc-listen",
-            "off",
-            "--amqp-listen",
-            "127.0.0.1:0",
-        ])
+        .args(["server", "--amqp-listen", "127.0.0.1:0"])
+        .arg("--grpc-listen")
+        .arg(if grpc { "127.0.0.1:0" } else { "off" })
         .arg("--http-listen")
         .arg(if http { "127.0.0.1:0" } else { "off" })
         .arg("--data-dir")
@@ -84,8 +81,8 @@ pub(crate) fn start(binary: &Path, dir: &Path, http: bool) -> Result<Started> {
         .with_context(|| format!("start {}", binary.display()))?;
     let stderr = child.stderr.take().context("the server's stderr")?;
     let mut lines = BufReader::new(stderr).lines();
-    let (mut amqp, mut web) = (None, None);
-    while amqp.is_none() || (http && web.is_none()) {
+    let (mut amqp, mut web, mut native) = (None, None, None);
+    while amqp.is_none() || (http && web.is_none()) || (grpc && native.is_none()) {
         let line = match lines.next() {
             Some(line) => line.context("read the server's log")?,
             None => bail!("the server exited before listening"),
@@ -101,6 +98,8 @@ pub(crate) fn start(binary: &Path, dir: &Path, http: bool) -> Result<Started> {
             amqp = Some(address());
         } else if line.contains("listening protocol=http") {
             web = Some(address());
+        } else if line.contains("listening protocol=grpc") {
+            native = Some(address());
         }
     }
     let ready_after = began.elapsed();
@@ -109,6 +108,7 @@ pub(crate) fn start(binary: &Path, dir: &Path, http: bool) -> Result<Started> {
         child,
         amqp: amqp.unwrap_or_default(),
         http: web,
+        grpc: native,
         ready_after,
     })
 }
@@ -159,7 +159,7 @@ pub fn run(
 ) -> Result<Vec<Row>> {
     let runtime = crate::runtime()?;
     let scratch = crate::scratch_dir(parent, "postino-bench-server-")?;
-    let started = start(binary, &scratch.path().join("data"), true)?;
+    let started = start(binary, &scratch.path().join("data"), true, false)?;
     let credentials = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode("guest:guest")

@@ -63,11 +63,15 @@ pub async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
 ) -> Result<(), tonic::transport::Error> {
-    serve_incoming(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        broker,
-    )
-    .await
+    use tokio_stream::StreamExt;
+    // Without TCP_NODELAY a small response waits for the client's delayed ack (40 ms).
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        accepted.and_then(|socket| {
+            socket.set_nodelay(true)?;
+            Ok(socket)
+        })
+    });
+    serve_incoming(incoming, broker).await
 }
 
 /// How long a client has to complete its TLS handshake.
@@ -95,6 +99,9 @@ pub async fn serve_tls(
                     continue;
                 }
             };
+            if let Err(error) = socket.set_nodelay(true) {
+                tracing::debug!(%peer, %error, "TCP_NODELAY on a gRPC connection failed");
+            }
             let (acceptor, handshaken) = (acceptor.clone(), handshaken.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_WAIT, acceptor.accept(socket)).await {

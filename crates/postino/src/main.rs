@@ -85,6 +85,9 @@ enum BenchTarget {
     Sim,
     /// AMQP 0-9-1 over sockets with lapin, beside RabbitMQ: confirms, transient, fan-out, RPC.
     Amqp,
+    /// The native API over sockets with tonic: put one at a time and pipelined, notify,
+    /// publish/subscribe; a five-clause filter's cost in process.
+    Grpc,
     /// The running server beside RabbitMQ: start time and idle memory, memory per idle AMQP
     /// connection and per queue, management API page latency over many queues.
     Server,
@@ -119,6 +122,7 @@ fn bench(args: &BenchArgs, json: bool) -> ExitCode {
         BenchTarget::Stream => ("stream", postino_bench::stream::columns()),
         BenchTarget::Sim => ("sim", postino_bench::sim::columns()),
         BenchTarget::Amqp => ("amqp", postino_bench::amqp::columns()),
+        BenchTarget::Grpc => ("grpc", postino_bench::grpc::columns()),
         BenchTarget::Server => ("server", postino_bench::server::columns()),
     };
     let mut printer = postino_bench::Printer::new(json, columns);
@@ -153,6 +157,11 @@ fn bench(args: &BenchArgs, json: bool) -> ExitCode {
                     peer_uri: args.peer_uri.clone(),
                 };
                 postino_bench::amqp::run(&args.dir, &targets, size, &args.filter, &mut printer)
+            }),
+        BenchTarget::Grpc => std::env::current_exe()
+            .map_err(anyhow::Error::from)
+            .and_then(|binary| {
+                postino_bench::grpc::run(&args.dir, &binary, size, &args.filter, &mut printer)
             }),
         BenchTarget::Server => std::env::current_exe()
             .map_err(anyhow::Error::from)

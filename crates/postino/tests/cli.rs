@@ -339,6 +339,57 @@ fn sim_bench_measures_every_table_in_its_own_process() {
 }
 
 #[test]
+fn grpc_bench_measures_every_scenario_over_a_server_it_starts() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (rows, _) = bench_json("grpc", dir.path(), &[]);
+    let scenarios: Vec<&str> = rows
+        .iter()
+        .filter_map(|row| row["scenario"].as_str())
+        .collect();
+    assert_eq!(
+        scenarios,
+        [
+            "filter",
+            "filter",
+            "put",
+            "put",
+            "put-pipelined",
+            "put-pipelined",
+            "notify",
+            "notify",
+            "pubsub",
+            "pubsub"
+        ]
+    );
+    for row in &rows {
+        assert!(
+            row["msgs_per_s"].as_f64().is_some_and(|rate| rate > 0.0),
+            "{row}"
+        );
+        let messages = row["messages"].as_u64().expect("messages");
+        assert!(messages > 0, "{row}");
+        if row["scenario"] != "filter" {
+            assert!(row["broker_cpu_s_per_m"].is_number(), "{row}");
+        }
+    }
+    let notify: u64 = rows
+        .iter()
+        .filter(|row| row["scenario"] == "notify")
+        .map(|row| row["messages"].as_u64().expect("messages"))
+        .sum();
+    let put: u64 = rows
+        .iter()
+        .filter(|row| {
+            row["scenario"]
+                .as_str()
+                .is_some_and(|name| name.starts_with("put"))
+        })
+        .map(|row| row["messages"].as_u64().expect("messages"))
+        .sum();
+    assert_eq!(notify, put, "notify drains what the puts stored");
+}
+
+#[test]
 fn storage_bench_prints_one_json_object_per_scenario() {
     let dir = tempfile::tempdir().expect("dir");
     let (rows, _) = bench_json("storage", dir.path(), &[]);
