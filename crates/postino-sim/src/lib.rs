@@ -217,7 +217,7 @@ impl Model {
     /// # Errors
     /// [`ParamError`] naming `loss` or `crash` outside [0, 1), or `degree`.
     pub fn check(&self) -> Result<(), ParamError> {
-        network::Network::new(Graph::Complete(2), self.loss, self.delivery)?;
+        network::check_loss(self.loss)?;
         network::check_crash(self.crash)?;
         if let Overlay::BarabasiAlbert { degree } = self.overlay {
             check_degree(degree)?;

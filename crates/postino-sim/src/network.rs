@@ -103,12 +103,7 @@ impl Network {
     /// # Errors
     /// [`ParamError`] naming `loss` outside [0, 1).
     pub fn new(graph: Graph, loss: f64, delivery: Delivery) -> Result<Self, ParamError> {
-        if !(0.0..1.0).contains(&loss) {
-            return Err(ParamError {
-                name: "loss",
-                reason: format!("{loss} is not in [0, 1)"),
-            });
-        }
+        check_loss(loss)?;
         Ok(Self {
             graph,
             loss,
@@ -439,6 +434,17 @@ struct Sent<M> {
     from: usize,
     to: usize,
     message: M,
+}
+
+/// Refuses a loss probability outside [0, 1).
+pub(crate) fn check_loss(loss: f64) -> Result<(), ParamError> {
+    if !(0.0..1.0).contains(&loss) {
+        return Err(ParamError {
+            name: "loss",
+            reason: format!("{loss} is not in [0, 1)"),
+        });
+    }
+    Ok(())
 }
 
 /// Refuses a crash share outside [0, 1).
