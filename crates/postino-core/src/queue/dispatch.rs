@@ -46,6 +46,7 @@ impl<L: Log> QueueEngine<L> {
     pub(super) fn deliver(&mut self, now_ms: i64) -> Result<Vec<Push>, CoreError> {
         self.expire_heads(now_ms)?;
         let mut pushes = Vec::new();
+        let filtered = self.filtered();
         while let Some((level, offset)) = self.next_deliverable()? {
             self.read_ahead(offset)?;
             let meta = self.meta(offset)?;
@@ -62,7 +63,7 @@ impl<L: Log> QueueEngine<L> {
                 pushes.push(Push::Waiter { waiter, delivery });
                 continue;
             }
-            let head = if self.filtered() {
+            let head = if filtered {
                 Some(self.peek(offset)?)
             } else {
                 None
