@@ -3,22 +3,16 @@
 //! want; what no consumer accepts stays ready for a later consumer or a get; credit, priorities
 //! and settlement work as for any consumer.
 
-use std::sync::Arc;
+mod support;
 
 use postino_core::{
-    ConsumerSpec, Filter, GetOutcome, GetSpec, Outcome, Push, QueueEngine, QueueOptions, QueueStore,
+    ConsumerSpec, Filter, GetOutcome, GetSpec, Outcome, Push, QueueEngine, QueueOptions,
 };
-use postino_storage::{LogConfig, MemLog, MemStore};
-use postino_types::{ManualClock, Message};
+use postino_storage::MemLog;
+use postino_types::Message;
 
 fn queue() -> QueueEngine<MemLog> {
-    let log = MemLog::open(
-        &MemStore::new(),
-        LogConfig::default(),
-        Arc::new(ManualClock::new(0)),
-    )
-    .expect("open");
-    QueueEngine::open("q", log, QueueOptions::default(), QueueStore::default()).expect("queue")
+    support::memory_queue(QueueOptions::default())
 }
 
 /// A message whose body is its name and whose priority is `priority`.

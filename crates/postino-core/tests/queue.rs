@@ -1,22 +1,16 @@
 //! The queue engine, driven directly: deliveries, credit, settlement, leases, pull, restart.
 
-use std::sync::Arc;
+mod support;
 
 use postino_core::{
     ConsumerSpec, CoreError, GetOutcome, GetSpec, Outcome, Push, QueueEngine, QueueOptions,
     QueueStore,
 };
-use postino_storage::{FileLog, Log, LogConfig, MemLog, MemStore};
-use postino_types::{HeaderValue, ManualClock, Message};
+use postino_storage::{FileLog, Log, LogConfig, MemLog};
+use postino_types::{HeaderValue, Message};
 
 fn memory_queue() -> QueueEngine<MemLog> {
-    let log = MemLog::open(
-        &MemStore::new(),
-        LogConfig::default(),
-        Arc::new(ManualClock::new(0)),
-    )
-    .expect("open");
-    QueueEngine::open("q", log, QueueOptions::default(), QueueStore::default()).expect("queue")
+    support::memory_queue(QueueOptions::default())
 }
 
 fn message(text: &str) -> Message {

@@ -1,24 +1,19 @@
 //! Queue options, driven on the engine: time to live, length limits, dead-lettering, delivery
 //! limit, priorities, single active consumer, consumer priority — and restarts in the middle.
 
+mod support;
+
 use std::path::Path;
-use std::sync::Arc;
 
 use postino_core::{
     ConsumerSpec, CoreError, DeadLetter, GetOutcome, GetSpec, Outcome, Overflow, Push, QueueEngine,
     QueueOptions, QueueStore,
 };
-use postino_storage::{FileLog, Log, LogConfig, MemLog, MemStore};
-use postino_types::{DeathReason, ManualClock, Message};
+use postino_storage::{FileLog, Log, LogConfig, MemLog};
+use postino_types::{DeathReason, Message};
 
 fn memory(options: QueueOptions) -> QueueEngine<MemLog> {
-    let log = MemLog::open(
-        &MemStore::new(),
-        LogConfig::default(),
-        Arc::new(ManualClock::new(0)),
-    )
-    .expect("open");
-    QueueEngine::open("q", log, options, QueueStore::default()).expect("queue")
+    support::memory_queue(options)
 }
 
 fn file(dir: &Path, options: QueueOptions) -> QueueEngine<FileLog> {
