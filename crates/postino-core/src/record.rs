@@ -4,12 +4,14 @@
 //! its name (one that starts with `postino.` is stored as `postino.app.<name>`) and holds a typed
 //! value: a one-byte tag, then the payload.
 
+use bytes::Bytes;
 use postino_storage::batch::{BatchBuilder, Record};
 use postino_types::{
     Annotations, Death, DeathReason, DeliveryMode, HeaderValue, Headers, Message, Properties,
 };
 
 use crate::error::CoreError;
+use crate::stream::ProducerRecord;
 
 const PREFIX: &str = "postino.";
 const APP_ESCAPE: &str = "postino.app.";
@@ -27,6 +29,37 @@ pub fn push_keyed(
     message: &Message,
     timestamp_ms: i64,
 ) {
+    let headers = encoded_headers(message);
+    let borrowed: Vec<(&[u8], Option<&[u8]>)> = headers
+        .iter()
+        .map(|(name, value)| (name.as_slice(), Some(value.as_slice())))
+        .collect();
+    builder.push(timestamp_ms, key, Some(&message.body), &borrowed);
+}
+
+/// `message` as a record to produce with `key`, to `partition` or the one the partitioner
+/// chooses, stamped by the broker.
+#[must_use]
+pub fn producer_record(
+    key: Option<Bytes>,
+    message: &Message,
+    partition: Option<u32>,
+) -> ProducerRecord {
+    let headers = encoded_headers(message)
+        .into_iter()
+        .map(|(name, value)| (String::from_utf8_lossy(&name).into_owned(), value.into()))
+        .collect();
+    ProducerRecord {
+        key,
+        value: Some(message.body.clone()),
+        headers,
+        timestamp_ms: None,
+        partition,
+    }
+}
+
+/// The record headers of `message`'s properties, annotations and application headers.
+fn encoded_headers(message: &Message) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let properties = &message.properties;
     let mut text = |name: &str, value: Option<String>| {
@@ -74,11 +107,7 @@ pub fn push_keyed(
         };
         headers.push((stored.into_bytes(), encode_value(value)));
     }
-    let borrowed: Vec<(&[u8], Option<&[u8]>)> = headers
-        .iter()
-        .map(|(name, value)| (name.as_slice(), Some(value.as_slice())))
-        .collect();
-    builder.push(timestamp_ms, key, Some(&message.body), &borrowed);
+    headers
 }
 
 /// The message a record holds.

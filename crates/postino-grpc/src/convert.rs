@@ -1,6 +1,9 @@
 //! Messages between the wire's `postino.v1` types and the core's.
 
+use std::collections::HashMap;
+
 use postino_core::Delivery;
+use postino_core::stream::Record;
 use postino_types::{DeliveryMode, HeaderValue, Headers, Message, Properties};
 
 use crate::proto;
@@ -35,14 +38,17 @@ fn wire_value(value: &HeaderValue) -> Option<proto::Value> {
     Some(proto::Value { kind })
 }
 
+/// The core's headers (or arguments) from the wire's.
+pub(crate) fn headers_from(wire: &HashMap<String, proto::Value>) -> Headers {
+    wire.iter()
+        .map(|(name, value)| (name.clone(), value_of(value)))
+        .collect()
+}
+
 /// The core's message from the wire's.
 pub(crate) fn message_from(wire: proto::Message) -> Message {
     let properties = wire.properties.unwrap_or_default();
-    let headers: Headers = wire
-        .headers
-        .iter()
-        .map(|(name, value)| (name.clone(), value_of(value)))
-        .collect();
+    let headers = headers_from(&wire.headers);
     Message {
         body: wire.body.into(),
         properties: Properties {
@@ -108,5 +114,38 @@ pub(crate) fn wire_delivery(queue: &str, delivery: &Delivery) -> proto::Delivery
         delivery_count: annotations.delivery_count,
         exchange: annotations.exchange.clone(),
         routing_key: annotations.routing_key.clone(),
+    }
+}
+
+/// A record of `partition` of `stream` on the wire: the message it holds, or, for a record
+/// postino did not write (a Kafka client's), its value as body and its headers as bytes.
+pub(crate) fn wire_record(stream: &str, partition: u32, record: &Record) -> proto::Record {
+    let message = postino_core::record::decode(record).map_or_else(
+        |_| proto::Message {
+            body: record.value.as_deref().unwrap_or_default().to_vec(),
+            headers: record
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    let kind = value
+                        .as_ref()
+                        .map(|value| proto::value::Kind::Bytes(value.to_vec()));
+                    (
+                        String::from_utf8_lossy(name).into_owned(),
+                        proto::Value { kind },
+                    )
+                })
+                .collect(),
+            properties: None,
+        },
+        |message| wire_message(&message),
+    );
+    proto::Record {
+        stream: stream.to_owned(),
+        partition,
+        offset: record.offset,
+        timestamp_ms: record.timestamp_ms,
+        key: record.key.as_ref().map(|key| key.to_vec()),
+        message: Some(message),
     }
 }

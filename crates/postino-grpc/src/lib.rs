@@ -12,8 +12,10 @@
 
 mod auth;
 mod convert;
+mod follow;
 mod pubsub;
 mod queues;
+mod streams;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +38,7 @@ pub mod proto {
 
 pub use proto::pub_sub_client::PubSubClient;
 pub use proto::queues_client::QueuesClient;
+pub use proto::streams_client::StreamsClient;
 
 /// The largest message a request may carry, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -141,12 +144,16 @@ where
     let queues = proto::queues_server::QueuesServer::new(queues::Service(Arc::clone(&shared)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let pubsub = proto::pub_sub_server::PubSubServer::new(pubsub::Service(shared))
+    let pubsub = proto::pub_sub_server::PubSubServer::new(pubsub::Service(Arc::clone(&shared)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let streams = proto::streams_server::StreamsServer::new(streams::Service(shared))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
         .add_service(queues)
         .add_service(pubsub)
+        .add_service(streams)
         .serve_with_incoming(incoming)
         .await
 }
@@ -160,9 +167,8 @@ pub fn status_of(error: &CoreError) -> Status {
         | CoreError::UnknownPartition { .. }
         | CoreError::QueueStopped { .. }
         | CoreError::PartitionStopped { .. } => Status::not_found(text),
-        CoreError::InvalidArgument { .. } | CoreError::OffsetOutOfRange { .. } => {
-            Status::invalid_argument(text)
-        }
+        CoreError::InvalidArgument { .. } => Status::invalid_argument(text),
+        CoreError::OffsetOutOfRange { .. } => Status::out_of_range(text),
         CoreError::PreconditionFailed { .. }
         | CoreError::UnknownDelivery { .. }
         | CoreError::ProducerFenced { .. }

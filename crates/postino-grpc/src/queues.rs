@@ -3,16 +3,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use postino_core::topology::FILTER_ARGUMENT;
 use postino_core::{
-    Action, ConsumerSpec, CoreError, Filter, GetSpec, Outcome, QueueHandle, VirtualHost,
+    Action, Binding, ConsumerSpec, CoreError, Destination, Filter, GetSpec, Outcome, QueueHandle,
+    QueueSpec, VirtualHost,
 };
 use postino_types::Message;
+use postino_types::{HeaderValue, Headers};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, caller};
-use crate::convert::{message_from, wire_delivery};
+use crate::convert::{headers_from, message_from, wire_delivery};
 use crate::{Shared, proto, status_of};
 
 /// A get's lease when the request names none, as SQS's default visibility timeout.
@@ -165,6 +168,26 @@ impl Service {
     }
 }
 
+/// The binding a request names: the exchange to the queue by key, with the filter as
+/// `x-filter` when it has one.
+fn binding_of(caller: &Caller, request: proto::BindRequest) -> Result<Binding, Status> {
+    caller.may(Action::Read, "exchange", &request.exchange)?;
+    caller.may(Action::Write, "queue", &request.queue)?;
+    let mut arguments = Headers::new();
+    if !request.filter.is_empty() {
+        arguments.insert(
+            FILTER_ARGUMENT.to_owned(),
+            HeaderValue::Text(request.filter),
+        );
+    }
+    Ok(Binding {
+        source: request.exchange,
+        destination: Destination::Queue(request.queue),
+        key: request.binding_key,
+        arguments,
+    })
+}
+
 fn get_spec(auto_ack: bool, lease_ms: Option<u64>) -> GetSpec {
     GetSpec {
         auto_ack,
@@ -301,5 +324,63 @@ impl proto::queues_server::Queues for Service {
             || {},
         );
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn declare(
+        &self,
+        request: Request<proto::DeclareQueueRequest>,
+    ) -> Result<Response<proto::DeclareQueueReply>, Status> {
+        let caller = caller(&self.0, &request, &request.get_ref().vhost).await?;
+        let request = request.into_inner();
+        if request.queue.is_empty() {
+            return Err(Status::invalid_argument("a queue needs a name"));
+        }
+        caller.may(Action::Configure, "queue", &request.queue)?;
+        let spec = QueueSpec {
+            durable: request.durable,
+            exclusive: false,
+            auto_delete: request.auto_delete,
+            arguments: headers_from(&request.arguments),
+        };
+        let created = caller
+            .host
+            .declare_queue_or_stream(&request.queue, spec)
+            .map_err(status)?;
+        Ok(Response::new(proto::DeclareQueueReply { created }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<proto::DeleteQueueRequest>,
+    ) -> Result<Response<proto::DeleteQueueReply>, Status> {
+        let caller = caller(&self.0, &request, &request.get_ref().vhost).await?;
+        let request = request.into_inner();
+        caller.may(Action::Configure, "queue", &request.queue)?;
+        caller
+            .host
+            .delete_queue_if(&request.queue, request.if_unused, request.if_empty)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::DeleteQueueReply {}))
+    }
+
+    async fn bind(
+        &self,
+        request: Request<proto::BindRequest>,
+    ) -> Result<Response<proto::BindReply>, Status> {
+        let caller = caller(&self.0, &request, &request.get_ref().vhost).await?;
+        let binding = binding_of(&caller, request.into_inner())?;
+        caller.host.bind(binding).map_err(status)?;
+        Ok(Response::new(proto::BindReply {}))
+    }
+
+    async fn unbind(
+        &self,
+        request: Request<proto::BindRequest>,
+    ) -> Result<Response<proto::BindReply>, Status> {
+        let caller = caller(&self.0, &request, &request.get_ref().vhost).await?;
+        let binding = binding_of(&caller, request.into_inner())?;
+        caller.host.unbind(&binding).map_err(status)?;
+        Ok(Response::new(proto::BindReply {}))
     }
 }

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use postino_storage::batch::{BatchBuilder, BatchError, Record};
+use postino_storage::batch::{BatchBuilder, BatchError};
 use postino_storage::{Durability, FileLog, LogConfig, MemLog, MemStore};
 use postino_types::Clock;
 use serde_json::{Value, json};
@@ -37,6 +37,7 @@ pub use partition::{
     FetchSpec, Fetched, Isolation, OnOutOfRange, PartitionEngine, PartitionStats, Produced, StartAt,
 };
 pub use partitioner::{Partitioner, Spread, murmur2, partition_for_key};
+pub use postino_storage::batch::Record;
 pub(crate) use producer_ids::ProducerIds;
 pub use producers::{Admit, BATCHES_KEPT, Producers};
 pub use share::{Acquired, SHARE_DELIVERY_LIMIT, SHARE_WINDOW, ShareGroup};
