@@ -2,8 +2,9 @@
 //! `kafka-console-producer/consumer` and `rabbitmqadmin publish/get`. They log in with the
 //! global `--user`/`--password` (as HTTP basic metadata; without `--user`, as `guest`).
 //!
-//! Exit codes: 0 done, 1 the server refused or failed, 2 bad usage (or a part not served yet:
-//! streams over the native API).
+//! Exit codes: 0 done, 1 the server refused or failed, 2 bad usage.
+
+mod stream;
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -44,12 +45,16 @@ pub struct PublishArgs {
     /// The routing key of `--exchange`.
     #[arg(long, default_value = "", requires = "exchange")]
     routing_key: String,
-    /// Produce to this stream (not served by the native API yet).
+    /// Produce to this stream.
     #[arg(long)]
     stream: Option<String>,
-    /// The record key of `--stream`.
+    /// The record key of `--stream` (it chooses the partition); without it and without
+    /// `--partition`, records go round-robin.
     #[arg(long, requires = "stream")]
     key: Option<String>,
+    /// The partition of `--stream` to produce to.
+    #[arg(long, requires = "stream")]
+    partition: Option<u32>,
     /// A header NAME=VALUE (repeatable); a VALUE that is an integer or true/false is sent as
     /// one, others as text.
     #[arg(long = "header", value_name = "NAME=VALUE")]
@@ -110,14 +115,21 @@ pub struct ConsumeArgs {
     /// With `--queue`: only the messages this filter expression accepts.
     #[arg(long, requires = "queue")]
     filter: Option<String>,
-    /// Read this stream (not served by the native API yet).
+    /// Follow this stream.
     #[arg(long)]
     stream: Option<String>,
-    /// The consumer group of `--stream`.
+    /// Read `--stream` as a member of this consumer group (its partitions shared with the
+    /// other members, from the group's committed offsets; offsets of printed records are
+    /// committed unless `--ack manual`).
     #[arg(long, requires = "stream")]
     group: Option<String>,
-    /// Where `--stream` starts: earliest, latest, an offset or a time.
-    #[arg(long, requires = "stream")]
+    /// The partitions of `--stream` to read (repeatable; default every one).
+    #[arg(long = "partition", requires = "stream", conflicts_with = "group")]
+    partitions: Vec<u32>,
+    /// Where `--stream` starts (with `--group`: where the group committed nothing):
+    /// `earliest`, `latest` (default), an offset, `@MS` (the first record stamped at or after
+    /// that many ms since the epoch) or `-AGE` (`-30s`, `-10m`, `-2h`, `-1d`: that long ago).
+    #[arg(long, requires = "stream", allow_hyphen_values = true)]
     from: Option<String>,
     /// Stop after this many messages.
     #[arg(long)]
@@ -288,12 +300,6 @@ pub fn publish(args: &PublishArgs, user: Option<&str>, password: &str) -> ExitCo
 }
 
 fn try_publish(args: &PublishArgs, user: Option<&str>, password: &str) -> Result<(), Failure> {
-    if args.stream.is_some() {
-        return Err(Failure::Usage(
-            "--stream: the native API does not serve streams yet; produce with the Kafka protocol"
-                .into(),
-        ));
-    }
     if args.rate.is_some_and(|rate| rate.is_nan() || rate <= 0.0) {
         return Err(Failure::Usage("--rate must be above 0".into()));
     }
@@ -312,6 +318,23 @@ fn try_publish(args: &PublishArgs, user: Option<&str>, password: &str) -> Result
         .map_err(|_| Failure::Usage("--rate is too small".into()))?;
     runtime()?.block_on(async {
         let channel = connect(&args.server).await?;
+        if let Some(name) = &args.stream {
+            let producer = stream::Producer {
+                vhost: args.server.vhost.clone(),
+                stream: name.clone(),
+                key: args.key.clone(),
+                partition: args.partition,
+                sync,
+                interval,
+            };
+            let messages = (0..args.count).flat_map(|_| {
+                bodies.iter().map(|body| proto::Message {
+                    body: body.as_bytes().to_vec(),
+                    ..template.clone()
+                })
+            });
+            return producer.run(channel, &login, messages).await;
+        }
         let mut queues = QueuesClient::new(channel.clone());
         let mut pubsub = PubSubClient::new(channel);
         let mut ticker = interval.map(tokio::time::interval);
@@ -348,18 +371,34 @@ fn try_publish(args: &PublishArgs, user: Option<&str>, password: &str) -> Result
     })
 }
 
-/// A delivery as one JSON object: the body as text (or base64), headers, properties, and
-/// where it came from.
-fn json_of(delivery: &proto::Delivery) -> Value {
-    let message = delivery.message.clone().unwrap_or_default();
-    let mut object = Map::new();
-    match String::from_utf8(message.body.clone()) {
-        Ok(text) => object.insert("body".into(), Value::from(text)),
+/// `bytes` as `name` when they are UTF-8 text, else base64 as `name_base64`.
+fn insert_bytes(object: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => object.insert(name.to_owned(), Value::from(text)),
         Err(_) => object.insert(
-            "body_base64".into(),
-            Value::from(base64::engine::general_purpose::STANDARD.encode(&message.body)),
+            format!("{name}_base64"),
+            Value::from(base64::engine::general_purpose::STANDARD.encode(bytes)),
         ),
     };
+}
+
+/// A delivery as one JSON object: the message and where it came from.
+fn json_of(delivery: &proto::Delivery) -> Value {
+    let mut object = message_json(delivery.message.clone().unwrap_or_default());
+    object.insert("exchange".into(), json!(delivery.exchange));
+    object.insert("routing_key".into(), json!(delivery.routing_key));
+    object.insert("redelivered".into(), json!(delivery.redelivered));
+    if !delivery.queue.is_empty() {
+        object.insert("queue".into(), json!(delivery.queue));
+        object.insert("delivery_id".into(), json!(delivery.delivery_id));
+    }
+    Value::Object(object)
+}
+
+/// A message's fields as JSON: the body as text (or base64), headers, properties.
+fn message_json(message: proto::Message) -> Map<String, Value> {
+    let mut object = Map::new();
+    insert_bytes(&mut object, "body", &message.body);
     let headers: Map<String, Value> = message
         .headers
         .iter()
@@ -405,27 +444,24 @@ fn json_of(delivery: &proto::Delivery) -> Value {
         props.insert("timestamp_ms".into(), json!(timestamp));
     }
     object.insert("properties".into(), Value::Object(props));
-    object.insert("exchange".into(), json!(delivery.exchange));
-    object.insert("routing_key".into(), json!(delivery.routing_key));
-    object.insert("redelivered".into(), json!(delivery.redelivered));
-    if !delivery.queue.is_empty() {
-        object.insert("queue".into(), json!(delivery.queue));
-        object.insert("delivery_id".into(), json!(delivery.delivery_id));
-    }
-    Value::Object(object)
+    object
 }
 
 fn print(delivery: &proto::Delivery, json: bool) -> Result<(), Failure> {
+    print_line(delivery.message.as_ref(), json.then(|| json_of(delivery)))
+}
+
+/// Writes one line: `json` when given, else the message's body.
+fn print_line(message: Option<&proto::Message>, json: Option<Value>) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    let written = if json {
-        writeln!(out, "{}", json_of(delivery))
-    } else {
-        let body = delivery
-            .message
-            .as_ref()
-            .map(|message| String::from_utf8_lossy(&message.body).into_owned())
-            .unwrap_or_default();
-        writeln!(out, "{body}")
+    let written = match json {
+        Some(json) => writeln!(out, "{json}"),
+        None => {
+            let body = message
+                .map(|message| String::from_utf8_lossy(&message.body).into_owned())
+                .unwrap_or_default();
+            writeln!(out, "{body}")
+        }
     };
     written
         .and_then(|()| out.flush())
@@ -461,12 +497,6 @@ fn try_consume(
     password: &str,
     json: bool,
 ) -> Result<(), Failure> {
-    if args.stream.is_some() {
-        return Err(Failure::Usage(
-            "--stream: the native API does not serve streams yet; consume with the Kafka protocol"
-                .into(),
-        ));
-    }
     let timeout = match args.timeout {
         Some(seconds) if seconds.is_nan() || seconds <= 0.0 => {
             return Err(Failure::Usage("--timeout must be above 0".into()));
@@ -479,10 +509,27 @@ fn try_consume(
     };
     let login = Login::new(user, password)?;
     let limit = args.count.unwrap_or(u64::MAX);
+    let start = args.from.as_deref().map(stream::position).transpose()?;
     runtime()?.block_on(async {
         let channel = connect(&args.server).await?;
         let mut received = 0u64;
-        if let Some(queue) = &args.queue {
+        if let Some(name) = &args.stream {
+            let follow = proto::FollowRequest {
+                vhost: args.server.vhost.clone(),
+                stream: name.clone(),
+                partitions: args.partitions.clone(),
+                start,
+                group: args.group.clone().unwrap_or_default(),
+                ..proto::FollowRequest::default()
+            };
+            let consumer = stream::Consumer {
+                commits: args.ack != Ack::Manual,
+                limit,
+                timeout,
+                json,
+            };
+            consumer.run(channel, &login, follow).await?;
+        } else if let Some(queue) = &args.queue {
             let mut queues = QueuesClient::new(channel);
             let notify = proto::NotifyRequest {
                 vhost: args.server.vhost.clone(),

@@ -185,7 +185,6 @@ fn publish_then_consume_a_queue_with_headers_properties_and_filters() {
             "x",
         ],
         vec!["publish", "--queue", "orders", "--header", "nothing", "x"],
-        vec!["publish", "--stream", "events", "x"],
         vec!["consume", "--queue", "orders", "--timeout", "-1"],
     ] {
         let output = postino(&grpc).args(&args).output().expect("run");
