@@ -6,15 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use postino_core::topology::FILTER_ARGUMENT;
-use postino_core::{Action, Binding, ConsumerSpec, Destination, Filter, QueueSpec};
-use postino_types::{HeaderValue, Headers};
+use postino_core::{Action, ConsumerSpec, Filter, QueueSpec};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, caller};
 use crate::convert::message_from;
-use crate::queues::{Forwarding, forward, publish};
+use crate::queues::{Forwarding, filtered_binding, forward, publish};
 use crate::{Shared, proto, status_of};
 
 /// The exchange of a publish or subscription that names none.
@@ -91,19 +89,9 @@ impl Service {
             .host
             .declare_queue(&queue, QueueSpec::transient())
             .map_err(|error| status_of(&error))?;
-        let mut arguments = Headers::new();
-        if !request.filter.is_empty() {
-            arguments.insert(
-                FILTER_ARGUMENT.to_owned(),
-                HeaderValue::Text(request.filter.clone()),
-            );
-        }
-        let bound = caller.host.bind(Binding {
-            source: exchange.to_owned(),
-            destination: Destination::Queue(queue.clone()),
-            key: key.to_owned(),
-            arguments,
-        });
+        let bound = caller
+            .host
+            .bind(filtered_binding(exchange, &queue, key, &request.filter));
         let subscription = Subscription {
             vhost: caller.host.name().to_owned(),
             user: caller.user.clone(),

@@ -168,24 +168,33 @@ impl Service {
     }
 }
 
-/// The binding a request names: the exchange to the queue by key, with the filter as
-/// `x-filter` when it has one.
+/// The binding a request names, once the caller may read the exchange and write the queue.
 fn binding_of(caller: &Caller, request: proto::BindRequest) -> Result<Binding, Status> {
     caller.may(Action::Read, "exchange", &request.exchange)?;
     caller.may(Action::Write, "queue", &request.queue)?;
+    Ok(filtered_binding(
+        &request.exchange,
+        &request.queue,
+        &request.binding_key,
+        &request.filter,
+    ))
+}
+
+/// A binding of `exchange` to `queue` by `key`, with `filter` as `x-filter` unless empty.
+pub(crate) fn filtered_binding(exchange: &str, queue: &str, key: &str, filter: &str) -> Binding {
     let mut arguments = Headers::new();
-    if !request.filter.is_empty() {
+    if !filter.is_empty() {
         arguments.insert(
             FILTER_ARGUMENT.to_owned(),
-            HeaderValue::Text(request.filter),
+            HeaderValue::Text(filter.to_owned()),
         );
     }
-    Ok(Binding {
-        source: request.exchange,
-        destination: Destination::Queue(request.queue),
-        key: request.binding_key,
+    Binding {
+        source: exchange.to_owned(),
+        destination: Destination::Queue(queue.to_owned()),
+        key: key.to_owned(),
         arguments,
-    })
+    }
 }
 
 fn get_spec(auto_ack: bool, lease_ms: Option<u64>) -> GetSpec {
