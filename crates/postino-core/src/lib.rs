@@ -49,7 +49,7 @@ pub use group::{Committer, GroupHandle, GroupLimits, Join, Joined, OffsetCommit}
 pub use logins::{LoginGuard, LoginLimits};
 pub use offsets::OffsetSet;
 pub use options::{Overflow, QueueOptions};
-pub use owner::{Enqueued, Lifecycle, QueueEvent, QueueHandle};
+pub use owner::{Enqueued, Lifecycle, QueueEvent, QueueHandle, Receipt};
 pub use queue::{
     ConsumerId, ConsumerSpec, DeadLetter, Delivery, GetOutcome, GetSpec, Outcome, Published, Push,
     QueueEngine, QueueStats, QueueStore, WaiterId,

@@ -60,6 +60,8 @@ pub(crate) async fn call<C, T>(
 enum Command {
     Publish {
         message: Box<Message>,
+        /// Told when a consumer or a get first takes delivery of the message.
+        receipt: Option<oneshot::Sender<()>>,
         reply: Reply<Durable>,
     },
     Consume {
@@ -178,6 +180,7 @@ impl QueueHandle {
             waiters: HashMap::new(),
             waiter_deadlines: BTreeSet::new(),
             next_waiter: 0,
+            receipts: HashMap::new(),
         };
         tokio::spawn(owner.run(inbox));
         Self { name, mailbox }
@@ -206,10 +209,38 @@ impl QueueHandle {
     /// # Errors
     /// `QueueStopped` when the owner is gone.
     pub async fn enqueue(&self, message: Message) -> Result<Enqueued, CoreError> {
+        self.enqueue_with(message, None).await
+    }
+
+    /// [`QueueHandle::enqueue`], with a [`Receipt`] that resolves when a consumer or a get
+    /// first takes delivery of the message: the notes' delivery-based synchronous
+    /// communication.
+    ///
+    /// # Errors
+    /// `QueueStopped` when the owner is gone.
+    pub async fn enqueue_with_receipt(
+        &self,
+        message: Message,
+    ) -> Result<(Enqueued, Receipt), CoreError> {
+        let (sender, delivered) = oneshot::channel();
+        let enqueued = self.enqueue_with(message, Some(sender)).await?;
+        let receipt = Receipt {
+            queue: Arc::clone(&self.name),
+            delivered,
+        };
+        Ok((enqueued, receipt))
+    }
+
+    async fn enqueue_with(
+        &self,
+        message: Message,
+        receipt: Option<oneshot::Sender<()>>,
+    ) -> Result<Enqueued, CoreError> {
         let (reply, outcome) = oneshot::channel();
         self.mailbox
             .send(Command::Publish {
                 message: Box::new(message),
+                receipt,
                 reply,
             })
             .await
@@ -227,6 +258,7 @@ impl QueueHandle {
     pub async fn publish(&self, message: Message) -> Result<Durable, CoreError> {
         self.call(|reply| Command::Publish {
             message: Box::new(message),
+            receipt: None,
             reply,
         })
         .await
@@ -460,6 +492,26 @@ impl Enqueued {
     }
 }
 
+/// Resolves when a consumer or a get first takes delivery of a message put with
+/// [`QueueHandle::enqueue_with_receipt`].
+#[derive(Debug)]
+pub struct Receipt {
+    queue: Arc<str>,
+    delivered: oneshot::Receiver<()>,
+}
+
+impl Receipt {
+    /// Waits for the delivery.
+    ///
+    /// # Errors
+    /// `QueueStopped` when the queue stopped (or was deleted) before anyone took the message.
+    pub async fn delivered(self) -> Result<(), CoreError> {
+        self.delivered.await.map_err(|_| CoreError::QueueStopped {
+            queue: self.queue.to_string(),
+        })
+    }
+}
+
 struct Owner<L: Log> {
     engine: QueueEngine<L>,
     clock: Arc<dyn Clock>,
@@ -472,6 +524,8 @@ struct Owner<L: Log> {
     waiters: HashMap<WaiterId, Reply<Option<Delivery>>>,
     waiter_deadlines: BTreeSet<(i64, WaiterId)>,
     next_waiter: WaiterId,
+    /// Receipts of messages not delivered yet, by delivery id.
+    receipts: HashMap<u64, oneshot::Sender<()>>,
 }
 
 impl<L: Log> Owner<L> {
@@ -579,8 +633,17 @@ impl<L: Log> Owner<L> {
             self.last_used_ms = now;
         }
         match command {
-            Command::Publish { message, reply } => {
+            Command::Publish {
+                message,
+                receipt,
+                reply,
+            } => {
                 let outcome = self.engine.publish(now, *message).map(|published| {
+                    if let Some(receipt) = receipt {
+                        // Receipts whose waiters left go first: the map holds live ones only.
+                        self.receipts.retain(|_, waiting| !waiting.is_closed());
+                        self.receipts.insert(published.id, receipt);
+                    }
                     self.dispatch(Ok(published.pushes));
                     published.durable
                 });
@@ -621,6 +684,7 @@ impl<L: Log> Owner<L> {
                 });
                 match self.engine.get(now, spec, waiter) {
                     Ok(GetOutcome::Delivered(delivery)) => {
+                        self.delivered(delivery.id);
                         let _ = reply.send(Ok(Some(*delivery)));
                     }
                     Ok(GetOutcome::Empty) => {
@@ -644,7 +708,11 @@ impl<L: Log> Owner<L> {
                 matches,
                 reply,
             } => {
-                let _ = reply.send(self.engine.get_matching(now, spec, scan_max, &*matches));
+                let found = self.engine.get_matching(now, spec, scan_max, &*matches);
+                if let Ok(Some(delivery)) = &found {
+                    self.delivered(delivery.id);
+                }
+                let _ = reply.send(found);
             }
             Command::Settle {
                 ids,
@@ -713,6 +781,13 @@ impl<L: Log> Owner<L> {
         }
     }
 
+    /// Tells the receipt of a message, if any, that it was delivered.
+    fn delivered(&mut self, id: u64) {
+        if let Some(receipt) = self.receipts.remove(&id) {
+            let _ = receipt.send(());
+        }
+    }
+
     /// Sends deliveries to their consumers and waiters. A consumer whose receiver is gone keeps
     /// its deliveries in flight until it is cancelled; a waiter that left gets its delivery
     /// returned to the queue.
@@ -727,8 +802,13 @@ impl<L: Log> Owner<L> {
         for push in pushes {
             match push {
                 Push::Consumer { consumer, delivery } => {
-                    if let Some(sink) = self.sinks.get(&consumer) {
-                        let _ = sink.send(delivery);
+                    let id = delivery.id;
+                    let sent = self
+                        .sinks
+                        .get(&consumer)
+                        .is_some_and(|sink| sink.send(delivery).is_ok());
+                    if sent {
+                        self.delivered(id);
                     }
                 }
                 Push::Waiter { waiter, delivery } => {
@@ -738,7 +818,9 @@ impl<L: Log> Owner<L> {
                         .waiters
                         .remove(&waiter)
                         .is_some_and(|reply| reply.send(Ok(Some(delivery))).is_ok());
-                    if !delivered {
+                    if delivered {
+                        self.delivered(id);
+                    } else {
                         let now = self.clock.now_ms();
                         let pushes = self.engine.settle(now, &[id], Outcome::Requeue);
                         self.dispatch(pushes);

@@ -20,7 +20,7 @@ use crate::definitions;
 use crate::error::CoreError;
 use crate::group::{GroupHandle, GroupLimits, OffsetStore};
 use crate::options::QueueOptions;
-use crate::owner::{Enqueued, Lifecycle, QueueEvent, QueueHandle};
+use crate::owner::{Enqueued, Lifecycle, QueueEvent, QueueHandle, Receipt};
 use crate::queue::{DeadLetter, QueueEngine, QueueStore};
 use crate::stream::transactions::{self, ProducerTransactions};
 use crate::stream::{ProducerIds, Stream, StreamEnqueued};
@@ -632,11 +632,7 @@ impl VirtualHost {
         routing_key: &str,
         mut message: Message,
     ) -> Result<(Routed, Confirm), CoreError> {
-        if *self.flow.borrow() != Alarm::Clear {
-            let mut flow = self.flow.clone();
-            // A closed channel means nobody raises alarms any more: publish.
-            let _ = flow.wait_for(|alarm| *alarm == Alarm::Clear).await;
-        }
+        self.flow_clear().await;
         let targets: Vec<(Target, bool)> = {
             let state = self.lock();
             let names = state.topology.route(exchange, routing_key, &message)?;
@@ -683,6 +679,49 @@ impl VirtualHost {
             },
             Confirm { appends },
         ))
+    }
+
+    /// Waits while the node is over a flow limit.
+    async fn flow_clear(&self) {
+        if *self.flow.borrow() != Alarm::Clear {
+            let mut flow = self.flow.clone();
+            // A closed channel means nobody raises alarms any more: publish.
+            let _ = flow.wait_for(|alarm| *alarm == Alarm::Clear).await;
+        }
+    }
+
+    /// Puts a message into the queue `name` as the default exchange routes it, like
+    /// [`VirtualHost::publish_pipelined`], and also returns a [`Receipt`] that resolves when
+    /// a consumer or a get first takes delivery of it.
+    ///
+    /// # Errors
+    /// `NotFound` when there is no such queue (a stream has no deliveries to wait for);
+    /// `QueueStopped`.
+    pub async fn put_with_receipt(
+        &self,
+        name: &str,
+        mut message: Message,
+    ) -> Result<(Confirm, Receipt), CoreError> {
+        self.flow_clear().await;
+        let (handle, durable) = {
+            let state = self.lock();
+            let entry = state.queues.get(name).ok_or_else(|| CoreError::NotFound {
+                kind: "queue",
+                name: name.to_owned(),
+            })?;
+            (
+                entry.handle.clone(),
+                entry.spec.durable && self.dir.is_some(),
+            )
+        };
+        message.annotations.exchange = String::new();
+        message.annotations.routing_key = name.to_owned();
+        let persistent = message.properties.delivery_mode == DeliveryMode::Persistent;
+        let (enqueued, receipt) = handle.enqueue_with_receipt(message).await?;
+        let confirm = Confirm {
+            appends: vec![(Pending::Queue(enqueued), persistent && durable)],
+        };
+        Ok((confirm, receipt))
     }
 
     pub(crate) fn definitions_path(&self) -> Option<PathBuf> {

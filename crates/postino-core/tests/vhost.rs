@@ -121,6 +121,62 @@ async fn a_blocking_get_waits_for_the_next_message_and_a_poll_does_not() {
 }
 
 #[tokio::test]
+async fn a_receipt_resolves_when_a_get_or_a_consumer_takes_the_message() {
+    let host = open(None);
+    let (queue, _) = host
+        .declare_queue("jobs", QueueSpec::transient())
+        .expect("declare");
+    let (confirm, receipt) = host
+        .put_with_receipt("jobs", Message::new(&b"first"[..]))
+        .await
+        .expect("put");
+    confirm.wait().await.expect("stored");
+    let waiting = tokio::spawn(receipt.delivered());
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "nobody has taken it yet");
+    let taken = queue
+        .get(GetSpec::default(), None)
+        .await
+        .expect("get")
+        .expect("a message");
+    assert_eq!(&taken.message.body[..], b"first");
+    waiting.await.expect("task").expect("delivered to the get");
+
+    let mut deliveries = queue
+        .consume(7, ConsumerSpec::default())
+        .await
+        .expect("consume");
+    let (_, receipt) = host
+        .put_with_receipt("jobs", Message::new(&b"second"[..]))
+        .await
+        .expect("put");
+    receipt
+        .delivered()
+        .await
+        .expect("delivered to the consumer");
+    let pushed = deliveries.recv().await.expect("a delivery");
+    assert_eq!(&pushed.message.body[..], b"second");
+    assert_eq!(pushed.message.annotations.routing_key, "jobs");
+
+    let missing = host
+        .put_with_receipt("nowhere", Message::new(&b"x"[..]))
+        .await
+        .expect_err("no such queue");
+    assert!(matches!(missing, CoreError::NotFound { .. }), "{missing}");
+    queue.cancel(7).await.expect("cancel");
+    let (_, lost) = host
+        .put_with_receipt("jobs", Message::new(&b"third"[..]))
+        .await
+        .expect("put");
+    host.delete_queue("jobs").await.expect("delete");
+    let stopped = lost.delivered().await;
+    assert!(
+        matches!(stopped, Err(CoreError::QueueStopped { .. })),
+        "a deleted queue delivers nothing: {stopped:?}"
+    );
+}
+
+#[tokio::test]
 async fn the_owner_returns_a_message_whose_lease_ended() {
     let host = open(None);
     let (queue, _) = host

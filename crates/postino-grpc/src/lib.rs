@@ -1,7 +1,8 @@
 //! postino's native API over gRPC (tonic): the lecture notes' message queue — `Put`, `Get`
 //! (waiting, optionally for a message a filter holds for), `Poll`, `Notify` (a server stream
 //! with credit), `Ack` / `Nack` / `ChangeVisibility` — and publish/subscribe — `Publish`,
-//! `Subscribe` (a filter and an expiry; a handle and a stream of events), `Unsubscribe`.
+//! `Subscribe` (a filter and an expiry; a handle and a stream of events), `Unsubscribe` —
+//! streams, transactions, and puts that wait for delivery or for a reply.
 //! `proto/postino/v1/postino.proto` is the contract; `docs/protocols/grpc.md` maps it onto the
 //! core.
 //!
@@ -15,7 +16,9 @@ mod convert;
 mod follow;
 mod pubsub;
 mod queues;
+mod reply;
 mod streams;
+mod transactions;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +42,7 @@ pub mod proto {
 pub use proto::pub_sub_client::PubSubClient;
 pub use proto::queues_client::QueuesClient;
 pub use proto::streams_client::StreamsClient;
+pub use proto::transactions_client::TransactionsClient;
 
 /// The largest message a request may carry, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -49,6 +53,7 @@ struct Shared {
     broker: Arc<Broker>,
     next_consumer: AtomicU64,
     subscriptions: pubsub::Subscriptions,
+    transactions: transactions::Transactions,
 }
 
 impl Shared {
@@ -140,6 +145,7 @@ where
         broker,
         next_consumer: AtomicU64::new(1),
         subscriptions: pubsub::Subscriptions::default(),
+        transactions: transactions::Transactions::default(),
     });
     let queues = proto::queues_server::QueuesServer::new(queues::Service(Arc::clone(&shared)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -147,13 +153,18 @@ where
     let pubsub = proto::pub_sub_server::PubSubServer::new(pubsub::Service(Arc::clone(&shared)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let streams = proto::streams_server::StreamsServer::new(streams::Service(shared))
+    let streams = proto::streams_server::StreamsServer::new(streams::Service(Arc::clone(&shared)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let transactions =
+        proto::transactions_server::TransactionsServer::new(transactions::Service(shared))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
         .add_service(queues)
         .add_service(pubsub)
         .add_service(streams)
+        .add_service(transactions)
         .serve_with_incoming(incoming)
         .await
 }

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Caller, caller};
 use crate::convert::message_from;
 use crate::queues::{Forwarding, filtered_binding, forward, publish};
+use crate::transactions::Part;
 use crate::{Shared, proto, status_of};
 
 /// The exchange of a publish or subscription that names none.
@@ -131,6 +132,17 @@ impl proto::pub_sub_server::PubSub for Service {
         let message = message_from(request.message.take().unwrap_or_default());
         let exchange = or_default(&request.exchange, DEFAULT_EXCHANGE);
         caller.may(Action::Write, "exchange", exchange)?;
+        if !request.transaction.is_empty() {
+            let part = Part::Publish {
+                exchange: exchange.to_owned(),
+                routing_key: request.routing_key,
+                message: Box::new(message),
+            };
+            self.0
+                .transactions
+                .add(&caller, &request.transaction, part)?;
+            return Ok(Response::new(proto::PublishReply { routed: 0 }));
+        }
         let routed = publish(&caller.host, exchange, &request.routing_key, message, sync).await?;
         Ok(Response::new(proto::PublishReply {
             routed: u32::try_from(routed).unwrap_or(u32::MAX),

@@ -16,6 +16,8 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, caller};
 use crate::convert::{headers_from, message_from, wire_delivery};
+use crate::reply::{put_until_delivered, put_until_replied};
+use crate::transactions::Part;
 use crate::{Shared, proto, status_of};
 
 /// A get's lease when the request names none, as SQS's default visibility timeout.
@@ -69,6 +71,9 @@ pub(crate) async fn publish(
             drop(confirm);
             Ok(routed.queues)
         }
+        proto::Sync::Delivered | proto::Sync::Replied => Err(Status::invalid_argument(
+            "SYNC_DELIVERED and SYNC_REPLIED wait for one consumer: they apply to Put",
+        )),
     }
 }
 
@@ -133,6 +138,29 @@ pub(crate) fn forward<T: Send + 'static>(
 }
 
 impl Service {
+    /// Settles deliveries now, or at the commit of `transaction` when it is not empty.
+    async fn settle(
+        &self,
+        caller: &Caller,
+        queue: String,
+        ids: Vec<u64>,
+        outcome: Outcome,
+        transaction: &str,
+    ) -> Result<Response<proto::SettleReply>, Status> {
+        let handle = queue_of(caller, &queue, Action::Read)?;
+        if transaction.is_empty() {
+            handle.settle(ids, outcome).await.map_err(status)?;
+        } else {
+            let part = Part::Settle {
+                queue,
+                ids,
+                outcome,
+            };
+            self.0.transactions.add(caller, transaction, part)?;
+        }
+        Ok(Response::new(proto::SettleReply {}))
+    }
+
     async fn take(
         &self,
         caller: &Caller,
@@ -218,8 +246,43 @@ impl proto::queues_server::Queues for Service {
         }
         let sync = request.sync();
         let message = message_from(request.message.unwrap_or_default());
-        publish(&caller.host, "", &request.queue, message, sync).await?;
-        Ok(Response::new(proto::PutReply {}))
+        if !request.transaction.is_empty() {
+            if !matches!(sync, proto::Sync::Stored | proto::Sync::None) {
+                return Err(Status::invalid_argument(
+                    "a put in a transaction happens at its commit: it cannot wait for a consumer",
+                ));
+            }
+            let part = Part::Publish {
+                exchange: String::new(),
+                routing_key: request.queue,
+                message: Box::new(message),
+            };
+            self.0
+                .transactions
+                .add(&caller, &request.transaction, part)?;
+            return Ok(Response::new(proto::PutReply { reply: None }));
+        }
+        let reply = match sync {
+            proto::Sync::Delivered => {
+                put_until_delivered(&caller.host, &request.queue, message).await?;
+                None
+            }
+            proto::Sync::Replied => Some(
+                put_until_replied(
+                    &self.0,
+                    &caller,
+                    &request.queue,
+                    message,
+                    request.reply_timeout_ms,
+                )
+                .await?,
+            ),
+            proto::Sync::Stored | proto::Sync::None => {
+                publish(&caller.host, "", &request.queue, message, sync).await?;
+                None
+            }
+        };
+        Ok(Response::new(proto::PutReply { reply }))
     }
 
     async fn get(
@@ -258,11 +321,14 @@ impl proto::queues_server::Queues for Service {
     ) -> Result<Response<proto::SettleReply>, Status> {
         let caller = caller(&self.0, &request, &request.get_ref().vhost).await?;
         let request = request.into_inner();
-        queue_of(&caller, &request.queue, Action::Read)?
-            .settle(request.delivery_ids, Outcome::Accept)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(proto::SettleReply {}))
+        self.settle(
+            &caller,
+            request.queue,
+            request.delivery_ids,
+            Outcome::Accept,
+            &request.transaction,
+        )
+        .await
     }
 
     async fn nack(
@@ -276,11 +342,14 @@ impl proto::queues_server::Queues for Service {
         } else {
             Outcome::Discard
         };
-        queue_of(&caller, &request.queue, Action::Read)?
-            .settle(request.delivery_ids, outcome)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(proto::SettleReply {}))
+        self.settle(
+            &caller,
+            request.queue,
+            request.delivery_ids,
+            outcome,
+            &request.transaction,
+        )
+        .await
     }
 
     async fn change_visibility(
