@@ -195,6 +195,7 @@ async fn put(
                     queue: queue.clone(),
                     message: Some(persistent(stamped_body(epoch, msg_size))),
                     sync: proto::Sync::Stored.into(),
+                    ..proto::PutRequest::default()
                 };
                 client.put(request).await.context("put")?;
                 latencies.record(started.elapsed().as_micros() as u64)?;
@@ -267,6 +268,7 @@ async fn ack(client: &mut QueuesClient<Channel>, queue: &str, ids: &mut Vec<u64>
         vhost: String::new(),
         queue: queue.to_owned(),
         delivery_ids: std::mem::take(ids),
+        ..proto::SettleRequest::default()
     };
     client.ack(request).await.context("ack")?;
     Ok(())
@@ -301,6 +303,7 @@ async fn pubsub(channel: Channel, msg_size: usize, count: u64) -> Result<Measure
                         ..proto::Message::default()
                     }),
                     sync: proto::Sync::None.into(),
+                    ..proto::PublishRequest::default()
                 };
                 client.publish(request).await.context("publish")?;
             }

@@ -6,7 +6,7 @@
 //! `proto/postino/v1/postino.proto` is the contract; `docs/protocols/grpc.md` maps it onto the
 //! core.
 //!
-//! Main items: [`serve`], [`serve_tls`], [`status_of`] (the one core-error → status mapping), [`proto`] (the
+//! Main items: [`serve`], [`serve_tls`], [`serve_incoming`], [`status_of`] (the one core-error → status mapping), [`proto`] (the
 //! generated messages, servers and clients).
 //!
 //! The crate must not know storage or other protocols: it sees only `postino-core`.
@@ -129,7 +129,12 @@ pub async fn serve_tls(
     .await
 }
 
-async fn serve_incoming<IO>(
+/// Serves the native API on connections `incoming` yields (already accepted and, if need be,
+/// handshaken): an embedded broker serves in-memory pipes this way.
+///
+/// # Errors
+/// A transport failure.
+pub async fn serve_incoming<IO>(
     incoming: impl tokio_stream::Stream<Item = Result<IO, std::io::Error>> + Send + 'static,
     broker: Arc<Broker>,
 ) -> Result<(), tonic::transport::Error>

@@ -353,6 +353,7 @@ fn try_publish(args: &PublishArgs, user: Option<&str>, password: &str) -> Result
                         queue: queue.clone(),
                         message: Some(message),
                         sync: sync.into(),
+                        ..proto::PutRequest::default()
                     };
                     queues.put(login.request(put)).await?;
                 } else if let Some(exchange) = &args.exchange {
@@ -362,6 +363,7 @@ fn try_publish(args: &PublishArgs, user: Option<&str>, password: &str) -> Result
                         routing_key: args.routing_key.clone(),
                         message: Some(message),
                         sync: sync.into(),
+                        ..proto::PublishRequest::default()
                     };
                     pubsub.publish(login.request(publish)).await?;
                 }
@@ -550,6 +552,7 @@ fn try_consume(
                         vhost: args.server.vhost.clone(),
                         queue: queue.clone(),
                         delivery_ids: vec![delivery.delivery_id],
+                        ..proto::SettleRequest::default()
                     };
                     queues.ack(login.request(ack)).await?;
                 }

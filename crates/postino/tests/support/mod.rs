@@ -45,6 +45,18 @@ pub fn start_listening(
     environment: &[(&str, &str)],
     protocols: &[&str],
 ) -> Server {
+    start_with_grpc_at(data_dir, environment, protocols, "127.0.0.1:0")
+}
+
+/// [`start_listening`] with the native API on `grpc` (to restart a server where clients
+/// connected).
+#[allow(dead_code, reason = "each test binary uses the helpers it needs")]
+pub fn start_with_grpc_at(
+    data_dir: &Path,
+    environment: &[(&str, &str)],
+    protocols: &[&str],
+    grpc: &str,
+) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_postino"))
         .args([
             "server",
@@ -53,7 +65,7 @@ pub fn start_listening(
             "--http-listen",
             "127.0.0.1:0",
             "--grpc-listen",
-            "127.0.0.1:0",
+            grpc,
             "--data-dir",
         ])
         .arg(data_dir)
