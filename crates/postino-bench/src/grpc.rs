@@ -13,6 +13,8 @@
 //!   exchange and received by one `Subscribe` stream; the latency is publish → event.
 //! - `filter`: a five-clause filter evaluated over messages with headers and properties, in
 //!   process; the figure is evaluations per second (and so ns per message).
+//! - `embedded-put`, `embedded-notify`: `postino-client` on an embedded broker
+//!   (`grpc_embedded`).
 //!
 //! Broker CPU is read from `/proc/<pid>/stat` of the server process.
 
@@ -31,9 +33,9 @@ use crate::storage::Size;
 use crate::{Printer, Row, age_us, latency_histogram, stamped_body};
 
 /// Calls in flight at once in the pipelined scenarios.
-const PIPELINE: usize = 64;
+pub(crate) const PIPELINE: usize = 64;
 /// The `Notify` stream's prefetch.
-const PREFETCH: u32 = 256;
+pub(crate) const PREFETCH: u32 = 256;
 /// How long `notify` waits for one more delivery before it counts the queue drained.
 const IDLE: Duration = Duration::from_secs(2);
 /// Delivery ids acknowledged by one `Ack` call.
@@ -66,11 +68,11 @@ fn messages(size: Size) -> u64 {
 }
 
 /// What one scenario measured.
-struct Measured {
-    counted: u64,
-    elapsed: Duration,
-    latencies: Option<Histogram<u64>>,
-    broker_cpu: Option<Duration>,
+pub(crate) struct Measured {
+    pub counted: u64,
+    pub elapsed: Duration,
+    pub latencies: Option<Histogram<u64>>,
+    pub broker_cpu: Option<Duration>,
 }
 
 impl Measured {
@@ -110,6 +112,26 @@ pub fn run(
     for msg_size in [16usize, 1024] {
         if format!("filter/{msg_size}").contains(filter) {
             let row = measure_filter(messages(size) * 10, msg_size)?.row("filter", msg_size);
+            printer.print(&row);
+            rows.push(row);
+        }
+    }
+    let embedded: Vec<(&str, usize)> = ["embedded-put", "embedded-notify"]
+        .into_iter()
+        .flat_map(|scenario| [(scenario, 16), (scenario, 1024)])
+        .filter(|(scenario, msg_size)| format!("{scenario}/{msg_size}").contains(filter))
+        .collect();
+    if !embedded.is_empty() {
+        let scratch = crate::scratch_dir(parent, "postino-bench-embedded-")?;
+        let runtime = crate::runtime()?;
+        for (scenario, msg_size) in embedded {
+            let measured = runtime.block_on(crate::grpc_embedded::run(
+                scratch.path(),
+                scenario,
+                msg_size,
+                messages(size),
+            ))?;
+            let row = measured.row(scenario, msg_size);
             printer.print(&row);
             rows.push(row);
         }

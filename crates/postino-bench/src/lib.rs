@@ -7,6 +7,7 @@
 pub mod amqp;
 pub mod broker;
 pub mod grpc;
+mod grpc_embedded;
 pub mod server;
 pub mod sim;
 pub mod storage;

@@ -326,23 +326,32 @@ impl Client {
         self.queue(&reply_to).put(answer).await
     }
 
-    /// Closes the client; for an embedded broker, syncs and closes its logs (once the last
-    /// clone closes or drops).
+    /// Closes the client; for an embedded broker, syncs and closes its logs, so that the
+    /// data directory can be opened again.
     ///
     /// # Errors
-    /// The embedded broker's failure to close.
+    /// For an embedded broker, `InvalidInput` while other clones of this client (its queues,
+    /// streams, deliveries, notifications, subscriptions) are alive — nothing is closed then —
+    /// and the broker's failure to close.
     pub async fn close(self) -> Result<(), Error> {
-        if let Some(Inner {
-            channel,
-            embedded: Some(embedded),
-            ..
-        }) = Arc::into_inner(self.inner)
-        {
-            // The connection goes first, so that the service lets go of the broker.
-            drop(channel);
-            embedded.close().await?;
+        match Arc::try_unwrap(self.inner) {
+            Ok(Inner {
+                channel,
+                embedded: Some(embedded),
+                ..
+            }) => {
+                // The connection goes first, so that the service lets go of the broker.
+                drop(channel);
+                embedded.close().await
+            }
+            Ok(_) => Ok(()),
+            Err(shared) if shared.embedded.is_some() => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the embedded broker is still in use by other clones of this client",
+            )
+            .into()),
+            Err(_) => Ok(()),
         }
-        Ok(())
     }
 
     fn channel(&self) -> Channel {

@@ -233,12 +233,13 @@ impl PubSub {
     ///
     /// # Errors
     /// `NOT_FOUND` when it already ended (expired, or unsubscribed).
-    pub async fn unsubscribe(&self, subscription: Subscription) -> Result<(), Error> {
+    pub async fn unsubscribe(&self, mut subscription: Subscription) -> Result<(), Error> {
         let request = UnsubscribeRequest {
             vhost: self.client.vhost(),
             handle: subscription.handle.clone(),
         };
         subscription.task.abort();
+        let _ = (&mut subscription.task).await;
         crate::call!(&self.client, pubsub, unsubscribe, request)?;
         Ok(())
     }

@@ -149,9 +149,11 @@ pub struct Notification {
 }
 
 impl Notification {
-    /// Removes the callback; deliveries it had not settled return to the queue.
-    pub fn stop(self) {
+    /// Removes the callback (returning once it has stopped); deliveries it had not settled
+    /// return to the queue.
+    pub async fn stop(mut self) {
         self.task.abort();
+        let _ = (&mut self.task).await;
     }
 
     /// Whether the callback is still installed (the queue may have been deleted).
@@ -432,7 +434,7 @@ impl Queue {
     /// jobs.put("job 2").await?;
     /// assert_eq!(finished.recv().await.as_deref(), Some("job 1"));
     /// assert_eq!(finished.recv().await.as_deref(), Some("job 2"));
-    /// notification.stop();
+    /// notification.stop().await;
     /// # Ok(()) });
     /// ```
     ///
