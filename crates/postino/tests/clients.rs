@@ -1,6 +1,7 @@
 //! `postino publish` and `postino consume` against the real server over its native API:
 //! messages from arguments and stdin, headers and properties carried, JSON lines, a filtered
-//! consumer, a subscription, acknowledgement modes, and exit codes for bad input.
+//! consumer, a subscription, acknowledgement modes, exit codes for bad input, and streams
+//! (keyed records, reading from an offset, a consumer group resuming at its commit).
 
 mod support;
 
@@ -195,5 +196,55 @@ fn publish_then_consume_a_queue_with_headers_properties_and_filters() {
         .output()
         .expect("publish");
     assert_eq!(unreachable.status.code(), Some(1));
+    support::stop(server.child);
+}
+
+#[test]
+fn publish_to_a_stream_then_follow_it_from_offsets_and_in_a_group() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = support::start_listening(dir.path(), &[], &["amqp", "http", "grpc"]);
+    let grpc = server.addresses["grpc"].clone();
+    let lines = server.lines;
+    std::thread::spawn(move || lines.for_each(drop));
+    let api = format!("http://{}", server.http);
+    let declared = Command::new(env!("CARGO_BIN_EXE_postino"))
+        .args(["--url", &api, "queues", "declare", "clicks"])
+        .args(["--argument", "x-queue-type=stream"])
+        .output()
+        .expect("declare");
+    succeeded(&declared);
+    let published = postino(&grpc)
+        .args(["publish", "--stream", "clicks", "--key", "user-1", "--confirm"])
+        .args(["home", "cart", "pay"])
+        .output()
+        .expect("publish");
+    succeeded(&published);
+
+    let consume = |arguments: &[&str]| {
+        let output = postino(&grpc)
+            .args(["--json", "consume", "--stream", "clicks"])
+            .args(arguments)
+            .args(["--timeout", "10"])
+            .output()
+            .expect("consume");
+        json_lines(&succeeded(&output))
+    };
+    let all = consume(&["--from", "earliest", "--count", "3"]);
+    let offsets: Vec<u64> = all.iter().filter_map(|row| row["offset"].as_u64()).collect();
+    let bodies: Vec<&str> = all.iter().filter_map(|row| row["body"].as_str()).collect();
+    assert_eq!(offsets, [0, 1, 2]);
+    assert_eq!(bodies, ["home", "cart", "pay"]);
+    assert_eq!(all[0]["key"], "user-1");
+    assert_eq!(all[0]["stream"], "clicks");
+    let from_one = consume(&["--from", "1", "--count", "1"]);
+    assert_eq!(from_one[0]["body"], "cart");
+
+    // A group reads two and commits them; its next run goes on at the third.
+    let first = consume(&["--group", "billing", "--from", "earliest", "--count", "2"]);
+    let bodies: Vec<&str> = first.iter().filter_map(|row| row["body"].as_str()).collect();
+    assert_eq!(bodies, ["home", "cart"]);
+    let resumed = consume(&["--group", "billing", "--from", "earliest", "--count", "1"]);
+    assert_eq!(resumed[0]["offset"], 2);
+    assert_eq!(resumed[0]["body"], "pay");
     support::stop(server.child);
 }
