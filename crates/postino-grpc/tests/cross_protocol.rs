@@ -148,3 +148,72 @@ async fn put_over_grpc_is_read_over_amqp_and_back() {
     assert_eq!(delivery.exchange, "");
     assert_eq!(delivery.routing_key, "bridge");
 }
+
+/// The notes' response-based synchronous put over gRPC, answered by an AMQP RPC server as
+/// RabbitMQ's tutorial 6 writes one: publish the answer to the default exchange with the
+/// request's `reply_to` as routing key and its correlation id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_request_is_answered_by_an_amqp_rpc_server() {
+    let (amqp, grpc) = start().await;
+    let connection = Connection::connect(&amqp, ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(
+            "rpc".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    let mut queues = QueuesClient::connect(grpc).await.expect("connect");
+    let asking = tokio::spawn(async move {
+        queues
+            .put(PutRequest {
+                queue: "rpc".into(),
+                message: Some(proto::Message {
+                    body: b"21".to_vec(),
+                    ..proto::Message::default()
+                }),
+                sync: proto::Sync::Replied.into(),
+                reply_timeout_ms: Some(10_000),
+                ..PutRequest::default()
+            })
+            .await
+    });
+    let request = loop {
+        if let Some(got) = channel
+            .basic_get("rpc".into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+        {
+            break got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let properties = request.delivery.properties;
+    let reply_to = properties.reply_to().clone().expect("reply_to");
+    let correlation = properties
+        .correlation_id()
+        .clone()
+        .expect("a correlation id");
+    channel
+        .basic_publish(
+            "".into(),
+            reply_to.as_str().into(),
+            BasicPublishOptions::default(),
+            b"42",
+            BasicProperties::default().with_correlation_id(correlation),
+        )
+        .await
+        .expect("publish the answer");
+    let answer = asking
+        .await
+        .expect("task")
+        .expect("answered")
+        .into_inner()
+        .reply
+        .expect("the answer");
+    assert_eq!(answer.message.expect("a message").body, b"42");
+}

@@ -214,7 +214,14 @@ fn publish_to_a_stream_then_follow_it_from_offsets_and_in_a_group() {
         .expect("declare");
     succeeded(&declared);
     let published = postino(&grpc)
-        .args(["publish", "--stream", "clicks", "--key", "user-1", "--confirm"])
+        .args([
+            "publish",
+            "--stream",
+            "clicks",
+            "--key",
+            "user-1",
+            "--confirm",
+        ])
         .args(["home", "cart", "pay"])
         .output()
         .expect("publish");
@@ -230,7 +237,10 @@ fn publish_to_a_stream_then_follow_it_from_offsets_and_in_a_group() {
         json_lines(&succeeded(&output))
     };
     let all = consume(&["--from", "earliest", "--count", "3"]);
-    let offsets: Vec<u64> = all.iter().filter_map(|row| row["offset"].as_u64()).collect();
+    let offsets: Vec<u64> = all
+        .iter()
+        .filter_map(|row| row["offset"].as_u64())
+        .collect();
     let bodies: Vec<&str> = all.iter().filter_map(|row| row["body"].as_str()).collect();
     assert_eq!(offsets, [0, 1, 2]);
     assert_eq!(bodies, ["home", "cart", "pay"]);
@@ -241,7 +251,10 @@ fn publish_to_a_stream_then_follow_it_from_offsets_and_in_a_group() {
 
     // A group reads two and commits them; its next run goes on at the third.
     let first = consume(&["--group", "billing", "--from", "earliest", "--count", "2"]);
-    let bodies: Vec<&str> = first.iter().filter_map(|row| row["body"].as_str()).collect();
+    let bodies: Vec<&str> = first
+        .iter()
+        .filter_map(|row| row["body"].as_str())
+        .collect();
     assert_eq!(bodies, ["home", "cart"]);
     let resumed = consume(&["--group", "billing", "--from", "earliest", "--count", "1"]);
     assert_eq!(resumed[0]["offset"], 2);
