@@ -306,3 +306,47 @@ async fn transactions_apply_puts_publishes_and_acks_at_commit_or_not_at_all() {
         Code::InvalidArgument
     );
 }
+
+/// A client that opens a notify stream and stops reading holds the server to a bounded
+/// amount: the stream's buffer and the consumer's credit; the rest stays ready in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_stream_nobody_reads_holds_a_bounded_number_of_messages() {
+    let (url, broker) = start(&["backlog"]).await;
+    let mut queues = QueuesClient::connect(url).await.expect("connect");
+    let body = "x".repeat(64 << 10);
+    for _ in 0..300 {
+        queues
+            .put(put_request("backlog", &body, Sync::None))
+            .await
+            .expect("put");
+    }
+    let stalled = queues
+        .notify(proto::NotifyRequest {
+            queue: "backlog".into(),
+            prefetch: 10,
+            auto_ack: true,
+            ..proto::NotifyRequest::default()
+        })
+        .await
+        .expect("notify")
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queue = broker
+        .vhost("/")
+        .and_then(|host| host.queue("backlog"))
+        .expect("the queue");
+    let stats = queue.stats().await.expect("stats");
+    // Taken: what HTTP/2 flow control let through to the client (its stream window), 16 in
+    // the stream's buffer, 10 of credit and one in the forwarder's hands.
+    let taken = 300 - stats.ready;
+    assert!(taken >= 10, "the stream took its credit: {stats:?}");
+    assert!(
+        stats.unacked <= 10,
+        "no more than the credit in flight: {stats:?}"
+    );
+    assert!(
+        stats.ready >= 150,
+        "the backlog stays in the queue: {stats:?}"
+    );
+    drop(stalled);
+}
