@@ -1,6 +1,7 @@
 //! The synchronisation modes of a put beyond storage — until delivered, until replied
-//! (request/reply with a correlation id) — and transactions over the native API, with tonic's
-//! generated clients against an in-process server on a real socket.
+//! (request/reply with a correlation id) — transactions, and a notify stream nobody reads,
+//! over the native API with tonic's generated clients against an in-process server on a real
+//! socket.
 
 mod support;
 
