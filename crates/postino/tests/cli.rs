@@ -351,6 +351,10 @@ fn grpc_bench_measures_every_scenario_over_a_server_it_starts() {
         [
             "filter",
             "filter",
+            "embedded-put",
+            "embedded-put",
+            "embedded-notify",
+            "embedded-notify",
             "put",
             "put",
             "put-pipelined",
@@ -387,6 +391,17 @@ fn grpc_bench_measures_every_scenario_over_a_server_it_starts() {
         .map(|row| row["messages"].as_u64().expect("messages"))
         .sum();
     assert_eq!(notify, put, "notify drains what the puts stored");
+    let embedded = |scenario: &str| -> u64 {
+        rows.iter()
+            .filter(|row| row["scenario"] == scenario)
+            .map(|row| row["messages"].as_u64().expect("messages"))
+            .sum()
+    };
+    assert_eq!(
+        embedded("embedded-notify"),
+        embedded("embedded-put"),
+        "the embedded notify drains what the embedded puts stored"
+    );
 }
 
 #[test]
