@@ -7,6 +7,8 @@
 //! - `fuzz [SECONDS]`: every fuzz target under `fuzz/` for SECONDS each (default 60), with
 //!   `cargo fuzz` on stable (`-s none`: no sanitizer, which needs nightly).
 //! - `bench [ARGS]`: `postino bench` built in release mode (e.g. `cargo xtask bench storage`).
+//! - `torture [--release] [ARGS]`: `postino-torture` on the `postino` binary (SIGKILL cycles
+//!   with independent checks; `docs/reliability.md`); `ci` runs a short one (3 cycles and a storm of 2,000 connections).
 
 use std::env;
 use std::process::{Command, ExitCode};
@@ -18,8 +20,11 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("fuzz") => fuzz(args.get(1).map(String::as_str)),
         Some("bench") => bench(&args[1..]),
+        Some("torture") => torture(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|fuzz [SECONDS]|bench [ARGS]>");
+            eprintln!(
+                "usage: cargo xtask <ci|test|fuzz [SECONDS]|bench [ARGS]|torture [--release] [ARGS]>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -83,7 +88,29 @@ fn ci() -> Result<(), String> {
     } else {
         eprintln!("xtask: cargo-fuzz is not installed, fuzzing skipped (cargo install cargo-fuzz)");
     }
-    test()
+    test()?;
+    torture(&["--cycles", "3", "--storm", "2000"].map(str::to_owned))
+}
+
+/// Builds `postino` and runs `postino-torture` on it with `args` (`--release` first builds
+/// both optimised).
+fn torture(args: &[String]) -> Result<(), String> {
+    let release = args.first().is_some_and(|arg| arg == "--release");
+    let rest = if release { &args[1..] } else { args };
+    let profile: &[&str] = if release { &["--release"] } else { &[] };
+    let mut build = vec!["build", "--locked", "--package", "postino"];
+    build.extend(profile);
+    cargo(&build)?;
+    let target = env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
+    let binary = format!(
+        "{target}/{}/postino",
+        if release { "release" } else { "debug" }
+    );
+    let mut run = vec!["run", "--locked", "--package", "postino-torture"];
+    run.extend(profile);
+    run.extend(["--", "--binary", binary.as_str()]);
+    run.extend(rest.iter().map(String::as_str));
+    cargo(&run)
 }
 
 fn fuzz(seconds: Option<&str>) -> Result<(), String> {
