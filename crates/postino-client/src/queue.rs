@@ -276,7 +276,7 @@ impl Queue {
     /// let rpc = client.queue("double");
     /// rpc.declare().await?;
     /// let server = client.clone();
-    /// tokio::spawn(async move {
+    /// let serving = tokio::spawn(async move {
     ///     let queue = server.queue("double");
     ///     let request = queue.get(Duration::from_secs(10)).await?.expect("a request");
     ///     let n: u64 = request.message().text().unwrap_or("0").parse().unwrap_or(0);
@@ -285,6 +285,7 @@ impl Queue {
     /// });
     /// let answer = rpc.request("21", Duration::from_secs(10)).await?;
     /// assert_eq!(answer.message().text(), Some("42"));
+    /// serving.await.expect("the server")?;
     /// # Ok(()) });
     /// ```
     ///
