@@ -225,16 +225,24 @@ async fn put(
             anyhow::Ok(latencies)
         }));
     }
-    let mut latencies = latency_histogram()?;
-    for task in tasks {
-        latencies.add(task.await??)?;
-    }
+    let latencies = merged(tasks).await?;
     Ok(Measured {
         counted: share * in_flight as u64,
         elapsed: began.elapsed(),
         latencies: Some(latencies),
         broker_cpu: None,
     })
+}
+
+/// The latencies each of `tasks` recorded, together.
+pub(crate) async fn merged(
+    tasks: Vec<tokio::task::JoinHandle<Result<Histogram<u64>>>>,
+) -> Result<Histogram<u64>> {
+    let mut latencies = latency_histogram()?;
+    for task in tasks {
+        latencies.add(task.await??)?;
+    }
+    Ok(latencies)
 }
 
 /// Declares the durable queue `queue` through the management API (the native API puts to

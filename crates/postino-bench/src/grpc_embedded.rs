@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use postino_client::{Client, Message, Settle};
 
 use crate::amqp::cpu_of;
-use crate::grpc::{Measured, PIPELINE, PREFETCH};
+use crate::grpc::{Measured, PIPELINE, PREFETCH, merged};
 use crate::{latency_histogram, stamped_body};
 
 /// How long `embedded-notify` waits for one more delivery before it counts the queue drained.
@@ -74,10 +74,7 @@ async fn put(client: &Client, queue: &str, msg_size: usize, count: u64) -> Resul
             anyhow::Ok(latencies)
         }));
     }
-    let mut latencies = latency_histogram()?;
-    for task in tasks {
-        latencies.add(task.await??)?;
-    }
+    let latencies = merged(tasks).await?;
     Ok(Measured {
         counted: share * PIPELINE as u64,
         elapsed: began.elapsed(),

@@ -29,21 +29,27 @@ async fn start() -> (String, String) {
     (amqp_url, support::serve_grpc(&broker).await)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn put_over_grpc_is_read_over_amqp_and_back() {
-    let (amqp, grpc) = start().await;
-    let connection = Connection::connect(&amqp, ConnectionProperties::default())
+/// An AMQP connection and channel, with the queue `name` declared.
+async fn channel_with_queue(amqp: &str, name: &str) -> (Connection, lapin::Channel) {
+    let connection = Connection::connect(amqp, ConnectionProperties::default())
         .await
         .expect("connect");
     let channel = connection.create_channel().await.expect("channel");
     channel
         .queue_declare(
-            "bridge".into(),
+            name.into(),
             QueueDeclareOptions::default(),
             FieldTable::default(),
         )
         .await
         .expect("declare");
+    (connection, channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_over_grpc_is_read_over_amqp_and_back() {
+    let (amqp, grpc) = start().await;
+    let (_connection, channel) = channel_with_queue(&amqp, "bridge").await;
     let mut queues = QueuesClient::connect(grpc).await.expect("connect");
 
     let message = proto::Message {
@@ -155,18 +161,7 @@ async fn put_over_grpc_is_read_over_amqp_and_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_request_is_answered_by_an_amqp_rpc_server() {
     let (amqp, grpc) = start().await;
-    let connection = Connection::connect(&amqp, ConnectionProperties::default())
-        .await
-        .expect("connect");
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .queue_declare(
-            "rpc".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare");
+    let (_connection, channel) = channel_with_queue(&amqp, "rpc").await;
     let mut queues = QueuesClient::connect(grpc).await.expect("connect");
     let asking = tokio::spawn(async move {
         queues

@@ -48,6 +48,32 @@ fn body(record: &proto::Record) -> String {
     String::from_utf8(record.message.as_ref().expect("message").body.clone()).expect("utf-8")
 }
 
+/// Publishes `message` to `amq.topic` as `invoice.new`; how many queues took it.
+async fn publish_invoice(pubsub: &mut PubSubClient<Channel>, message: proto::Message) -> u32 {
+    pubsub
+        .publish(proto::PublishRequest {
+            exchange: "amq.topic".into(),
+            routing_key: "invoice.new".into(),
+            message: Some(message),
+            ..proto::PublishRequest::default()
+        })
+        .await
+        .expect("publish")
+        .into_inner()
+        .routed
+}
+
+/// The binding of `invoices` to `amq.topic` by `invoice.#` with `filter`.
+fn invoices_binding(filter: &str) -> proto::BindRequest {
+    proto::BindRequest {
+        exchange: "amq.topic".into(),
+        queue: "invoices".into(),
+        binding_key: "invoice.#".into(),
+        filter: filter.into(),
+        ..proto::BindRequest::default()
+    }
+}
+
 async fn declare(streams: &mut StreamsClient<Channel>, name: &str, partitions: u32) {
     let reply = streams
         .declare(DeclareStreamRequest {
@@ -503,54 +529,26 @@ async fn queues_are_declared_bound_and_deleted_over_the_api() {
         different.expect_err("other properties").code(),
         Code::FailedPrecondition
     );
-    let bad_filter = queues
-        .bind(proto::BindRequest {
-            exchange: "amq.topic".into(),
-            queue: "invoices".into(),
-            binding_key: "invoice.#".into(),
-            filter: "amount >".into(),
-            ..proto::BindRequest::default()
-        })
-        .await;
+    let bad_filter = queues.bind(invoices_binding("amount >")).await;
     assert_eq!(
         bad_filter.expect_err("a filter that does not parse").code(),
         Code::InvalidArgument
     );
     queues
-        .bind(proto::BindRequest {
-            exchange: "amq.topic".into(),
-            queue: "invoices".into(),
-            binding_key: "invoice.#".into(),
-            filter: "tenant = 'acme'".into(),
-            ..proto::BindRequest::default()
-        })
+        .bind(invoices_binding("tenant = 'acme'"))
         .await
         .expect("bind");
-    let routed = pubsub
-        .publish(proto::PublishRequest {
-            exchange: "amq.topic".into(),
-            routing_key: "invoice.new".into(),
-            message: Some(message("inv-1")),
-            ..proto::PublishRequest::default()
-        })
-        .await
-        .expect("publish")
-        .into_inner();
-    assert_eq!(routed.routed, 1);
-    let other_tenant = pubsub
-        .publish(proto::PublishRequest {
-            exchange: "amq.topic".into(),
-            routing_key: "invoice.new".into(),
-            message: Some(proto::Message {
-                body: b"inv-2".to_vec(),
-                ..proto::Message::default()
-            }),
-            ..proto::PublishRequest::default()
-        })
-        .await
-        .expect("publish")
-        .into_inner();
-    assert_eq!(other_tenant.routed, 0, "the binding's filter refuses it");
+    let routed = publish_invoice(&mut pubsub, message("inv-1")).await;
+    assert_eq!(routed, 1);
+    let other_tenant = publish_invoice(
+        &mut pubsub,
+        proto::Message {
+            body: b"inv-2".to_vec(),
+            ..proto::Message::default()
+        },
+    )
+    .await;
+    assert_eq!(other_tenant, 0, "the binding's filter refuses it");
 
     let busy = queues
         .delete(DeleteQueueRequest {
@@ -564,26 +562,11 @@ async fn queues_are_declared_bound_and_deleted_over_the_api() {
         Code::FailedPrecondition
     );
     queues
-        .unbind(proto::BindRequest {
-            exchange: "amq.topic".into(),
-            queue: "invoices".into(),
-            binding_key: "invoice.#".into(),
-            filter: "tenant = 'acme'".into(),
-            ..proto::BindRequest::default()
-        })
+        .unbind(invoices_binding("tenant = 'acme'"))
         .await
         .expect("unbind");
-    let unbound = pubsub
-        .publish(proto::PublishRequest {
-            exchange: "amq.topic".into(),
-            routing_key: "invoice.new".into(),
-            message: Some(message("inv-3")),
-            ..proto::PublishRequest::default()
-        })
-        .await
-        .expect("publish")
-        .into_inner();
-    assert_eq!(unbound.routed, 0);
+    let unbound = publish_invoice(&mut pubsub, message("inv-3")).await;
+    assert_eq!(unbound, 0);
     queues
         .delete(DeleteQueueRequest {
             queue: "invoices".into(),

@@ -32,14 +32,19 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn publish_then_consume_a_queue_with_headers_properties_and_filters() {
-    let dir = tempfile::tempdir().expect("dir");
-    let server = support::start_listening(dir.path(), &[], &["amqp", "http", "grpc"]);
+/// Starts the server with its native API; it, the API's address and the management URL.
+fn start(dir: &std::path::Path) -> (std::process::Child, String, String) {
+    let server = support::start_listening(dir, &[], &["amqp", "http", "grpc"]);
     let grpc = server.addresses["grpc"].clone();
     let lines = server.lines;
     std::thread::spawn(move || lines.for_each(drop));
-    let api = format!("http://{}", server.http);
+    (server.child, grpc, format!("http://{}", server.http))
+}
+
+#[test]
+fn publish_then_consume_a_queue_with_headers_properties_and_filters() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (server, grpc, api) = start(dir.path());
     let declared = Command::new(env!("CARGO_BIN_EXE_postino"))
         .args(["--url", &api, "queues", "declare", "orders"])
         .output()
@@ -196,17 +201,13 @@ fn publish_then_consume_a_queue_with_headers_properties_and_filters() {
         .output()
         .expect("publish");
     assert_eq!(unreachable.status.code(), Some(1));
-    support::stop(server.child);
+    support::stop(server);
 }
 
 #[test]
 fn publish_to_a_stream_then_follow_it_from_offsets_and_in_a_group() {
     let dir = tempfile::tempdir().expect("dir");
-    let server = support::start_listening(dir.path(), &[], &["amqp", "http", "grpc"]);
-    let grpc = server.addresses["grpc"].clone();
-    let lines = server.lines;
-    std::thread::spawn(move || lines.for_each(drop));
-    let api = format!("http://{}", server.http);
+    let (server, grpc, api) = start(dir.path());
     let declared = Command::new(env!("CARGO_BIN_EXE_postino"))
         .args(["--url", &api, "queues", "declare", "clicks"])
         .args(["--argument", "x-queue-type=stream"])
@@ -259,5 +260,5 @@ fn publish_to_a_stream_then_follow_it_from_offsets_and_in_a_group() {
     let resumed = consume(&["--group", "billing", "--from", "earliest", "--count", "1"]);
     assert_eq!(resumed[0]["offset"], 2);
     assert_eq!(resumed[0]["body"], "pay");
-    support::stop(server.child);
+    support::stop(server);
 }
