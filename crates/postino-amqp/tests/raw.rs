@@ -1,5 +1,6 @@
 //! The AMQP listener driven by hand-written frames, for what client libraries do not do:
-//! a wrong protocol header, a silent peer, a frame over frame-max.
+//! a wrong protocol header, a silent peer, a frame over frame-max, a client that vanishes in
+//! the middle of a publish.
 
 #[expect(
     dead_code,
@@ -9,8 +10,9 @@ mod support;
 
 use std::time::Duration;
 
+use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame};
-use amq_protocol::protocol::{AMQPClass, connection};
+use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel, connection};
 use amq_protocol::types::{FieldTable, LongString, ShortString};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -120,4 +122,137 @@ async fn a_frame_over_frame_max_closes_the_connection_with_501() {
         received.windows(close.len()).any(|window| window == close),
         "connection.close 501 was sent"
     );
+}
+
+#[tokio::test]
+async fn a_client_vanishing_mid_publish_leaves_no_partial_message_and_gets_its_deliveries_requeued()
+{
+    let dir = tempfile::tempdir().expect("dir");
+    let (address, broker) = support::listen(Some(dir.path())).await;
+    let uri = format!("amqp://guest:guest@{address}/%2f");
+    let connection = support::connect(&uri).await;
+    let publisher = connection.create_channel().await.expect("channel");
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    publisher
+        .queue_declare(
+            "vanish".into(),
+            durable,
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    publisher
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for index in 0..3 {
+        let confirmation = publisher
+            .basic_publish(
+                "".into(),
+                "vanish".into(),
+                lapin::options::BasicPublishOptions::default(),
+                format!("whole {index}").as_bytes(),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirmation.is_ack());
+    }
+    let queue = broker
+        .vhost("/")
+        .and_then(|host| host.queue("vanish"))
+        .expect("the queue");
+
+    // A raw client takes the three messages without acking them, then starts a publish of
+    // 1,000 bytes, sends half the body, and vanishes.
+    let mut socket = TcpStream::connect(address).await.expect("connect");
+    let mut bytes = handshake(0);
+    bytes.extend(frames(&[
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        ),
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: ShortString::from("vanish"),
+                consumer_tag: ShortString::from("raw"),
+                no_local: false,
+                no_ack: false,
+                exclusive: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        ),
+    ]));
+    socket.write_all(&bytes).await.expect("consume");
+    let mut unacked = 0;
+    for _ in 0..500 {
+        unacked = queue.stats().await.expect("stats").unacked;
+        if unacked == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(unacked, 3, "the raw consumer holds the three messages");
+    let mut partial = frames(&[
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: ShortString::from(""),
+                routing_key: ShortString::from("vanish"),
+                mandatory: false,
+                immediate: false,
+            })),
+        ),
+        AMQPFrame::Header(
+            1,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: 1_000,
+                properties: BasicProperties::default().with_delivery_mode(2),
+            },
+        ),
+        AMQPFrame::Body(1, vec![b'x'; 500]),
+    ]);
+    // And the first bytes of another body frame, cut off.
+    partial.extend([3, 0, 1, 0, 0, 1, 0xf4, b'y', b'y']);
+    socket.write_all(&partial).await.expect("partial publish");
+    drop(socket);
+
+    let mut stats = queue.stats().await.expect("stats");
+    for _ in 0..500 {
+        if stats.unacked == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        stats = queue.stats().await.expect("stats");
+    }
+    assert_eq!(
+        (stats.ready, stats.unacked, stats.published),
+        (3, 0, 3),
+        "the deliveries are back and nothing of the partial publish was stored"
+    );
+    let consumer = connection.create_channel().await.expect("channel");
+    let mut bodies = Vec::new();
+    while let Some(got) = consumer
+        .basic_get(
+            "vanish".into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("get")
+    {
+        assert!(
+            got.delivery.redelivered,
+            "a requeued message is redelivered"
+        );
+        bodies.push(String::from_utf8(got.delivery.data).expect("utf-8"));
+    }
+    assert_eq!(bodies, ["whole 0", "whole 1", "whole 2"]);
 }

@@ -11,6 +11,7 @@ use postino_types::{HeaderValue, Headers};
 use serde_json::{Map, Value, json};
 
 use crate::error::CoreError;
+use crate::owner::QueueHandle;
 use crate::topology::{Binding, Destination, ExchangeKind, ExchangeSpec};
 use crate::vhost::{QueueEntry, QueueSpec, State, VirtualHost};
 
@@ -73,7 +74,12 @@ pub(crate) fn load(host: &VirtualHost, path: &Path) -> Result<(), CoreError> {
             arguments: headers_from_json(&queue["arguments"]),
         };
         let name = text_of(&queue, "name");
-        let handle = host.start_queue(&name, &spec)?;
+        // A queue whose log does not open stays declared (and saved) but stopped: the others
+        // run, and a restart once the fault is gone opens it with everything it holds.
+        let handle = host.start_queue(&name, &spec).unwrap_or_else(|error| {
+            tracing::error!(queue = %name, %error, "queue did not open; it stays stopped until a restart opens it");
+            QueueHandle::stopped_queue(&name)
+        });
         let mut state = host.lock();
         state.topology.add_queue(&name);
         state.queues.insert(

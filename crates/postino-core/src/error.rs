@@ -90,9 +90,19 @@ pub enum CoreError {
     /// A partition's owner task has stopped (the stream was deleted or its log failed).
     #[error("partition {stream}/{partition} is not running")]
     PartitionStopped { stream: String, partition: u32 },
-    /// The queue's log failed (AMQP 541 internal-error; the queue stops).
+    /// The log failed (AMQP 541 internal-error; the queue stops), or the file system is full
+    /// (AMQP 506 resource-error; nothing was stored).
     #[error("storage: {0}")]
     Storage(#[from] LogError),
+}
+
+impl CoreError {
+    /// Whether the write was refused because the file system is full: nothing of it was
+    /// stored, and the same write succeeds once space is freed.
+    #[must_use]
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, CoreError::Storage(LogError::NoSpace { .. }))
+    }
 }
 
 /// Why a consumer-group request was refused.

@@ -186,6 +186,17 @@ impl QueueHandle {
         Self { name, mailbox }
     }
 
+    /// A handle of a queue whose owner never started (its log did not open): every call
+    /// answers `QueueStopped`.
+    #[must_use]
+    pub fn stopped_queue(name: &str) -> Self {
+        let (mailbox, _) = mpsc::channel(1);
+        Self {
+            name: name.into(),
+            mailbox,
+        }
+    }
+
     /// The queue's name.
     #[must_use]
     pub fn name(&self) -> &str {

@@ -395,3 +395,100 @@ fn purge_removes_ready_messages_for_good_and_leaves_the_unacked() {
     let queue = file_queue(dir.path());
     assert_eq!(queue.stats().ready, 1, "only the unacked one comes back");
 }
+
+#[test]
+fn a_full_file_system_refuses_publishes_keeps_acks_and_the_queue_resumes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let fs = postino_storage::fault::FaultyFs::new(postino_storage::fs::RealFs);
+    let faults = fs.faults();
+    let config = LogConfig {
+        segment_bytes_max: 4096,
+        batch_bytes_max: 4096,
+        ..LogConfig::default()
+    };
+    let log = FileLog::open_with(
+        dir.path(),
+        config,
+        std::sync::Arc::new(fs),
+        std::sync::Arc::new(postino_types::SystemClock),
+    )
+    .expect("log");
+    let mut queue =
+        QueueEngine::open("q", log, QueueOptions::default(), QueueStore::default()).expect("queue");
+    for index in 0..4 {
+        queue
+            .publish(0, message(&format!("p{index}")))
+            .expect("publish")
+            .durable
+            .wait()
+            .expect("durable");
+    }
+    let pushes = queue.consume(0, 1, prefetch(2)).expect("consume");
+    faults.full(true);
+    let refused = queue.publish(0, message("refused")).expect_err("full");
+    assert!(refused.is_no_space(), "{refused}");
+    queue
+        .settle(0, &[id_of(&pushes[0])], Outcome::Accept)
+        .expect("an ack is taken while the file system is full");
+    assert_eq!(
+        queue.stats().ready,
+        1,
+        "p3 (p2 went to the consumer); the refused publish is not there"
+    );
+    faults.full(false);
+    queue
+        .settle(0, &[id_of(&pushes[1])], Outcome::Accept)
+        .expect("ack");
+    let last = queue.publish(0, message("after")).expect("space is back");
+    last.durable.wait().expect("durable");
+    queue.into_log().close().expect("close");
+    let mut queue = file_queue(dir.path());
+    let pushes = queue.consume(0, 1, prefetch(0)).expect("consume");
+    assert_eq!(
+        pushes.iter().map(body).collect::<Vec<_>>(),
+        ["p2", "p3", "after"],
+        "both acks were written once space was back (p2 was unacked); the refused publish never was"
+    );
+}
+
+#[test]
+fn a_read_error_keeps_what_was_delivered_before_it_and_fifo_order() {
+    let dir = tempfile::tempdir().expect("dir");
+    let open = || {
+        let fs = postino_storage::fault::FaultyFs::new(postino_storage::fs::RealFs);
+        let faults = fs.faults();
+        let log = FileLog::open_with(
+            dir.path(),
+            LogConfig::default(),
+            std::sync::Arc::new(fs),
+            std::sync::Arc::new(postino_types::SystemClock),
+        )
+        .expect("log");
+        let queue = QueueEngine::open("q", log, QueueOptions::default(), QueueStore::default())
+            .expect("queue");
+        (queue, faults)
+    };
+    let (mut queue, _) = open();
+    for index in 0..200 {
+        queue
+            .publish(0, message(&format!("p{index:03}")))
+            .expect("publish");
+    }
+    queue.into_log().close().expect("close");
+    // Reopened, nothing is hot: deliveries read the log, and every read flips a bit in its
+    // middle, so the batches before the flip decode and the one holding it does not.
+    let (mut queue, faults) = open();
+    faults.flip_reads(true);
+    let first = queue
+        .consume(0, 1, prefetch(0))
+        .expect("what was read before the bad batch is delivered");
+    assert!(!first.is_empty() && first.len() < 200, "{}", first.len());
+    faults.flip_reads(false);
+    let rest = queue
+        .publish(0, message("p200"))
+        .expect("the publish is stored")
+        .pushes;
+    let bodies: Vec<String> = first.iter().chain(&rest).map(body).collect();
+    let expected: Vec<String> = (0..=200).map(|index| format!("p{index:03}")).collect();
+    assert_eq!(bodies, expected, "every message once, in order");
+}

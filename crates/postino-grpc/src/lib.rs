@@ -198,7 +198,9 @@ pub fn status_of(error: &CoreError) -> Status {
         CoreError::ResourceLocked { .. } => Status::aborted(text),
         CoreError::CorruptMessage { .. } => Status::data_loss(text),
         CoreError::Definitions { .. } => Status::internal(text),
-        // A storage failure leaves the outcome of a write unknown: never "not stored".
+        // A full file system kept nothing of the write; any other storage failure leaves its
+        // outcome unknown: never "not stored".
+        CoreError::Storage(_) if error.is_no_space() => Status::resource_exhausted(text),
         CoreError::Storage(_) => Status::unknown(format!("outcome unknown: {text}")),
     }
 }

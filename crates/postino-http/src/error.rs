@@ -78,6 +78,9 @@ impl From<CoreError> for ApiError {
             CoreError::QueueStopped { .. } | CoreError::PartitionStopped { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
+            CoreError::Storage(_) if error.is_no_space() => {
+                (StatusCode::INSUFFICIENT_STORAGE, "no_space")
+            }
             CoreError::Definitions { .. }
             | CoreError::CorruptMessage { .. }
             | CoreError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),

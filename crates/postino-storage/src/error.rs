@@ -30,6 +30,10 @@ pub enum LogError {
         position: u64,
         reason: String,
     },
+    /// The file system has no room for the write (`ENOSPC`, `EDQUOT`). Nothing of it was kept
+    /// and the log still accepts writes: the same append succeeds once space is freed.
+    #[error("no space left for {path}: nothing was written")]
+    NoSpace { path: PathBuf },
     /// An earlier write or sync failed; the log refuses everything until it is reopened, so that
     /// no append can look durable when it is not.
     #[error("log failed and accepts no more writes until reopened: {reason}")]
@@ -63,6 +67,14 @@ impl LogError {
             });
         }
         Ok(())
+    }
+
+    /// Whether `error` says the file system (or the user's quota) is full.
+    pub(crate) fn is_no_space(error: &io::Error) -> bool {
+        matches!(
+            error.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        )
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {

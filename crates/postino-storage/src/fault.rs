@@ -1,5 +1,6 @@
-//! A fault-injecting [`Fs`] for tests: short writes, failed syncs and bit flips on read, switched
-//! on and off while a log runs on top of it.
+//! A fault-injecting [`Fs`] for tests: short writes, a full file system, failed syncs and bit
+//! flips on read, switched on and off while a log runs on top of it, for every file or only
+//! those whose path contains a given fragment (one queue's directory, say).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,10 @@ use crate::fs::{Fs, SegmentFile};
 pub struct Faults {
     fail_syncs: AtomicBool,
     short_writes: AtomicBool,
+    full: AtomicBool,
     flip_reads: AtomicBool,
+    /// Faults apply to paths containing this, or to every path when `None`.
+    scope: Mutex<Option<String>>,
     held: Mutex<bool>,
     released: Condvar,
     syncs_started: AtomicU64,
@@ -31,9 +35,34 @@ impl Faults {
         self.short_writes.store(on, Ordering::SeqCst);
     }
 
+    /// While on, the file system is full: every segment write stores its first half and then
+    /// fails with `ENOSPC`, and preallocation fails the same way.
+    pub fn full(&self, on: bool) {
+        self.full.store(on, Ordering::SeqCst);
+    }
+
     /// Every later segment read returns its bytes with one bit flipped while on.
     pub fn flip_reads(&self, on: bool) {
         self.flip_reads.store(on, Ordering::SeqCst);
+    }
+
+    /// Limits every fault to the files (and directories) whose path contains `fragment`;
+    /// `None` applies them everywhere again.
+    pub fn scope(&self, fragment: Option<&str>) {
+        *self.scope.lock().unwrap_or_else(PoisonError::into_inner) = fragment.map(str::to_owned);
+    }
+
+    /// Whether `switch` is on for `path`.
+    fn on(&self, switch: &AtomicBool, path: &Path) -> bool {
+        switch.load(Ordering::SeqCst) && self.applies(path)
+    }
+
+    fn applies(&self, path: &Path) -> bool {
+        self.scope
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_deref()
+            .is_none_or(|fragment| path.to_string_lossy().contains(fragment))
     }
 
     /// While on, every sync waits at its start until switched off again: a test can make
@@ -55,17 +84,18 @@ impl Faults {
         self.syncs.load(Ordering::SeqCst)
     }
 
-    fn sync(&self) -> io::Result<()> {
+    fn sync(&self, path: &Path) -> io::Result<()> {
         self.syncs_started.fetch_add(1, Ordering::SeqCst);
+        let applies = self.applies(path);
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        while *held {
+        while *held && applies {
             held = self
                 .released
                 .wait(held)
                 .unwrap_or_else(PoisonError::into_inner);
         }
         drop(held);
-        if self.fail_syncs.load(Ordering::SeqCst) {
+        if applies && self.fail_syncs.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected fsync failure"));
         }
         self.syncs.fetch_add(1, Ordering::SeqCst);
@@ -99,30 +129,35 @@ impl<F: Fs> FaultyFs<F> {
 #[derive(Debug)]
 struct FaultyFile {
     inner: Arc<dyn SegmentFile>,
+    path: PathBuf,
     faults: Arc<Faults>,
 }
 
 impl SegmentFile for FaultyFile {
     fn write_all_at(&self, parts: &[&[u8]], position: u64) -> io::Result<()> {
-        if !self.faults.short_writes.load(Ordering::SeqCst) {
+        let failure = if self.faults.on(&self.faults.full, &self.path) {
+            io::Error::from(io::ErrorKind::StorageFull)
+        } else if self.faults.on(&self.faults.short_writes, &self.path) {
+            io::Error::other("injected short write")
+        } else {
             return self.inner.write_all_at(parts, position);
-        }
+        };
         let whole: Vec<u8> = parts.concat();
         self.inner
             .write_all_at(&[&whole[..whole.len() / 2]], position)?;
-        Err(io::Error::other("injected short write"))
+        Err(failure)
     }
 
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
         let read = self.inner.read_at(buf, position)?;
-        if read > 0 && self.faults.flip_reads.load(Ordering::SeqCst) {
+        if read > 0 && self.faults.on(&self.faults.flip_reads, &self.path) {
             buf[read / 2] ^= 0x04;
         }
         Ok(read)
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.faults.sync()?;
+        self.faults.sync(&self.path)?;
         self.inner.sync_data()
     }
 
@@ -135,6 +170,9 @@ impl SegmentFile for FaultyFile {
     }
 
     fn preallocate(&self, length: u64) -> io::Result<()> {
+        if self.faults.on(&self.faults.full, &self.path) {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
         self.inner.preallocate(length)
     }
 
@@ -151,6 +189,7 @@ impl<F: Fs> Fs for FaultyFs<F> {
     fn open(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
         Ok(Arc::new(FaultyFile {
             inner: self.inner.open(path)?,
+            path: path.to_owned(),
             faults: Arc::clone(&self.faults),
         }))
     }
@@ -176,7 +215,7 @@ impl<F: Fs> Fs for FaultyFs<F> {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.faults.sync()?;
+        self.faults.sync(dir)?;
         self.inner.sync_dir(dir)
     }
 

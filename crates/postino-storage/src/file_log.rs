@@ -19,7 +19,7 @@ use tracing::{error, info};
 use crate::batch::Batch;
 use crate::config::{Durability, LogConfig, SegmentShape};
 use crate::error::LogError;
-use crate::fs::{Fs, RealFs};
+use crate::fs::{Fs, process_fs};
 use crate::segment::{Segment, parse_log_name};
 use crate::sync::Syncer;
 use crate::{Appended, Log};
@@ -57,13 +57,14 @@ pub struct FileLog {
 }
 
 impl FileLog {
-    /// Opens (or creates) the log in `dir` on the real file system and clock.
+    /// Opens (or creates) the log in `dir` on the real clock and the real file system (or the
+    /// one [`crate::fs::set_process_fs`] set).
     ///
     /// # Errors
     /// [`LogError::Config`] for unusable settings, [`LogError::Locked`] when another process has
     /// the directory open, storage errors.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Self, LogError> {
-        Self::open_with(dir, config, Arc::new(RealFs), Arc::new(SystemClock))
+        Self::open_with(dir, config, process_fs(), Arc::new(SystemClock))
     }
 
     /// Opens (or creates) the log in `dir` with the given file system and clock.
@@ -206,13 +207,9 @@ impl FileLog {
 
     fn roll(&mut self, now_ms: i64) -> Result<(), LogError> {
         let fs = Arc::clone(&self.fs);
-        let active = self
-            .segments
-            .last_mut()
-            .expect("a log always has an active segment");
-        active.seal(fs.as_ref());
-        // Under `fsync` and `interval`, a segment is on disk whole before any byte goes to the
-        // next one, so that recovery never finds a torn sealed segment (see storage-format.md).
+        let active = self.active();
+        // Under `fsync` and `interval`, a segment is on disk whole before the next one exists,
+        // so that recovery never finds a torn sealed segment (see storage-format.md).
         let synced = match self.config.durability {
             Durability::None => Ok(()),
             Durability::Fsync | Durability::Interval(_) => active
@@ -222,14 +219,25 @@ impl FileLog {
         };
         let next = active.next;
         synced.map_err(|error| self.fail(error))?;
-        let mut segment = Segment::create(
+        // The new segment is made before the old one is sealed: when the file system is full,
+        // the old one stays active and the log as it was.
+        let mut segment = match Segment::create(
             fs.as_ref(),
             &self.dir,
             next,
             self.config.index_interval_bytes,
-        )
-        .map_err(|error| self.fail(error))?;
+        ) {
+            Ok(segment) => segment,
+            Err(LogError::Io { path, source, .. }) if LogError::is_no_space(&source) => {
+                return Err(LogError::NoSpace { path });
+            }
+            Err(error) => return Err(self.fail(error)),
+        };
         segment.reserve_ahead(self.config.preallocate_bytes, self.config.segment_bytes_max);
+        self.segments
+            .last_mut()
+            .expect("a log always has an active segment")
+            .seal(fs.as_ref());
         self.segments.push(segment);
         self.syncer.dir_changed();
         self.active_since_ms = now_ms;
@@ -292,6 +300,13 @@ impl Log for FileLog {
             .last_mut()
             .expect("a log always has an active segment");
         if let Err(source) = active.append(base, &header, batch) {
+            // A full file system refused the write: once its partial bytes are cut, the log
+            // is as it was and stays open for when space is freed.
+            if LogError::is_no_space(&source) && active.cut_failed_append().is_ok() {
+                return Err(LogError::NoSpace {
+                    path: active.path().to_path_buf(),
+                });
+            }
             let error = LogError::io("append to", active.path(), source);
             return Err(self.fail(error));
         }

@@ -8,7 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// An open segment file: positioned reads and writes, data sync, length changes.
 pub trait SegmentFile: Send + Sync + fmt::Debug {
@@ -97,6 +97,26 @@ pub trait Fs: Send + Sync + fmt::Debug {
     /// # Errors
     /// The operating system's error.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+}
+
+/// The file system [`crate::FileLog::open`] uses, when one was set for the process.
+static PROCESS_FS: OnceLock<Arc<dyn Fs>> = OnceLock::new();
+
+/// Makes every later [`crate::FileLog::open`] in this process use `fs` instead of the real
+/// file system: how a whole broker runs on a [`crate::fault::FaultyFs`]. It can be set once;
+/// a second call gives `fs` back.
+///
+/// # Errors
+/// `fs` itself when a file system was set already.
+pub fn set_process_fs(fs: Arc<dyn Fs>) -> Result<(), Arc<dyn Fs>> {
+    PROCESS_FS.set(fs)
+}
+
+/// The process's file system: the one [`set_process_fs`] set, else the real one.
+pub(crate) fn process_fs() -> Arc<dyn Fs> {
+    PROCESS_FS
+        .get()
+        .map_or_else(|| Arc::new(RealFs) as Arc<dyn Fs>, Arc::clone)
 }
 
 /// The real file system.

@@ -304,11 +304,24 @@ impl Segment {
         let target = (end + self.reserve_step_bytes).min(self.reserve_limit_bytes.max(end));
         match self.file.preallocate(target) {
             Ok(()) => self.reserved_bytes = target,
+            // A full file system: the write itself will tell; reserve again when space is back.
+            Err(error) if LogError::is_no_space(&error) => {
+                debug!(path = %self.path.display(), %error, "no space to preallocate");
+            }
             Err(error) => {
                 debug!(path = %self.path.display(), %error, "preallocation not available");
                 self.reserve_step_bytes = 0;
             }
         }
+    }
+
+    /// Cuts what a failed append left past the last whole batch, so that the file ends where
+    /// the index says it does.
+    pub(crate) fn cut_failed_append(&mut self) -> io::Result<()> {
+        self.file.set_len(self.size)?;
+        // Shortening a file frees the blocks past its end, reserved ones included.
+        self.reserved_bytes = 0;
+        Ok(())
     }
 
     /// Records a batch that sits at `position` in the file.

@@ -110,6 +110,62 @@ fn a_short_write_fails_the_append_and_reopen_cuts_the_torn_batch() {
 }
 
 #[test]
+fn a_full_file_system_refuses_appends_without_failing_the_log() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut log, faults) = open(dir.path(), small_segments());
+    let append = |log: &mut FileLog, tag: u64| {
+        log.append(&mut batch(tag, 2, 1))
+            .expect("append")
+            .durable
+            .wait()
+            .expect("durable");
+    };
+    // Fill the second segment exactly as full as the first, so that the next append rolls.
+    let mut tags = 0;
+    while log.segment_count() < 2 {
+        append(&mut log, tags);
+        tags += 1;
+    }
+    for _ in 1..tags - 1 {
+        append(&mut log, tags);
+        tags += 1;
+    }
+    let next = log.next_offset();
+    faults.full(true);
+    for tag in 100..120 {
+        assert!(
+            matches!(
+                log.append(&mut batch(tag, 2, 1)),
+                Err(LogError::NoSpace { .. })
+            ),
+            "a full file system refuses every append, the one that rolls included"
+        );
+    }
+    assert_eq!(log.segment_count(), 3, "the append rolled");
+    assert_eq!(log.next_offset(), next, "nothing was taken");
+    faults.full(false);
+    let resumed = log.append(&mut batch(tags, 2, 1)).expect("space is back");
+    assert_eq!(resumed.base_offset, next);
+    resumed.durable.wait().expect("durable");
+    tags += 1;
+    drop(log);
+    let (log, _) = open(dir.path(), small_segments());
+    assert_eq!(log.report().truncated_bytes, 0, "no partial batch was left");
+    assert_eq!(log.next_offset(), Offset(tags * 2));
+    let values: Vec<String> = read_all(&log)
+        .iter()
+        .flat_map(|batch| batch.records().expect("records"))
+        .map(|record| {
+            String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned()
+        })
+        .collect();
+    let expected: Vec<String> = (0..tags)
+        .flat_map(|tag| (0..2).map(move |index| format!("batch {tag} record {index}")))
+        .collect();
+    assert_eq!(values, expected);
+}
+
+#[test]
 fn bit_flips_on_read_are_errors_never_data() {
     let dir = tempfile::tempdir().expect("dir");
     let (mut log, faults) = open(dir.path(), LogConfig::default());
@@ -195,4 +251,48 @@ fn appends_that_arrive_during_a_sync_share_the_next_one() {
         "one sync for the first append, one for the hundred that arrived during it"
     );
     assert_eq!(log.durable_offset(), Offset(101));
+}
+
+#[test]
+fn scoped_faults_hit_only_the_logs_under_their_fragment() {
+    let dir = tempfile::tempdir().expect("dir");
+    let fs = Arc::new(FaultyFs::new(RealFs));
+    let faults = fs.faults();
+    let open = |name: &str| {
+        FileLog::open_with(
+            dir.path().join(name),
+            LogConfig::default(),
+            Arc::clone(&fs) as Arc<dyn postino_storage::fs::Fs>,
+            Arc::new(SystemClock),
+        )
+        .expect("open")
+    };
+    let (mut hit, mut spared) = (open("queues/hit"), open("queues/spared"));
+    faults.scope(Some("queues/hit"));
+    faults.fail_syncs(true);
+    let failed = hit.append(&mut batch(1, 1, 1)).expect("the write succeeds");
+    assert!(matches!(
+        failed.durable.wait(),
+        Err(LogError::Failed { .. })
+    ));
+    for tag in 0..3 {
+        spared
+            .append(&mut batch(tag, 1, 1))
+            .expect("append")
+            .durable
+            .wait()
+            .expect("a log outside the scope keeps syncing");
+    }
+    faults.scope(None);
+    assert!(
+        matches!(
+            spared
+                .append(&mut batch(9, 1, 1))
+                .expect("append")
+                .durable
+                .wait(),
+            Err(LogError::Failed { .. })
+        ),
+        "without a scope the fault applies everywhere"
+    );
 }

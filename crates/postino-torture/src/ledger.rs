@@ -30,6 +30,13 @@ pub struct Ledger {
     committed: HashSet<Id>,
     /// Stream records confirmed at a position, and the key's producer order.
     records: BTreeMap<(u32, u64), Id>,
+    /// Publishes answered so far per queue: confirmed, refused.
+    answers: HashMap<String, (u64, u64)>,
+    /// Deliveries so far per queue.
+    delivered_to: HashMap<String, u64>,
+    /// Queues where a refusal leaves the outcome unknown (a failed sync: the bytes may be on
+    /// disk all the same).
+    uncertain: HashSet<String>,
     /// Violations seen as they happened.
     corrupt: u64,
     resurrected: u64,
@@ -43,6 +50,8 @@ pub struct Report {
     pub unknown: u64,
     pub unknown_present: u64,
     pub refused: u64,
+    /// Refused publishes that were delivered all the same: a refusal must mean "not stored".
+    pub refused_present: u64,
     pub delivered: u64,
     pub lost: u64,
     /// Deliveries again of a message whose plain ack may not have reached the broker: what
@@ -61,6 +70,7 @@ impl Report {
     /// Whether any promise was broken.
     pub fn violations(&self) -> u64 {
         self.lost
+            + self.refused_present
             + self.resurrected
             + self.out_of_order
             + self.corrupt
@@ -73,7 +83,7 @@ impl fmt::Display for Report {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             out,
-            "confirmed {} (lost {}), unknown outcome {} ({} present), refused {}, \
+            "confirmed {} (lost {}), unknown outcome {} ({} present), refused {} ({} present), \
              delivered {} (redelivered as at-least-once allows {}, after a committed ack {}), \
              out of order {}, corrupt {}; stream records confirmed {} (lost {}, misplaced {})",
             self.confirmed,
@@ -81,6 +91,7 @@ impl fmt::Display for Report {
             self.unknown,
             self.unknown_present,
             self.refused,
+            self.refused_present,
             self.delivered,
             self.redelivered,
             self.resurrected,
@@ -102,17 +113,45 @@ impl Ledger {
 
     /// The broker confirmed (`true`) or refused a publish.
     pub fn answered(&mut self, id: Id, confirmed: bool) {
-        if let Some((_, outcome)) = self.publishes.get_mut(&id) {
-            *outcome = if confirmed {
-                Outcome::Confirmed
+        if let Some((queue, outcome)) = self.publishes.get_mut(&id) {
+            let answers = self.answers.entry(queue.clone()).or_default();
+            if confirmed {
+                answers.0 += 1;
+                *outcome = Outcome::Confirmed;
             } else {
-                Outcome::Refused
-            };
+                answers.1 += 1;
+                if !self.uncertain.contains(queue.as_str()) {
+                    *outcome = Outcome::Refused;
+                }
+            }
         }
+    }
+
+    /// Refusals from `queue` leave the outcome unknown from now on.
+    pub fn uncertain(&mut self, queue: &str) {
+        self.uncertain.insert(queue.to_owned());
+    }
+
+    /// Publishes confirmed and refused so far.
+    pub fn answers(&self) -> (u64, u64) {
+        self.answers.values().fold((0, 0), |sum, answers| {
+            (sum.0 + answers.0, sum.1 + answers.1)
+        })
+    }
+
+    /// Publishes to `queue` confirmed and refused so far.
+    pub fn answers_for(&self, queue: &str) -> (u64, u64) {
+        self.answers.get(queue).copied().unwrap_or_default()
+    }
+
+    /// Deliveries from `queue` so far.
+    pub fn delivered_from(&self, queue: &str) -> u64 {
+        self.delivered_to.get(queue).copied().unwrap_or_default()
     }
 
     /// A delivery from `queue` with `body`; `None` when the body is corrupt.
     pub fn delivered(&mut self, queue: &str, id: Option<Id>) -> Option<Id> {
+        *self.delivered_to.entry(queue.to_owned()).or_default() += 1;
         let Some(id) = id else {
             self.corrupt += 1;
             return None;
@@ -171,7 +210,10 @@ impl Ledger {
                     report.unknown += 1;
                     report.unknown_present += u64::from(seen > 0);
                 }
-                Outcome::Refused => report.refused += 1,
+                Outcome::Refused => {
+                    report.refused += 1;
+                    report.refused_present += u64::from(seen > 0);
+                }
             }
         }
         for count in self.deliveries.values() {
@@ -206,6 +248,10 @@ mod tests {
         for seq in 0..4 {
             ledger.sent(id(1, seq), "q");
         }
+        // Refused, yet delivered.
+        ledger.sent(id(2, 0), "q");
+        ledger.answered(id(2, 0), false);
+        ledger.delivered("q", Some(id(2, 0)));
         ledger.answered(id(1, 0), true);
         ledger.answered(id(1, 1), true);
         ledger.answered(id(1, 2), true);
@@ -219,10 +265,14 @@ mod tests {
         ledger.record_confirmed((0, 0), id(9, 0));
         ledger.record_confirmed((0, 1), id(9, 1));
         ledger.record_read((0, 0), Some(id(9, 5)));
+        // Refused where a refusal is uncertain: unknown, not refused.
+        ledger.uncertain("q");
+        ledger.sent(id(3, 0), "q");
+        ledger.answered(id(3, 0), false);
         let report = ledger.report(&HashSet::from([(0, 0)]));
         assert_eq!(report.confirmed, 3);
         assert_eq!(report.lost, 1);
-        assert_eq!(report.unknown, 1);
+        assert_eq!(report.unknown, 2, "3 and the uncertain refusal");
         assert_eq!(report.unknown_present, 0);
         assert_eq!(report.resurrected, 1);
         assert_eq!(report.redelivered, 1);
@@ -230,6 +280,10 @@ mod tests {
         assert_eq!(report.corrupt, 1);
         assert_eq!(report.records_lost, 1);
         assert_eq!(report.records_misplaced, 1);
-        assert_eq!(report.violations(), 6);
+        assert_eq!((report.refused, report.refused_present), (1, 1));
+        assert_eq!(ledger.answers(), (3, 2));
+        assert_eq!(ledger.answers_for("q"), (3, 2));
+        assert_eq!(ledger.delivered_from("q"), 6);
+        assert_eq!(report.violations(), 7);
     }
 }

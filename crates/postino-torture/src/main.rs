@@ -10,6 +10,8 @@
 //! timing. Exit status 1 on any violation.
 
 mod body;
+mod disk;
+mod faults;
 mod ledger;
 mod server;
 mod storm;
@@ -53,6 +55,15 @@ struct Args {
     /// memory come back near its baseline.
     #[arg(long, default_value_t = 0)]
     storm: usize,
+    /// After the cycles, the disk-full test on a tmpfs of this many MiB (0: none; needs root
+    /// to mount it): publishers blocked by the free-space alarm, then refused on a full file
+    /// system, resuming each time space is freed, and nothing confirmed lost.
+    #[arg(long, default_value_t = 0)]
+    disk_full: u64,
+    /// After the cycles, storage faults under the running broker (a failed fsync, short
+    /// writes, bit flips on read) on one queue while the others run.
+    #[arg(long)]
+    faults: bool,
     /// Body size of every message.
     #[arg(long, default_value_t = 200)]
     message_bytes: usize,
@@ -134,6 +145,7 @@ fn run(args: &Args) -> Result<u64> {
     }
     server.start().context("start for the final drain")?;
     let addresses = server.addresses.clone();
+    runtime.block_on(workload::declare(&addresses))?;
     let read = runtime.block_on(workload::drain(&addresses, &ledger))?;
     let mut storm_violations = 0;
     if args.storm > 0 {
@@ -157,12 +169,53 @@ fn run(args: &Args) -> Result<u64> {
     }
     server.stop().context("the final clean stop")?;
     let report = workload::lock(&ledger).report(&read);
-    let violations = report.violations() + storm_violations;
+    let mut violations = report.violations() + storm_violations;
     println!(
         "postino-torture: seed {seed}, {} cycles in {:.1} s: {report}",
         args.cycles,
         began.elapsed().as_secs_f64()
     );
+    if args.disk_full > 0 {
+        let disk = disk::run(
+            &args.binary,
+            &run_dir,
+            &runtime,
+            args.disk_full,
+            args.message_bytes,
+        )
+        .context("the disk-full test")?;
+        println!(
+            "postino-torture: disk full on a {} MiB tmpfs: {} confirmations in the second after publishers were blocked, {} publishes refused while full; {}",
+            disk.mib, disk.confirmed_while_blocked, disk.refused_while_full, disk.checks
+        );
+        violations += disk.checks.violations();
+    }
+    if args.faults {
+        let faults = faults::run(&args.binary, &run_dir, &runtime, args.message_bytes)
+            .context("the storage-fault test")?;
+        for phase in &faults.writes {
+            println!(
+                "postino-torture: {} under one queue: {} publishes refused, the other queues confirmed {} meanwhile, {}; recovered after a restart",
+                phase.fault,
+                phase.refused,
+                phase.others_confirmed,
+                if phase.reported {
+                    "reported in the server log"
+                } else {
+                    "NOT REPORTED in the server log"
+                }
+            );
+            violations += u64::from(!phase.reported);
+        }
+        println!(
+            "postino-torture: flip_reads under one queue: {} deliveries while its reads were corrupt, the witness queue delivered {} meanwhile, {} after the flips stopped; {}",
+            faults.read.delivered_while_flipped,
+            faults.read.others_delivered,
+            faults.read.delivered_after,
+            faults.checks
+        );
+        violations += faults.checks.violations();
+    }
     let verdict = if violations == 0 { "PASS" } else { "FAIL" };
     println!("postino-torture: {verdict} ({violations} violations)");
     if violations > 0 && args.dir.is_none() {

@@ -61,6 +61,12 @@ impl Server {
         }
     }
 
+    /// The same server on another data directory (its log stays in the run directory).
+    pub fn with_data(mut self, data: PathBuf) -> Self {
+        self.data = data;
+        self
+    }
+
     /// Starts the server and waits until both listeners accept connections.
     pub fn start(&mut self) -> Result<()> {
         let log = OpenOptions::new()

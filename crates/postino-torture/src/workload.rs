@@ -37,7 +37,23 @@ const DRAIN_IDLE: Duration = Duration::from_secs(2);
 /// Concurrent native-API puts.
 const NATIVE_PUTTERS: u32 = 4;
 
+/// How long the broker has to react to a fault, or to its end.
+const REACT_WAIT: Duration = Duration::from_secs(60);
+
 pub type Shared = Arc<Mutex<Ledger>>;
+
+/// Waits until `ready` holds, or fails with `what` after [`REACT_WAIT`].
+pub async fn until(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let began = std::time::Instant::now();
+    while !ready() {
+        anyhow::ensure!(
+            began.elapsed() <= REACT_WAIT,
+            "{what} within {REACT_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
 
 pub fn lock(ledger: &Shared) -> MutexGuard<'_, Ledger> {
     ledger.lock().unwrap_or_else(PoisonError::into_inner)
@@ -47,7 +63,7 @@ fn every_queue() -> impl Iterator<Item = &'static str> {
     AMQP_QUEUES.iter().copied().chain([NATIVE_QUEUE, TX_QUEUE])
 }
 
-async fn amqp(addresses: &Addresses) -> Result<Connection> {
+pub async fn amqp(addresses: &Addresses) -> Result<Connection> {
     let uri = format!("amqp://guest:guest@{}/%2f", addresses.amqp);
     Connection::connect(&uri, ConnectionProperties::default())
         .await
@@ -90,6 +106,39 @@ pub fn spawn(
     first_publisher: u32,
     message_bytes: usize,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = spawn_publishers(addresses, ledger, first_publisher, message_bytes);
+    let (stream_addresses, stream_ledger, id) = (
+        addresses.clone(),
+        Arc::clone(ledger),
+        first_publisher + PUBLISHERS + 1,
+    );
+    tasks.push(tokio::spawn(async move {
+        let _ = produce(&stream_addresses, &stream_ledger, id, message_bytes).await;
+    }));
+    for queue in AMQP_QUEUES.iter().copied().chain([NATIVE_QUEUE]) {
+        let (addresses, ledger) = (addresses.clone(), Arc::clone(ledger));
+        tasks.push(tokio::spawn(async move {
+            let _ = consume(&addresses, &ledger, queue).await;
+        }));
+    }
+    let (addresses, ledger) = (addresses.clone(), Arc::clone(ledger));
+    tasks.push(tokio::spawn(async move {
+        let _ = consume_in_transactions(&addresses, &ledger).await;
+    }));
+    tasks
+}
+
+/// Publishers to queues [`spawn_publishers`] starts.
+pub const PUBLISHERS: u32 = 3 + NATIVE_PUTTERS;
+
+/// Starts the queue publishers alone (ids `first_publisher + 1` on): AMQP with confirms to
+/// each AMQP queue and the transactional one, and the native-API putters.
+pub fn spawn_publishers(
+    addresses: &Addresses,
+    ledger: &Shared,
+    first_publisher: u32,
+    message_bytes: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let mut publisher = first_publisher;
     let mut next_publisher = || {
@@ -108,25 +157,10 @@ pub fn spawn(
             let _ = put_native(&addresses, &ledger, id, message_bytes).await;
         }));
     }
-    let (stream_addresses, stream_ledger, id) =
-        (addresses.clone(), Arc::clone(ledger), next_publisher());
-    tasks.push(tokio::spawn(async move {
-        let _ = produce(&stream_addresses, &stream_ledger, id, message_bytes).await;
-    }));
-    for queue in AMQP_QUEUES.iter().copied().chain([NATIVE_QUEUE]) {
-        let (addresses, ledger) = (addresses.clone(), Arc::clone(ledger));
-        tasks.push(tokio::spawn(async move {
-            let _ = consume(&addresses, &ledger, queue).await;
-        }));
-    }
-    let (addresses, ledger) = (addresses.clone(), Arc::clone(ledger));
-    tasks.push(tokio::spawn(async move {
-        let _ = consume_in_transactions(&addresses, &ledger).await;
-    }));
     tasks
 }
 
-async fn publish_amqp(
+pub async fn publish_amqp(
     addresses: &Addresses,
     ledger: &Shared,
     publisher: u32,
@@ -213,7 +247,7 @@ async fn produce(
     Ok(())
 }
 
-async fn consume(addresses: &Addresses, ledger: &Shared, queue: &str) -> Result<()> {
+pub async fn consume(addresses: &Addresses, ledger: &Shared, queue: &str) -> Result<()> {
     let connection = amqp(addresses).await?;
     let channel = connection.create_channel().await?;
     channel.basic_qos(32, BasicQosOptions::default()).await?;

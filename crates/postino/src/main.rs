@@ -6,6 +6,7 @@
 mod admin;
 mod clients;
 mod config;
+mod faults;
 mod server;
 mod sim;
 mod tls;

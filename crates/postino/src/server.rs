@@ -132,6 +132,7 @@ fn serve(loaded: &Loaded) -> Result<()> {
         let path =
             fs::canonicalize(&config.server.data_dir).context("resolve the data directory")?;
         info!(path = %path.display(), version = env!("CARGO_PKG_VERSION"), "data directory ready");
+        crate::faults::install_from_env();
         let broker = Broker::open_with_default_user(
             Some(path),
             loaded.log_config()?,

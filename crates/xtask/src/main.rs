@@ -8,7 +8,8 @@
 //!   `cargo fuzz` on stable (`-s none`: no sanitizer, which needs nightly).
 //! - `bench [ARGS]`: `postino bench` built in release mode (e.g. `cargo xtask bench storage`).
 //! - `torture [--release] [ARGS]`: `postino-torture` on the `postino` binary (SIGKILL cycles
-//!   with independent checks; `docs/reliability.md`); `ci` runs a short one (3 cycles and a storm of 2,000 connections).
+//!   with independent checks; `docs/reliability.md`); `ci` runs a short one (3 cycles, a storm of 2,000 connections, the disk-full test on
+//!   64 MiB, storage faults under one queue).
 
 use std::env;
 use std::process::{Command, ExitCode};
@@ -89,7 +90,18 @@ fn ci() -> Result<(), String> {
         eprintln!("xtask: cargo-fuzz is not installed, fuzzing skipped (cargo install cargo-fuzz)");
     }
     test()?;
-    torture(&["--cycles", "3", "--storm", "2000"].map(str::to_owned))
+    torture(
+        &[
+            "--cycles",
+            "3",
+            "--storm",
+            "2000",
+            "--disk-full",
+            "64",
+            "--faults",
+        ]
+        .map(str::to_owned),
+    )
 }
 
 /// Builds `postino` and runs `postino-torture` on it with `args` (`--release` first builds

@@ -51,6 +51,7 @@ const SYNTAX_ERROR: u16 = 502;
 const COMMAND_INVALID: u16 = 503;
 const CHANNEL_ERROR: u16 = 504;
 const UNEXPECTED_FRAME: u16 = 505;
+const RESOURCE_ERROR: u16 = 506;
 const NOT_ALLOWED: u16 = 530;
 const NOT_IMPLEMENTED: u16 = 540;
 const INTERNAL_ERROR: u16 = 541;
@@ -82,6 +83,7 @@ fn reply_for(error: &CoreError) -> Fault {
         CoreError::TooManyLogins { .. } => Fault::Connection(ACCESS_REFUSED, text),
         CoreError::ResourceLocked { .. } => Fault::Channel(RESOURCE_LOCKED, text),
         CoreError::QueueStopped { .. } => Fault::Channel(NOT_FOUND, text),
+        CoreError::Storage(_) if error.is_no_space() => Fault::Channel(RESOURCE_ERROR, text),
         CoreError::Definitions { .. }
         | CoreError::CorruptMessage { .. }
         | CoreError::Storage(_) => Fault::Connection(INTERNAL_ERROR, text),

@@ -42,10 +42,23 @@ impl<L: Log> QueueEngine<L> {
     }
 
     /// Hands ready messages to waiting gets first, then to consumers, while someone can take
-    /// them; expired heads die on the way.
+    /// them; expired heads die on the way. A read error stops the round: what was handed out
+    /// before it is still answered (those messages are in flight now), and the error only when
+    /// nothing was.
     pub(super) fn deliver(&mut self, now_ms: i64) -> Result<Vec<Push>, CoreError> {
-        self.expire_heads(now_ms)?;
         let mut pushes = Vec::new();
+        match self.deliver_into(now_ms, &mut pushes) {
+            Err(error) if pushes.is_empty() => Err(error),
+            Err(error) => {
+                tracing::error!(queue = %self.name, %error, "queue failed while delivering");
+                Ok(pushes)
+            }
+            Ok(()) => Ok(pushes),
+        }
+    }
+
+    fn deliver_into(&mut self, now_ms: i64, pushes: &mut Vec<Push>) -> Result<(), CoreError> {
+        self.expire_heads(now_ms)?;
         let filtered = self.filtered();
         while let Some((level, offset)) = self.next_deliverable()? {
             self.read_ahead(offset)?;
@@ -70,13 +83,13 @@ impl<L: Log> QueueEngine<L> {
             };
             let Some(index) = self.choose_consumer(meta.bytes, head.as_ref()) else {
                 if head.is_some() {
-                    self.deliver_past_the_head(now_ms, &mut pushes)?;
+                    self.deliver_past_the_head(now_ms, pushes)?;
                 }
                 break;
             };
             pushes.push(self.give(now_ms, index, (level, offset))?);
         }
-        Ok(pushes)
+        Ok(())
     }
 
     /// Offers the first `FILTER_SCAN_MAX` ready messages to the consumers that can take them

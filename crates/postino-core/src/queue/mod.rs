@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
 use postino_storage::batch::{BatchBuilder, ControlKind, control_batch};
-use postino_storage::{Durable, Log, Offset};
+use postino_storage::{Durable, Log, LogError, Offset};
 use postino_types::{DeathReason, Message};
 
 pub use death::DeadLetter;
@@ -280,7 +280,12 @@ impl<L: Log> QueueEngine<L> {
         }
         self.enter(now_ms, id, message)?;
         self.totals.published += 1;
-        let pushes = self.finish(now_ms)?;
+        // The message is stored: a failure to deliver (a read error further up the queue) is
+        // the queue's, not this publish's, whose outcome must not be reported as a failure.
+        let pushes = self.finish(now_ms).unwrap_or_else(|error| {
+            tracing::error!(queue = %self.name, %error, "queue failed while delivering");
+            Vec::new()
+        });
         Ok(Published {
             id,
             duplicate: false,
@@ -782,22 +787,41 @@ impl<L: Log> QueueEngine<L> {
         }
     }
 
-    /// Expires heads, delivers, and persists what the call settled.
+    /// Expires heads, delivers, and persists what the call settled. Deliveries made are
+    /// answered even when persisting fails after them (they are in flight now).
     fn finish(&mut self, now_ms: i64) -> Result<Vec<Push>, CoreError> {
         let pushes = self.deliver(now_ms)?;
-        self.flush(now_ms)?;
-        Ok(pushes)
+        match self.flush(now_ms) {
+            Err(error) if pushes.is_empty() => Err(error),
+            Err(error) => {
+                tracing::error!(queue = %self.name, %error, "queue could not persist settlements");
+                Ok(pushes)
+            }
+            Ok(()) => Ok(pushes),
+        }
     }
 
     /// Appends one settlement record for everything the call settled, then deletes the log
-    /// segments that hold only settled records.
+    /// segments that hold only settled records. When the file system is full, the settlements
+    /// wait for the next call's record (acks were never promised durable: a restart meanwhile
+    /// redelivers them, as at-least-once allows), and the segments are deleted all the same,
+    /// which is what frees space.
     fn flush(&mut self, now_ms: i64) -> Result<(), CoreError> {
         if self.settled.is_empty() {
             return Ok(());
         }
         let settled = std::mem::take(&mut self.settled);
-        self.log
-            .append(&mut recovery::settlement_batch(&settled, now_ms))?;
+        match self
+            .log
+            .append(&mut recovery::settlement_batch(&settled, now_ms))
+        {
+            Ok(_) => {}
+            Err(LogError::NoSpace { .. }) => {
+                tracing::debug!(queue = %self.name, settled = settled.len(), "no space for settlements; they wait for the next record");
+                self.settled = settled;
+            }
+            Err(error) => return Err(error.into()),
+        }
         self.reclaim()
     }
 
