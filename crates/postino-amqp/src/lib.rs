@@ -42,6 +42,9 @@ pub struct Limits {
     pub heartbeat_s: u16,
     /// Largest message body accepted (128 MiB, RabbitMQ 3's `max_message_size`).
     pub body_bytes_max: u64,
+    /// How long a client has from connecting to an open connection (TLS handshake, protocol
+    /// header, `connection.open`) before it is dropped: RabbitMQ's `handshake_timeout`, 10 s.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -51,6 +54,7 @@ impl Default for Limits {
             channel_max: 2_047,
             heartbeat_s: 60,
             body_bytes_max: 128 << 20,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -100,9 +104,6 @@ pub async fn serve_tls(
     accept(listener, broker, limits, Some(acceptor)).await;
 }
 
-/// How long a client has to complete its TLS handshake.
-const HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
-
 async fn accept(
     listener: TcpListener,
     broker: Arc<Broker>,
@@ -145,18 +146,22 @@ async fn accept(
                     session::run(socket, broker, replies, listed, limits).await
                 }
                 Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(HANDSHAKE_WAIT, acceptor.accept(socket)).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(error)) => {
-                                info!(%peer, %error, "amqps handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                info!(%peer, "amqps handshake timed out");
-                                return;
-                            }
-                        };
+                    let stream = match tokio::time::timeout(
+                        limits.handshake_timeout,
+                        acceptor.accept(socket),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            info!(%peer, %error, "amqps handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            info!(%peer, "amqps handshake timed out");
+                            return;
+                        }
+                    };
                     let user = stream
                         .get_ref()
                         .1

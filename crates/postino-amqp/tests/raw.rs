@@ -100,6 +100,42 @@ async fn a_peer_silent_for_two_heartbeats_is_disconnected() {
 }
 
 #[tokio::test]
+async fn a_client_that_does_not_finish_the_handshake_in_time_is_dropped() {
+    let limits = postino_amqp::Limits {
+        handshake_timeout: Duration::from_millis(200),
+        ..postino_amqp::Limits::default()
+    };
+    let address = support::listen_with(None, limits).await.0;
+    let mut silent = TcpStream::connect(address).await.expect("connect");
+    assert!(
+        read_until_closed(&mut silent).await.is_empty(),
+        "a socket that never sends the protocol header is closed without a word"
+    );
+    let mut stalled = TcpStream::connect(address).await.expect("connect");
+    stalled
+        .write_all(b"AMQP\x00\x00\x09\x01")
+        .await
+        .expect("header");
+    let received = read_until_closed(&mut stalled).await;
+    assert!(
+        !received.is_empty(),
+        "connection.start was sent before the peer stalled"
+    );
+    let mut opened = TcpStream::connect(address).await.expect("connect");
+    opened.write_all(&handshake(0)).await.expect("handshake");
+    let mut greeting = vec![0u8; 4096];
+    let read = opened.read(&mut greeting).await.expect("read");
+    assert!(read > 0);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut byte = [0u8; 1];
+    let still_open = tokio::time::timeout(Duration::from_millis(100), opened.read(&mut byte)).await;
+    assert!(
+        still_open.is_err() || still_open.is_ok_and(|read| read.is_ok_and(|read| read > 0)),
+        "an opened connection without heartbeats is not dropped by the handshake timeout"
+    );
+}
+
+#[tokio::test]
 async fn a_frame_over_frame_max_closes_the_connection_with_501() {
     let mut socket = TcpStream::connect(start().await).await.expect("connect");
     socket.write_all(&handshake(0)).await.expect("handshake");

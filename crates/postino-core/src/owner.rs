@@ -78,6 +78,10 @@ enum Command {
         consumer: ConsumerId,
         reply: Reply<()>,
     },
+    Written {
+        consumer: ConsumerId,
+        count: u32,
+    },
     Get {
         spec: GetSpec,
         wait: Option<Duration>,
@@ -141,6 +145,7 @@ impl std::fmt::Debug for Command {
             Command::Consume { .. } => "Consume",
             Command::Cancel { .. } => "Cancel",
             Command::Recover { .. } => "Recover",
+            Command::Written { .. } => "Written",
             Command::Get { .. } => "Get",
             Command::GetMatching { .. } => "GetMatching",
             Command::Settle { .. } => "Settle",
@@ -303,6 +308,18 @@ impl QueueHandle {
     /// `QueueStopped`.
     pub async fn cancel(&self, consumer: ConsumerId) -> Result<(), CoreError> {
         self.call(|reply| Command::Cancel { consumer, reply }).await
+    }
+
+    /// Reports `count` more deliveries of `consumer` written to its client, so that the queue
+    /// hands over more within the consumer's `window` (see [`ConsumerSpec::window`]).
+    ///
+    /// # Errors
+    /// `QueueStopped`.
+    pub async fn written(&self, consumer: ConsumerId, count: u32) -> Result<(), CoreError> {
+        self.mailbox
+            .send(Command::Written { consumer, count })
+            .await
+            .map_err(|_| self.stopped())
     }
 
     /// Returns a consumer's unsettled deliveries to the queue (AMQP `basic.recover`).
@@ -680,6 +697,10 @@ impl<L: Log> Owner<L> {
             Command::Recover { consumer, reply } => {
                 let pushes = self.engine.recover(now, consumer);
                 let _ = reply.send(Ok(()));
+                self.dispatch(pushes);
+            }
+            Command::Written { consumer, count } => {
+                let pushes = self.engine.written(now, consumer, count);
                 self.dispatch(pushes);
             }
             Command::Cancel { consumer, reply } => {

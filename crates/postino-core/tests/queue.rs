@@ -492,3 +492,40 @@ fn a_read_error_keeps_what_was_delivered_before_it_and_fifo_order() {
     let expected: Vec<String> = (0..=200).map(|index| format!("p{index:03}")).collect();
     assert_eq!(bodies, expected, "every message once, in order");
 }
+
+#[test]
+fn a_window_bounds_what_a_consumer_holds_unwritten_whatever_its_prefetch() {
+    let mut queue = memory_queue();
+    for index in 0..10 {
+        queue
+            .publish(0, message(&format!("m{index}")))
+            .expect("publish");
+    }
+    let windowed = |auto_ack| ConsumerSpec {
+        auto_ack,
+        window: 3,
+        ..ConsumerSpec::default()
+    };
+    let first = queue.consume(0, 1, windowed(true)).expect("consume");
+    assert_eq!(
+        first.iter().map(body).collect::<Vec<_>>(),
+        ["m0", "m1", "m2"],
+        "no-ack, no prefetch: the window alone stops it"
+    );
+    assert!(
+        queue.written(0, 1, 0).expect("written").is_empty(),
+        "nothing written, nothing more"
+    );
+    let more = queue.written(0, 1, 2).expect("written");
+    assert_eq!(more.iter().map(body).collect::<Vec<_>>(), ["m3", "m4"]);
+    let other = queue.consume(0, 2, windowed(false)).expect("consume");
+    assert_eq!(other.len(), 3, "a second consumer has a window of its own");
+    assert_eq!(queue.stats().ready, 2);
+    assert!(
+        queue
+            .written(0, 99, 5)
+            .expect("an unknown consumer")
+            .is_empty(),
+        "a report for an unknown consumer changes nothing"
+    );
+}

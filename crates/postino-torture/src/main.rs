@@ -9,10 +9,12 @@
 //! confirmed stream record is at its offset; no body is corrupt. A seed reproduces a run's
 //! timing. Exit status 1 on any violation.
 
+mod backlog;
 mod body;
 mod disk;
 mod faults;
 mod ledger;
+mod raw;
 mod server;
 mod storm;
 mod workload;
@@ -55,6 +57,11 @@ struct Args {
     /// memory come back near its baseline.
     #[arg(long, default_value_t = 0)]
     storm: usize,
+    /// After the storm, this many connections held open at once (0: none): opened AMQP
+    /// connections, silent sockets, HTTP/2 connections; the broker must serve meanwhile, drop
+    /// the silent ones after its handshake timeout, and give the memory back.
+    #[arg(long, default_value_t = 0)]
+    storm_hold: usize,
     /// After the cycles, the disk-full test on a tmpfs of this many MiB (0: none; needs root
     /// to mount it): publishers blocked by the free-space alarm, then refused on a full file
     /// system, resuming each time space is freed, and nothing confirmed lost.
@@ -64,6 +71,10 @@ struct Args {
     /// writes, bit flips on read) on one queue while the others run.
     #[arg(long)]
     faults: bool,
+    /// After the cycles, a backlog of this many messages in one queue under consumers that
+    /// never read (0: none); the broker's memory must stay bounded.
+    #[arg(long, default_value_t = 0)]
+    backlog: u64,
     /// Body size of every message.
     #[arg(long, default_value_t = 200)]
     message_bytes: usize,
@@ -85,6 +96,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Lets this process, and the server it starts, open as many files as the hard limit allows:
+/// the held storm keeps thousands of sockets open on both sides.
+fn raise_open_files() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if let Err(error) = setrlimit(Resource::Nofile, raised) {
+        eprintln!("postino-torture: could not raise the open-file limit: {error}");
+    }
+}
+
 /// Runs the cycles and the checks; answers the number of violations.
 fn run(args: &Args) -> Result<u64> {
     let seed = args.seed.unwrap_or_else(|| {
@@ -93,6 +118,7 @@ fn run(args: &Args) -> Result<u64> {
             .map_or(0, |since| since.as_nanos() as u64)
     });
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    raise_open_files();
     let scratch = tempfile::Builder::new()
         .prefix("postino-torture-")
         .tempdir()?;
@@ -166,6 +192,61 @@ fn run(args: &Args) -> Result<u64> {
             }
         );
         storm_violations = u64::from(!storm.settled()) + u64::from(alive.is_err());
+    }
+    if args.storm_hold > 0 {
+        let pid = server.pid().context("the server's pid")?;
+        let held = runtime.block_on(storm::hold(
+            &addresses,
+            pid,
+            args.storm_hold,
+            workload::round_trip(&addresses),
+        ))?;
+        let alive = runtime.block_on(workload::round_trip(&addresses));
+        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+        println!(
+            "postino-torture: {} connections held at once: {} of {} AMQP connections opened, {} of {} silent sockets dropped by the server, {} while held; server RSS {:.1} MiB before, {:.1} MiB at the peak, {:.1} MiB after; {}",
+            held.connections,
+            held.amqp_opened,
+            held.amqp_tried,
+            held.silent_dropped,
+            held.silent,
+            if held.served_while_held {
+                "served"
+            } else {
+                "NOT SERVED"
+            },
+            mib(held.baseline_rss),
+            mib(held.peak_rss),
+            mib(held.settled_rss),
+            match &alive {
+                Ok(()) => "still serving".to_owned(),
+                Err(error) => format!("NOT SERVING: {error:#}"),
+            }
+        );
+        storm_violations += held.violations() + u64::from(alive.is_err());
+    }
+    if args.backlog > 0 {
+        let pid = server.pid().context("the server's pid")?;
+        let backlog = runtime.block_on(backlog::run(
+            &addresses,
+            pid,
+            args.backlog,
+            args.message_bytes,
+        ))?;
+        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+        println!(
+            "postino-torture: backlog of {} messages (filled in {:.1} s) under three consumers that never read: server RSS {:.1} MiB empty, {:.1} MiB filled, {:.1} MiB at the peak, {:.1} MiB after; another queue's round trips {:.0}/s before, {:.0}/s during; {} messages back in the queue",
+            backlog.messages,
+            backlog.fill_seconds,
+            mib(backlog.rss_empty),
+            mib(backlog.rss_filled),
+            mib(backlog.rss_peak),
+            mib(backlog.rss_after),
+            backlog.probe_before,
+            backlog.probe_during,
+            backlog.ready_after
+        );
+        storm_violations += backlog.violations();
     }
     server.stop().context("the final clean stop")?;
     let report = workload::lock(&ledger).report(&read);

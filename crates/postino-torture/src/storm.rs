@@ -3,6 +3,12 @@
 //! sending garbage, a third connecting and saying nothing (half-open until dropped) — in waves
 //! of `WAVE`. Afterwards the broker must still serve (a confirmed publish and its delivery), and
 //! its resident memory must come back near where it was.
+//!
+//! The held storm keeps thousands open at once: a third open AMQP connections (the whole
+//! handshake, no heartbeats), a third silent sockets on the AMQP port, a third HTTP/2
+//! connections to the native API (the preface and an empty SETTINGS frame). While they are
+//! all open the broker must still serve; the silent ones must be dropped by the server once
+//! its handshake timeout passes; and once they all close, memory must come back.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::raw;
 use crate::server::Addresses;
 
 /// Connections open at once.
@@ -18,6 +25,8 @@ const WAVE: usize = 500;
 const ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// How long a silent connection stays open.
 const HALF_OPEN: Duration = Duration::from_secs(1);
+/// How long a silent socket may stay open: the server's handshake timeout (10 s) and slack.
+const SILENT_DROP_WAIT: Duration = Duration::from_secs(20);
 /// How long memory has to come back after the storm.
 const SETTLE_WAIT: Duration = Duration::from_secs(30);
 /// How far above the baseline resident memory may stay once the storm is over.
@@ -57,7 +66,7 @@ pub fn rss_of(pid: u32) -> Result<u64> {
 async fn connection(address: String, kind: usize) -> Result<()> {
     let mut socket = TcpStream::connect(&address).await?;
     match kind {
-        0 => socket.write_all(b"AMQP\x00\x00\x09\x01").await?,
+        0 => socket.write_all(raw::HEADER).await?,
         1 => {
             socket
                 .write_all(b"GET / HTTP/1.1\r\n\r\n\xff\xfe garbage")
@@ -114,5 +123,141 @@ pub async fn run(addresses: &Addresses, pid: u32, count: usize) -> Result<Storm>
         peak_rss,
         settled_rss,
         seconds,
+    })
+}
+
+/// The client preface of HTTP/2 and an empty SETTINGS frame.
+const HTTP2_PREFACE: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// What a held storm measured.
+#[derive(Debug)]
+pub struct Held {
+    pub connections: usize,
+    /// AMQP connections that reached `connection.open-ok`, of those that tried.
+    pub amqp_opened: usize,
+    pub amqp_tried: usize,
+    /// Silent sockets the server dropped after its handshake timeout, of those held.
+    pub silent_dropped: usize,
+    pub silent: usize,
+    pub baseline_rss: u64,
+    pub peak_rss: u64,
+    pub settled_rss: u64,
+    /// Whether a confirmed publish and its delivery went through while all were open.
+    pub served_while_held: bool,
+}
+
+impl Held {
+    pub fn violations(&self) -> u64 {
+        u64::from(self.amqp_opened < self.amqp_tried)
+            + u64::from(self.silent_dropped < self.silent)
+            + u64::from(self.settled_rss > self.baseline_rss + held_slack(self.connections))
+            + u64::from(!self.served_while_held)
+    }
+}
+
+/// How far above the baseline resident memory may stay after `connections` were held at
+/// once: glibc's allocator keeps much of what they freed in its per-thread arenas
+/// (`malloc_trim` would give it back: `docs/reliability.md`), so the bound grows with them.
+fn held_slack(connections: usize) -> u64 {
+    RSS_SLACK_BYTES + connections as u64 * HELD_RETAINED_BYTES
+}
+
+/// Per held connection, what the allocator may keep once it is gone.
+const HELD_RETAINED_BYTES: u64 = 16 << 10;
+
+/// Whether `bytes` hold an AMQP `connection.open-ok` (class 10, method 41).
+fn has_open_ok(bytes: &[u8]) -> bool {
+    bytes.windows(4).any(|window| window == [0, 10, 0, 41])
+}
+
+/// Opens one held connection of kind `kind` (0: AMQP opened, 1: silent, 2: HTTP/2) and answers
+/// it with whether an AMQP one reached `open-ok`.
+async fn open_held(addresses: &Addresses, kind: usize) -> Result<(TcpStream, bool)> {
+    let address = if kind == 2 {
+        &addresses.grpc
+    } else {
+        &addresses.amqp
+    };
+    let mut socket = TcpStream::connect(address).await?;
+    match kind {
+        0 => {
+            socket.write_all(&raw::handshake(0)).await?;
+            let mut received = Vec::new();
+            let mut chunk = [0u8; 1024];
+            let opened = tokio::time::timeout(ANSWER_WAIT, async {
+                while !has_open_ok(&received) {
+                    let read = socket.read(&mut chunk).await?;
+                    if read == 0 {
+                        return anyhow::Ok(false);
+                    }
+                    received.extend_from_slice(&chunk[..read]);
+                }
+                anyhow::Ok(true)
+            })
+            .await
+            .unwrap_or(Ok(false))?;
+            return Ok((socket, opened));
+        }
+        2 => socket.write_all(HTTP2_PREFACE).await?,
+        _ => {}
+    }
+    Ok((socket, false))
+}
+
+/// Holds `count` connections open at once against `addresses`, watching the server `pid`;
+/// `serve` is the round trip that must go through meanwhile.
+pub async fn hold<F>(addresses: &Addresses, pid: u32, count: usize, serve: F) -> Result<Held>
+where
+    F: std::future::Future<Output = Result<()>>,
+{
+    let baseline_rss = rss_of(pid)?;
+    let mut held = Vec::with_capacity(count);
+    let (mut amqp_tried, mut amqp_opened) = (0, 0);
+    for start in (0..count).step_by(WAVE) {
+        let opening: Vec<_> = (start..count.min(start + WAVE))
+            .map(|index| {
+                let addresses = addresses.clone();
+                tokio::spawn(async move { (index % 3, open_held(&addresses, index % 3).await) })
+            })
+            .collect();
+        for task in opening {
+            let (kind, opened) = task.await.context("a held connection")?;
+            let (socket, opened) = opened.context("open a held connection")?;
+            if kind == 0 {
+                amqp_tried += 1;
+                amqp_opened += usize::from(opened);
+            }
+            held.push((kind, socket));
+        }
+    }
+    let peak_rss = rss_of(pid)?;
+    let served_while_held = serve.await.is_ok();
+    // The silent ones: the server drops them once its handshake timeout has passed.
+    let silent = held.iter().filter(|(kind, _)| *kind == 1).count();
+    let mut silent_dropped = 0;
+    for (_, socket) in held.iter_mut().filter(|(kind, _)| *kind == 1) {
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(SILENT_DROP_WAIT, socket.read(&mut byte)).await;
+        silent_dropped += usize::from(matches!(closed, Ok(Ok(0)) | Ok(Err(_))));
+    }
+    let peak_rss = peak_rss.max(rss_of(pid)?);
+    drop(held);
+    let settle_began = Instant::now();
+    let mut settled_rss = rss_of(pid)?;
+    while settled_rss > baseline_rss + held_slack(count) && settle_began.elapsed() < SETTLE_WAIT {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        settled_rss = rss_of(pid)?;
+    }
+    Ok(Held {
+        connections: count,
+        amqp_opened,
+        amqp_tried,
+        silent_dropped,
+        silent,
+        baseline_rss,
+        peak_rss,
+        settled_rss,
+        served_while_held,
     })
 }

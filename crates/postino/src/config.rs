@@ -102,6 +102,8 @@ pub struct AmqpSection {
     pub channel_max: u16,
     pub heartbeat_s: u16,
     pub body_bytes_max: u64,
+    /// How long a client has to open its connection after connecting.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for AmqpSection {
@@ -114,6 +116,7 @@ impl Default for AmqpSection {
             channel_max: limits.channel_max,
             heartbeat_s: limits.heartbeat_s,
             body_bytes_max: limits.body_bytes_max,
+            handshake_timeout_ms: limits.handshake_timeout.as_millis() as u64,
         }
     }
 }
@@ -616,6 +619,9 @@ impl Loaded {
         if config.flow.check_interval_ms == 0 {
             return Err(self.invalid("flow.check_interval_ms", "must be positive"));
         }
+        if config.amqp.handshake_timeout_ms == 0 {
+            return Err(self.invalid("amqp.handshake_timeout_ms", "must be positive"));
+        }
         Ok(())
     }
 
@@ -725,6 +731,7 @@ impl Loaded {
             channel_max: amqp.channel_max,
             heartbeat_s: amqp.heartbeat_s,
             body_bytes_max: amqp.body_bytes_max,
+            handshake_timeout: Duration::from_millis(amqp.handshake_timeout_ms),
         }
     }
 

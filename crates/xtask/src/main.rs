@@ -1,15 +1,16 @@
 //! The project's task runner, shared by developers and CI: `cargo xtask <task>`.
 //!
-//! - `ci`: formatting check, clippy with warnings denied, `fuzz 30` when cargo-fuzz is
-//!   installed (20 s per target), then `test` — what CI runs.
+//! - `ci`: formatting check, clippy with warnings denied, `fuzz 10` when cargo-fuzz is
+//!   installed (10 s per target), then `test` and a short `torture` — what CI runs.
 //! - `test`: every test of the workspace (nextest when installed, else `cargo test`) and the
 //!   doctests.
 //! - `fuzz [SECONDS]`: every fuzz target under `fuzz/` for SECONDS each (default 60), with
 //!   `cargo fuzz` on stable (`-s none`: no sanitizer, which needs nightly).
 //! - `bench [ARGS]`: `postino bench` built in release mode (e.g. `cargo xtask bench storage`).
 //! - `torture [--release] [ARGS]`: `postino-torture` on the `postino` binary (SIGKILL cycles
-//!   with independent checks; `docs/reliability.md`); `ci` runs a short one (3 cycles, a storm of 2,000 connections, the disk-full test on
-//!   64 MiB, storage faults under one queue).
+//!   with independent checks; `docs/reliability.md`); `ci` runs a short one (3 cycles, a storm of 2,000 connections, 1,500 held at once, a
+//!   backlog of 100,000 under consumers that never read, the disk-full test on 64 MiB, storage
+//!   faults under one queue).
 
 use std::env;
 use std::process::{Command, ExitCode};
@@ -85,7 +86,7 @@ fn ci() -> Result<(), String> {
         "warnings",
     ])?;
     if has_subcommand("fuzz") {
-        fuzz(Some("20"))?;
+        fuzz(Some("10"))?;
     } else {
         eprintln!("xtask: cargo-fuzz is not installed, fuzzing skipped (cargo install cargo-fuzz)");
     }
@@ -96,6 +97,10 @@ fn ci() -> Result<(), String> {
             "3",
             "--storm",
             "2000",
+            "--storm-hold",
+            "1500",
+            "--backlog",
+            "100000",
             "--disk-full",
             "64",
             "--faults",

@@ -256,10 +256,7 @@ async fn watch_alarm(mut alarm: tokio::sync::watch::Receiver<Alarm>, out: Out) {
         };
         if let Some(method) = method {
             blocked = !blocked;
-            if out
-                .send(AMQPFrame::Method(0, AMQPClass::Connection(method)))
-                .is_err()
-            {
+            if !out.send(AMQPFrame::Method(0, AMQPClass::Connection(method))) {
                 return;
             }
         }

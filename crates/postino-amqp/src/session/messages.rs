@@ -15,6 +15,11 @@ use super::{
 };
 use crate::convert::{headers_from_table, properties_from_amqp};
 
+/// Deliveries a consumer's queue hands to its forwarder before the forwarder reports them
+/// written: with [`super::Out::room`], what a consumer that stops reading can hold in memory,
+/// whatever its prefetch.
+const CONSUMER_WINDOW: u32 = 256;
+
 impl Session {
     /// `basic.return` of a mandatory message that reached no queue (312 NO_ROUTE).
     pub(super) fn return_unroutable(
@@ -329,6 +334,7 @@ impl Session {
             auto_ack: consume.no_ack,
             priority,
             filter,
+            window: CONSUMER_WINDOW,
             ..ConsumerSpec::default()
         };
         let mut deliveries = queue.consume(consumer_id, spec).await?;
@@ -350,8 +356,12 @@ impl Session {
         self.list_consumer(id, &tag, &consume);
         let listed = Arc::clone(&self.listed);
         let forwarder = tokio::spawn(async move {
+            let mut written = 0;
             while let Some(delivery) = deliveries.recv().await {
                 flow_allows(&mut flow).await;
+                // A client that does not read holds the forwarder here, and through the
+                // window the queue's owner: its backlog stays in the queue.
+                out.room().await;
                 let delivery_tag = if no_ack {
                     0
                 } else {
@@ -367,6 +377,11 @@ impl Session {
                     routing_key: short(&annotations.routing_key),
                 }));
                 send_content(&out, id, method, &delivery.message, frame_max);
+                written += 1;
+                if written >= CONSUMER_WINDOW / 4 || deliveries.is_empty() {
+                    let _ = forward_queue.written(consumer_id, written).await;
+                    written = 0;
+                }
             }
             // The queue's owner stopped (the queue was deleted): tell the client, as RabbitMQ
             // does for clients with `consumer_cancel_notify`, unless the client or its channel

@@ -90,7 +90,76 @@ fn reply_for(error: &CoreError) -> Fault {
     }
 }
 
-type Out = mpsc::UnboundedSender<AMQPFrame>;
+/// Where a connection's frames go to its writer task. It counts the bytes queued and not yet
+/// written (bodies and a fixed cost per frame), so that consumers' forwarders can wait while a client is not reading
+/// ([`Out::room`]) instead of queueing without bound.
+#[derive(Debug, Clone)]
+pub(crate) struct Out {
+    frames: mpsc::UnboundedSender<AMQPFrame>,
+    unwritten: Arc<Unwritten>,
+}
+
+/// Bytes queued and not yet written, and a wake-up for whoever waits for room.
+#[derive(Debug, Default)]
+struct Unwritten {
+    bytes: std::sync::atomic::AtomicUsize,
+    written: tokio::sync::Notify,
+}
+
+/// Bytes a connection may have queued before its consumers' forwarders wait.
+const UNWRITTEN_BYTES_MAX: usize = 1 << 20;
+
+impl Out {
+    /// A sender, and the receiver its writer takes frames from.
+    pub(crate) fn channel() -> (Self, mpsc::UnboundedReceiver<AMQPFrame>) {
+        let (frames, received) = mpsc::unbounded_channel();
+        let out = Self {
+            frames,
+            unwritten: Arc::default(),
+        };
+        (out, received)
+    }
+
+    /// Queues `frame`; false when the writer is gone (the connection is closing).
+    pub(crate) fn send(&self, frame: AMQPFrame) -> bool {
+        self.unwritten
+            .bytes
+            .fetch_add(queued_bytes(&frame), Ordering::Relaxed);
+        self.frames.send(frame).is_ok()
+    }
+
+    /// Waits while the client has [`UNWRITTEN_BYTES_MAX`] or more queued for it.
+    pub(crate) async fn room(&self) {
+        loop {
+            let written = self.unwritten.written.notified();
+            if self.unwritten.bytes.load(Ordering::Relaxed) < UNWRITTEN_BYTES_MAX
+                || self.frames.is_closed()
+            {
+                return;
+            }
+            written.await;
+        }
+    }
+
+    /// The writer wrote `frames`: they are no longer queued.
+    fn wrote(unwritten: &Unwritten, frames: &[AMQPFrame]) {
+        let bytes: usize = frames.iter().map(queued_bytes).sum();
+        unwritten.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        unwritten.written.notify_waiters();
+    }
+}
+
+/// What a queued frame is counted for: a body's bytes, and what any frame costs besides.
+fn queued_bytes(frame: &AMQPFrame) -> usize {
+    let body = match frame {
+        AMQPFrame::Body(_, body) => body.len(),
+        _ => 0,
+    };
+    body + QUEUED_FRAME_OVERHEAD_BYTES
+}
+
+/// The memory a queued frame takes besides its body (the enum, its strings and tables).
+const QUEUED_FRAME_OVERHEAD_BYTES: usize = 128;
 
 fn short(text: &str) -> ShortString {
     ShortString::from(text)
@@ -316,6 +385,9 @@ struct Session {
     sent_close: std::sync::atomic::AtomicBool,
     /// The negotiated heartbeat interval in seconds, shared with the writer.
     heartbeat: Arc<AtomicU16>,
+    /// Until the connection is open, the peer must have finished the handshake by then
+    /// (RabbitMQ's `handshake_timeout`): silent sockets do not hold the server forever.
+    handshake_deadline: tokio::time::Instant,
 }
 
 /// Serves one connection over any byte stream until it closes or fails.
@@ -330,10 +402,20 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let listed = Arc::new(listed);
+    let handshake_deadline = tokio::time::Instant::now() + limits.handshake_timeout;
     // Small until the peer sends more: an idle connection holds little (see `read_loop`).
     let mut buffer = BytesMut::with_capacity(READ_IDLE_BYTES);
     while buffer.len() < PROTOCOL_HEADER.len() {
-        let read = socket.read_buf(&mut buffer).await?;
+        let Ok(read) =
+            tokio::time::timeout_at(handshake_deadline, socket.read_buf(&mut buffer)).await
+        else {
+            tracing::info!(
+                connection = listed.id(),
+                "no protocol header in time, closing"
+            );
+            return Ok(());
+        };
+        let read = read?;
         if read == 0 {
             return Ok(());
         }
@@ -346,11 +428,12 @@ where
     }
     buffer.advance(PROTOCOL_HEADER.len());
     let (mut reader, writer) = tokio::io::split(socket);
-    let (out, frames) = mpsc::unbounded_channel();
+    let (out, frames) = Out::channel();
     let heartbeat = Arc::new(AtomicU16::new(limits.heartbeat_s));
     let writer = tokio::spawn(write_frames(
         writer,
         frames,
+        Arc::clone(&out.unwritten),
         Arc::clone(&heartbeat),
         Arc::clone(&listed),
     ));
@@ -373,6 +456,7 @@ where
         alarm_watcher: None,
         sent_close: std::sync::atomic::AtomicBool::new(false),
         heartbeat,
+        handshake_deadline,
     };
     let external = session.listed.origin().certificate_user.is_some();
     session.send(0, login::start(external));
@@ -439,6 +523,7 @@ const WRITE_KEPT_BYTES: usize = 64 << 10;
 async fn write_frames<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut frames: mpsc::UnboundedReceiver<AMQPFrame>,
+    unwritten: Arc<Unwritten>,
     heartbeat: Arc<AtomicU16>,
     listed: Arc<Registered>,
 ) {
@@ -460,12 +545,13 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         }
         bytes.clear();
         let mut closing = false;
-        for frame in batch.drain(..) {
+        let taken = std::mem::take(&mut batch);
+        for frame in &taken {
             closing |= matches!(
                 frame,
                 AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)))
             );
-            match gen_frame(&frame)(WriteContext::from(std::mem::take(&mut bytes))) {
+            match gen_frame(frame)(WriteContext::from(std::mem::take(&mut bytes))) {
                 Ok(context) => bytes = context.into_inner().0,
                 Err(error) => {
                     tracing::error!(%error, "could not serialise an amqp frame");
@@ -477,6 +563,9 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             let _ = writer.shutdown().await;
             return;
         }
+        Out::wrote(&unwritten, &taken);
+        batch = taken;
+        batch.clear();
         listed.traffic().sent(bytes.len());
         // A burst's buffer is not kept for a connection that goes quiet.
         bytes.shrink_to(WRITE_KEPT_BYTES);
@@ -570,11 +659,18 @@ impl Session {
             // A peer silent for two heartbeat intervals is gone (spec 4.2.7); without
             // heartbeats the connection waits as long as the peer keeps it open.
             let heartbeat_s = self.heartbeat.load(Ordering::Relaxed);
-            let silence = if heartbeat_s == 0 {
+            let mut silence = if heartbeat_s == 0 {
                 Duration::MAX
             } else {
                 Duration::from_secs(u64::from(heartbeat_s) * 2)
             };
+            let opening = self.host.is_none();
+            if opening {
+                silence = silence.min(
+                    self.handshake_deadline
+                        .saturating_duration_since(tokio::time::Instant::now()),
+                );
+            }
             // `read_buf` is cancel-safe: a read that loses the race has taken no bytes.
             let listed = Arc::clone(&self.listed);
             let outcome = tokio::select! {
@@ -589,6 +685,13 @@ impl Session {
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(read)) => self.listed.traffic().received(read),
                 Ok(Err(error)) => return Err(error),
+                Err(_) if opening => {
+                    tracing::info!(
+                        connection = self.connection,
+                        "handshake not finished in time, closing"
+                    );
+                    return Ok(());
+                }
                 Err(_) => {
                     tracing::info!(connection = self.connection, "missed heartbeats, closing");
                     return Ok(());

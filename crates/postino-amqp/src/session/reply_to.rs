@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn a_reply_reaches_its_consumer_until_it_is_gone() {
         let consumers = ReplyConsumers::default();
-        let (out, mut frames) = tokio::sync::mpsc::unbounded_channel();
+        let (out, mut frames) = super::super::Out::channel();
         consumers.register("t", &out, 3, "ctag", 4096);
         assert!(consumers.deliver("t", &address_of("t"), &Message::new(&b"pong"[..])));
         assert!(matches!(

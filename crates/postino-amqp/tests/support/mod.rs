@@ -16,6 +16,14 @@ pub async fn start(dir: Option<&std::path::Path>) -> (String, Arc<Broker>) {
 
 /// Opens a broker (in `dir`, or in memory) and serves AMQP on a free port; returns its address.
 pub async fn listen(dir: Option<&std::path::Path>) -> (std::net::SocketAddr, Arc<Broker>) {
+    listen_with(dir, postino_amqp::Limits::default()).await
+}
+
+/// As [`listen`], with the given limits.
+pub async fn listen_with(
+    dir: Option<&std::path::Path>,
+    limits: postino_amqp::Limits,
+) -> (std::net::SocketAddr, Arc<Broker>) {
     let broker = Broker::open(
         dir.map(std::path::Path::to_path_buf),
         LogConfig::default(),
@@ -27,11 +35,7 @@ pub async fn listen(dir: Option<&std::path::Path>) -> (std::net::SocketAddr, Arc
         .await
         .expect("bind");
     let address = listener.local_addr().expect("address");
-    tokio::spawn(postino_amqp::serve(
-        listener,
-        Arc::clone(&broker),
-        postino_amqp::Limits::default(),
-    ));
+    tokio::spawn(postino_amqp::serve(listener, Arc::clone(&broker), limits));
     (address, broker)
 }
 

@@ -132,6 +132,9 @@ impl<L: Log> QueueEngine<L> {
         (level, offset): (usize, u64),
     ) -> Result<Push, CoreError> {
         self.next_consumer = (index + 1) % self.consumers.len();
+        if self.consumers[index].spec.window > 0 {
+            self.consumers[index].in_transit += 1;
+        }
         let consumer = self.consumers[index].clone();
         let (message, meta) = self.take(offset)?;
         let mode = GetSpec {

@@ -77,6 +77,8 @@ struct Consumer {
     spec: ConsumerSpec,
     unsettled: u32,
     unsettled_bytes: u64,
+    /// Deliveries not yet reported written (see `ConsumerSpec::window`).
+    in_transit: u32,
 }
 
 impl Consumer {
@@ -93,7 +95,8 @@ impl Consumer {
         let bytes_ok = self.spec.prefetch_bytes == 0
             || self.unsettled == 0
             || self.unsettled_bytes + bytes <= self.spec.prefetch_bytes;
-        count_ok && bytes_ok
+        let window_ok = self.spec.window == 0 || self.in_transit < self.spec.window;
+        count_ok && bytes_ok && window_ok
     }
 }
 
@@ -390,7 +393,30 @@ impl<L: Log> QueueEngine<L> {
             spec,
             unsettled: 0,
             unsettled_bytes: 0,
+            in_transit: 0,
         });
+        self.finish(now_ms)
+    }
+
+    /// The front-end wrote `count` more of `consumer`'s deliveries to its client: that many
+    /// more may be handed over within its window. An unknown consumer is ignored (it may have
+    /// been cancelled meanwhile).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn written(
+        &mut self,
+        now_ms: i64,
+        consumer: ConsumerId,
+        count: u32,
+    ) -> Result<Vec<Push>, CoreError> {
+        if let Some(consumer) = self
+            .consumers
+            .iter_mut()
+            .find(|existing| existing.id == consumer)
+        {
+            consumer.in_transit = consumer.in_transit.saturating_sub(count);
+        }
         self.finish(now_ms)
     }
 

@@ -27,6 +27,11 @@ pub struct ConsumerSpec {
     pub priority: i32,
     /// Only messages this filter accepts (`x-filter`); others stay for other consumers.
     pub filter: Option<Filter>,
+    /// Deliveries handed to the front-end and not yet reported written to the client
+    /// ([`crate::QueueEngine::written`]) allowed at once, acks aside (0: no limit). A front-end
+    /// whose client stops reading stops reporting, so the backlog stays in the queue instead of
+    /// in the front-end's buffers, whatever the prefetch (none, or no-ack).
+    pub window: u32,
 }
 
 /// How a `get` takes a message.
