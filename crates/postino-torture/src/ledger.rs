@@ -34,6 +34,8 @@ pub struct Ledger {
     answers: HashMap<String, (u64, u64)>,
     /// Deliveries so far per queue.
     delivered_to: HashMap<String, u64>,
+    /// Streams with a retention limit: their oldest records may go, never one in the middle.
+    retained: HashSet<String>,
     /// Queues where a refusal leaves the outcome unknown (a failed sync: the bytes may be on
     /// disk all the same).
     uncertain: HashSet<String>,
@@ -64,6 +66,11 @@ pub struct Report {
     pub records_confirmed: u64,
     pub records_lost: u64,
     pub records_misplaced: u64,
+    /// Confirmed publishes to retained streams: deleted by retention (older than every record
+    /// of their publisher still there), and missing among later ones (violations).
+    pub retained_confirmed: u64,
+    pub retained_deleted: u64,
+    pub retained_lost: u64,
 }
 
 impl Report {
@@ -76,6 +83,7 @@ impl Report {
             + self.corrupt
             + self.records_lost
             + self.records_misplaced
+            + self.retained_lost
     }
 }
 
@@ -85,7 +93,8 @@ impl fmt::Display for Report {
             out,
             "confirmed {} (lost {}), unknown outcome {} ({} present), refused {} ({} present), \
              delivered {} (redelivered as at-least-once allows {}, after a committed ack {}), \
-             out of order {}, corrupt {}; stream records confirmed {} (lost {}, misplaced {})",
+             out of order {}, corrupt {}; stream records confirmed {} (lost {}, misplaced {}); \
+             retained stream confirmed {} (deleted by retention {}, lost {})",
             self.confirmed,
             self.lost,
             self.unknown,
@@ -100,6 +109,9 @@ impl fmt::Display for Report {
             self.records_confirmed,
             self.records_lost,
             self.records_misplaced,
+            self.retained_confirmed,
+            self.retained_deleted,
+            self.retained_lost,
         )
     }
 }
@@ -125,6 +137,11 @@ impl Ledger {
                 }
             }
         }
+    }
+
+    /// `stream` (published to as a queue) has a retention limit.
+    pub fn retained(&mut self, stream: &str) {
+        self.retained.insert(stream.to_owned());
     }
 
     /// Refusals from `queue` leave the outcome unknown from now on.
@@ -199,8 +216,28 @@ impl Ledger {
             records_confirmed: self.records.len() as u64,
             ..Report::default()
         };
-        for (id, (_, outcome)) in &self.publishes {
+        // Per publisher to a retained stream, the first sequence number still there.
+        let mut first_kept: HashMap<u32, u64> = HashMap::new();
+        for (id, (queue, _)) in &self.publishes {
+            if self.retained.contains(queue) && self.deliveries.contains_key(id) {
+                let first = first_kept.entry(id.publisher).or_insert(id.seq);
+                *first = (*first).min(id.seq);
+            }
+        }
+        for (id, (queue, outcome)) in &self.publishes {
             let seen = self.deliveries.get(id).copied().unwrap_or(0);
+            if self.retained.contains(queue) {
+                if *outcome == Outcome::Confirmed {
+                    report.retained_confirmed += 1;
+                    let kept_from = first_kept.get(&id.publisher).copied().unwrap_or(u64::MAX);
+                    if seen == 0 && id.seq < kept_from {
+                        report.retained_deleted += 1;
+                    } else if seen == 0 {
+                        report.retained_lost += 1;
+                    }
+                }
+                continue;
+            }
             match outcome {
                 Outcome::Confirmed => {
                     report.confirmed += 1;
@@ -265,6 +302,14 @@ mod tests {
         ledger.record_confirmed((0, 0), id(9, 0));
         ledger.record_confirmed((0, 1), id(9, 1));
         ledger.record_read((0, 0), Some(id(9, 5)));
+        // A retained stream: 0 went with retention, 1 and 3 are there, 2 is missing.
+        ledger.retained("r");
+        for seq in 0..4 {
+            ledger.sent(id(7, seq), "r");
+            ledger.answered(id(7, seq), true);
+        }
+        ledger.delivered("r", Some(id(7, 1)));
+        ledger.delivered("r", Some(id(7, 3)));
         // Refused where a refusal is uncertain: unknown, not refused.
         ledger.uncertain("q");
         ledger.sent(id(3, 0), "q");
@@ -281,9 +326,17 @@ mod tests {
         assert_eq!(report.records_lost, 1);
         assert_eq!(report.records_misplaced, 1);
         assert_eq!((report.refused, report.refused_present), (1, 1));
-        assert_eq!(ledger.answers(), (3, 2));
+        assert_eq!(
+            (
+                report.retained_confirmed,
+                report.retained_deleted,
+                report.retained_lost
+            ),
+            (4, 1, 1)
+        );
+        assert_eq!(ledger.answers(), (7, 2));
         assert_eq!(ledger.answers_for("q"), (3, 2));
         assert_eq!(ledger.delivered_from("q"), 6);
-        assert_eq!(report.violations(), 7);
+        assert_eq!(report.violations(), 8);
     }
 }

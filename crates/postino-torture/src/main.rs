@@ -139,6 +139,7 @@ fn run(args: &Args) -> Result<u64> {
     )];
     let mut server = Server::new(&args.binary, &run_dir, environment, Addresses::free()?);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
+    workload::lock(&ledger).retained(workload::RETAINED);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -13,7 +13,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use postino_client::{Client, Options, Start};
 
@@ -27,6 +27,11 @@ pub const AMQP_QUEUES: &[&str] = &["torture-a", "torture-b"];
 pub const NATIVE_QUEUE: &str = "torture-native";
 /// The queue a transactional consumer takes from (AMQP publishers publish there too).
 pub const TX_QUEUE: &str = "torture-tx";
+/// A stream with a retention limit (a RabbitMQ stream queue with `x-max-length-bytes`), which
+/// an AMQP publisher publishes to: with 64 KiB segments, retention deletes one every few
+/// hundred messages, so kills land in it too.
+pub const RETAINED: &str = "torture-retained";
+const RETAINED_BYTES_MAX: i64 = 256 << 10;
 /// The stream the native API produces to, and its partitions.
 pub const STREAM: &str = "torture-stream";
 const PARTITIONS: u32 = 2;
@@ -92,6 +97,19 @@ pub async fn declare(addresses: &Addresses) -> Result<()> {
             .await
             .with_context(|| format!("declare {queue}"))?;
     }
+    let mut retained = FieldTable::default();
+    retained.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    retained.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(RETAINED_BYTES_MAX),
+    );
+    channel
+        .queue_declare(RETAINED.into(), durable, retained)
+        .await
+        .with_context(|| format!("declare {RETAINED}"))?;
     connection.close(200, "declared".into()).await?;
     let client = native(addresses).await?;
     client.stream(STREAM).declare(PARTITIONS).await?;
@@ -114,6 +132,21 @@ pub fn spawn(
     );
     tasks.push(tokio::spawn(async move {
         let _ = produce(&stream_addresses, &stream_ledger, id, message_bytes).await;
+    }));
+    let (retained_addresses, retained_ledger, id) = (
+        addresses.clone(),
+        Arc::clone(ledger),
+        first_publisher + PUBLISHERS + 2,
+    );
+    tasks.push(tokio::spawn(async move {
+        let _ = publish_amqp(
+            &retained_addresses,
+            &retained_ledger,
+            id,
+            RETAINED,
+            message_bytes,
+        )
+        .await;
     }));
     for queue in AMQP_QUEUES.iter().copied().chain([NATIVE_QUEUE]) {
         let (addresses, ledger) = (addresses.clone(), Arc::clone(ledger));
@@ -366,6 +399,16 @@ pub async fn drain(addresses: &Addresses, ledger: &Shared) -> Result<HashSet<(u3
                 lock(ledger).record_read(position, body::decode(record.message.body()));
                 read.insert(position);
             }
+        }
+    }
+    let retained = client.stream(RETAINED);
+    let mut from = Start::Earliest;
+    loop {
+        let records = retained.fetch(0, from, 500).await?;
+        let Some(last) = records.last() else { break };
+        from = Start::Offset(last.offset + 1);
+        for record in records {
+            lock(ledger).delivered(RETAINED, body::decode(record.message.body()));
         }
     }
     Ok(read)

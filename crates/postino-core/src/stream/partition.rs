@@ -261,10 +261,19 @@ impl<L: Log> PartitionEngine<L> {
                         error: TransactionError::NotInTransaction,
                     });
                 }
+                let segments = self.log.segment_count();
                 let appended = self.log.append(&mut batch).map_err(|error| match error {
                     LogError::InvalidBatch(error) => Self::bad_batch(error.to_string()),
                     other => CoreError::Storage(other),
                 })?;
+                // A new segment is when retention may have something to delete: applied now
+                // as well as on the owner's timer, the log passes its limits by one segment
+                // at most. The batch is stored whatever retention does.
+                if self.log.segment_count() > segments
+                    && let Err(error) = self.enforce_retention()
+                {
+                    tracing::error!(stream = %self.stream, partition = self.partition, %error, "retention failed");
+                }
                 self.producers
                     .record(&header, appended.base_offset.0, appended.durable.clone());
                 if header.is_transactional() {
@@ -620,5 +629,35 @@ mod tests {
         );
         assert_eq!(partition.resolve(StartAt::Earliest).expect("found"), 0);
         assert_eq!(partition.resolve(StartAt::Latest).expect("found"), 3);
+    }
+
+    #[test]
+    fn retention_applies_when_a_segment_rolls() {
+        let config = LogConfig {
+            segment_bytes_max: 1024,
+            batch_bytes_max: 1024,
+            retention_bytes: Some(2048),
+            ..LogConfig::default()
+        };
+        let log = MemLog::open(&MemStore::new(), config, Arc::new(ManualClock::new(0)))
+            .expect("memory log opens");
+        let mut partition = PartitionEngine::open("s".into(), 0, log).expect("partition opens");
+        let value = "v".repeat(200);
+        for _ in 0..100 {
+            partition
+                .produce(batch(None, &[value.as_str()]))
+                .expect("produce");
+        }
+        assert!(
+            partition.log.size_bytes() <= 2048 + 1024,
+            "the log passes its limit by one segment at most: {} bytes",
+            partition.log.size_bytes()
+        );
+        assert!(partition.log.earliest_offset().0 > 0, "old segments went");
+        assert_eq!(
+            partition.log.next_offset().0,
+            100,
+            "every produce was stored"
+        );
     }
 }
