@@ -3,11 +3,13 @@
 //! faults on for one queue's directory (`torture-faulty`) while publishers and consumers use it
 //! and the other queues.
 //!
-//! - **A failed fsync, then short writes** (one phase each): the faulty queue must refuse
+//! - **A failed fsync, then short writes** (one phase each), under the queue and under a stream
+//!   (`torture-faulty-stream`, produced to over the native API): the faulty queue must refuse
 //!   publishes (`basic.nack`; the outcome is unknown, the bytes may be on disk), go on refusing
 //!   after the fault is switched off (a failed log takes nothing until it is reopened), say so
-//!   in its log, while the other queues go on confirming; after a SIGKILL and a restart
-//!   without faults, it confirms again.
+//!   in its log, while the other queues go on confirming; the stream's produces fail; after a
+//!   SIGKILL and a restart without faults, both take writes again, and every record the stream
+//!   confirmed is at its offset at the end.
 //! - **Bit flips on read**: after a restart (so the faulty queue's backlog is read from disk),
 //!   every read of the faulty queue's files flips a bit. No corrupt message may be delivered,
 //!   the other queues go on delivering, and once the flips stop the faulty queue delivers its
@@ -22,14 +24,18 @@ use anyhow::{Context, Result, ensure};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 
+use crate::body::{self, Id};
 use crate::ledger::{Ledger, Report};
 use crate::server::{Addresses, Server};
 use crate::workload::{self, Shared, until};
 
 /// The queue the faults are injected under.
 const FAULTY_QUEUE: &str = "torture-faulty";
-/// The fragment of its directory's path the faults are scoped to.
-const SCOPE: &str = "/queues/torture-faulty";
+/// The stream the write faults are injected under too.
+const FAULTY_STREAM: &str = "torture-faulty-stream";
+/// The fragment of their directories' paths the faults are scoped to: both names hold it,
+/// no other queue's or stream's does.
+const SCOPE: &str = "/torture-faulty";
 /// The queue whose consumer shows the others keep delivering.
 const WITNESS_QUEUE: &str = workload::AMQP_QUEUES[0];
 /// Confirmations (or deliveries) each step waits for.
@@ -49,6 +55,8 @@ pub struct WritePhase {
     pub others_confirmed: u64,
     /// Whether the server's log reported the failure.
     pub reported: bool,
+    /// Produces to the faulty stream that failed while it was failed.
+    pub stream_failed: u64,
 }
 
 /// What the read phase did.
@@ -67,6 +75,18 @@ pub struct FaultsReport {
     pub writes: Vec<WritePhase>,
     pub read: ReadPhase,
     pub checks: Report,
+    /// Produces to the faulty stream confirmed, and those not found at their offset with
+    /// their body at the end (violations).
+    pub stream_confirmed: u64,
+    pub stream_missing: u64,
+}
+
+/// What the faulty stream's producer saw: each confirmed record's offset and body, and how
+/// many produces failed.
+#[derive(Debug, Default)]
+struct StreamRecord {
+    confirmed: Vec<(u64, Id)>,
+    failed: u64,
 }
 
 struct Harness<'a> {
@@ -75,6 +95,7 @@ struct Harness<'a> {
     switches: std::path::PathBuf,
     addresses: Addresses,
     ledger: Shared,
+    stream: Arc<Mutex<StreamRecord>>,
     next_publisher: u32,
     message_bytes: usize,
 }
@@ -120,6 +141,11 @@ impl Harness<'_> {
             let id = first + workload::PUBLISHERS + 1;
             let _ = workload::publish_amqp(&addresses, &ledger, id, FAULTY_QUEUE, bytes).await;
         }));
+        let (addresses, record) = (self.addresses.clone(), Arc::clone(&self.stream));
+        let publisher = first + workload::PUBLISHERS + 2;
+        tasks.push(tokio::spawn(async move {
+            let _ = produce_faulty(&addresses, &record, publisher, bytes).await;
+        }));
         for &queue in consumed {
             let (addresses, ledger) = (self.addresses.clone(), Arc::clone(&self.ledger));
             tasks.push(tokio::spawn(async move {
@@ -131,6 +157,11 @@ impl Harness<'_> {
 
     fn faulty(&self) -> (u64, u64) {
         workload::lock(&self.ledger).answers_for(FAULTY_QUEUE)
+    }
+
+    fn stream_counts(&self) -> (u64, u64) {
+        let record = lock(&self.stream);
+        (record.confirmed.len() as u64, record.failed)
     }
 
     fn others_confirmed(&self) -> u64 {
@@ -158,6 +189,60 @@ impl Harness<'_> {
     }
 }
 
+fn lock(record: &Mutex<StreamRecord>) -> std::sync::MutexGuard<'_, StreamRecord> {
+    record
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Produces to the faulty stream until aborted, going on after failures (each one counted: its
+/// outcome is unknown).
+async fn produce_faulty(
+    addresses: &Addresses,
+    record: &Mutex<StreamRecord>,
+    publisher: u32,
+    bytes: usize,
+) -> Result<()> {
+    let options = postino_client::Options::default().retry_for(std::time::Duration::ZERO);
+    let client =
+        postino_client::Client::connect_with(&format!("http://{}", addresses.grpc), options)
+            .await?;
+    let stream = client.stream(FAULTY_STREAM);
+    for seq in 0.. {
+        let id = Id { publisher, seq };
+        match stream.produce(None, body::encode(id, bytes)).await {
+            Ok((_, offset)) => lock(record).confirmed.push((offset, id)),
+            Err(_) => {
+                lock(record).failed += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the faulty stream; answers how many confirmed records are not at their offset.
+async fn check_stream(addresses: &Addresses, record: &Mutex<StreamRecord>) -> Result<u64> {
+    let client = postino_client::Client::connect(&format!("http://{}", addresses.grpc)).await?;
+    let stream = client.stream(FAULTY_STREAM);
+    let mut found = std::collections::HashMap::new();
+    let mut from = postino_client::Start::Earliest;
+    loop {
+        let records = stream.fetch(0, from, 500).await?;
+        let Some(last) = records.last() else { break };
+        from = postino_client::Start::Offset(last.offset + 1);
+        for read in records {
+            found.insert(read.offset, body::decode(read.message.body()));
+        }
+    }
+    let missing = lock(record)
+        .confirmed
+        .iter()
+        .filter(|(offset, id)| found.get(offset) != Some(&Some(*id)))
+        .count();
+    Ok(missing as u64)
+}
+
 async fn declare(addresses: &Addresses) -> Result<()> {
     workload::declare(addresses).await?;
     let connection = workload::amqp(addresses).await?;
@@ -170,6 +255,8 @@ async fn declare(addresses: &Addresses) -> Result<()> {
         .queue_declare(FAULTY_QUEUE.into(), durable, FieldTable::default())
         .await?;
     connection.close(200, "declared".into()).await?;
+    let client = postino_client::Client::connect(&format!("http://{}", addresses.grpc)).await?;
+    client.stream(FAULTY_STREAM).declare(1).await?;
     Ok(())
 }
 
@@ -188,9 +275,15 @@ async fn write_phase(
     harness.switch(fault)?;
     harness.switched(fault).await?;
     let (_, refused_from) = harness.faulty();
+    let (_, stream_failed_from) = harness.stream_counts();
     until("the faulty queue refused nothing under its fault", || {
         harness.faulty().1 > refused_from
     })
+    .await?;
+    until(
+        "the faulty stream failed no produce under its fault",
+        || harness.stream_counts().1 > stream_failed_from,
+    )
     .await?;
     let others_from = harness.others_confirmed();
     until(
@@ -214,10 +307,16 @@ async fn write_phase(
     server.kill()?;
     let reported = harness.log_mentions("log stops accepting writes");
     server.start().context("restart after the fault")?;
+    let stream_failed = harness.stream_counts().1 - stream_failed_from;
     let tasks = harness.spawn(&[]);
     let (recovered_from, _) = harness.faulty();
+    let (stream_recovered_from, _) = harness.stream_counts();
     until("the faulty queue did not recover after a restart", || {
         harness.faulty().0 >= recovered_from + PROGRESS
+    })
+    .await?;
+    until("the faulty stream did not recover after a restart", || {
+        harness.stream_counts().0 >= stream_recovered_from + PROGRESS / 3
     })
     .await?;
     tasks.iter().for_each(tokio::task::JoinHandle::abort);
@@ -226,6 +325,7 @@ async fn write_phase(
         refused: refused_end - refused_from,
         others_confirmed: harness.others_confirmed() - others_from,
         reported,
+        stream_failed,
     })
 }
 
@@ -281,6 +381,7 @@ pub fn run(
         switches: run.join("fault-switches"),
         addresses: Addresses::free()?,
         ledger: Arc::new(Mutex::new(Ledger::default())),
+        stream: Arc::default(),
         next_publisher: FIRST_PUBLISHER,
         message_bytes,
     };
@@ -305,6 +406,8 @@ pub fn run(
         workload::drain(&addresses, &harness.ledger).await
     })?;
     let faulty_left = runtime.block_on(drain_faulty(&harness))?;
+    let stream_missing = runtime.block_on(check_stream(&addresses, &harness.stream))?;
+    let stream_confirmed = harness.stream_counts().0;
     server.stop().context("the clean stop after the drain")?;
     let checks = workload::lock(&harness.ledger).report(&drained);
     eprintln!("faults: {faulty_left} messages left in {FAULTY_QUEUE} at the end");
@@ -312,6 +415,8 @@ pub fn run(
         writes,
         read,
         checks,
+        stream_confirmed,
+        stream_missing,
     })
 }
 

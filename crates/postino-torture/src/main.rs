@@ -277,9 +277,10 @@ fn run(args: &Args) -> Result<u64> {
             .context("the storage-fault test")?;
         for phase in &faults.writes {
             println!(
-                "postino-torture: {} under one queue: {} publishes refused, the other queues confirmed {} meanwhile, {}; recovered after a restart",
+                "postino-torture: {} under one queue and one stream: {} publishes refused and {} produces failed, the other queues confirmed {} meanwhile, {}; recovered after a restart",
                 phase.fault,
                 phase.refused,
+                phase.stream_failed,
                 phase.others_confirmed,
                 if phase.reported {
                     "reported in the server log"
@@ -296,7 +297,11 @@ fn run(args: &Args) -> Result<u64> {
             faults.read.delivered_after,
             faults.checks
         );
-        violations += faults.checks.violations();
+        println!(
+            "postino-torture: the faulty stream confirmed {} records, {} not at their offset at the end",
+            faults.stream_confirmed, faults.stream_missing
+        );
+        violations += faults.checks.violations() + faults.stream_missing;
     }
     let verdict = if violations == 0 { "PASS" } else { "FAIL" };
     println!("postino-torture: {verdict} ({violations} violations)");
