@@ -292,3 +292,53 @@ async fn a_client_vanishing_mid_publish_leaves_no_partial_message_and_gets_its_d
     }
     assert_eq!(bodies, ["whole 0", "whole 1", "whole 2"]);
 }
+
+#[tokio::test]
+async fn deliveries_go_on_after_the_server_sent_heartbeats_on_an_idle_connection() {
+    let limits = postino_amqp::Limits {
+        heartbeat_s: 1,
+        ..postino_amqp::Limits::default()
+    };
+    let address = support::listen_with(None, limits).await.0;
+    let connection =
+        support::connect(&format!("amqp://guest:guest@{address}/%2f?heartbeat=1")).await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(
+            "idle".into(),
+            lapin::options::QueueDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    let mut deliveries = channel
+        .basic_consume(
+            "idle".into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    // The server sends a heartbeat every half second while the connection is idle.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    channel
+        .basic_publish(
+            "".into(),
+            "idle".into(),
+            lapin::options::BasicPublishOptions::default(),
+            b"after the heartbeats",
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    let delivery = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_lite::StreamExt::next(&mut deliveries),
+    )
+    .await
+    .expect("the message is delivered after the heartbeats")
+    .expect("a delivery")
+    .expect("no error");
+    assert_eq!(delivery.data, b"after the heartbeats");
+}

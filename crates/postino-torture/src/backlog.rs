@@ -3,8 +3,9 @@
 //! no prefetch limit, one with no-ack, one that also stops sending heartbeats (the broker must
 //! drop it and take its deliveries back). Meanwhile the broker's memory must stay bounded
 //! whatever the backlog, and another queue's round trips go on; the report gives that queue's
-//! throughput before the backlog and during it.
+//! throughput before the backlog and during it. It runs on a server of its own.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::raw;
-use crate::server::Addresses;
+use crate::server::{Addresses, Server};
 use crate::storm::rss_of;
 use crate::workload;
 
@@ -182,8 +183,26 @@ async fn stalled(addresses: &Addresses, no_ack: bool, heartbeat_s: u16) -> Resul
     Ok(socket)
 }
 
-/// Runs the test against a started server `pid`.
-pub async fn run(
+/// Runs the test on a server of its own in `run` (segments of the default size: with the crash
+/// cycles' 64 KiB ones a deep backlog would be tens of thousands of open segment files).
+pub fn run(
+    binary: &Path,
+    run: &Path,
+    runtime: &tokio::runtime::Runtime,
+    count: u64,
+    bytes: usize,
+) -> Result<BacklogReport> {
+    let mut server = Server::new(binary, run, Vec::new(), Addresses::free()?)
+        .with_data(run.join("backlog-data"));
+    server.start().context("start for the backlog")?;
+    let pid = server.pid().context("the server's pid")?;
+    let addresses = server.addresses.clone();
+    let report = runtime.block_on(measure(&addresses, pid, count, bytes))?;
+    server.stop().context("the clean stop after the backlog")?;
+    Ok(report)
+}
+
+async fn measure(
     addresses: &Addresses,
     pid: u32,
     count: u64,

@@ -96,6 +96,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Bytes in MiB, for the report.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
+
+/// Whether the server still served after a stage, for the report.
+fn serving(alive: &Result<()>) -> String {
+    match alive {
+        Ok(()) => "still serving".to_owned(),
+        Err(error) => format!("NOT SERVING: {error:#}"),
+    }
+}
+
 /// Lets this process, and the server it starts, open as many files as the hard limit allows:
 /// the held storm keeps thousands of sockets open on both sides.
 fn raise_open_files() {
@@ -179,7 +192,6 @@ fn run(args: &Args) -> Result<u64> {
         let pid = server.pid().context("the server's pid")?;
         let storm = runtime.block_on(storm::run(&addresses, pid, args.storm))?;
         let alive = runtime.block_on(workload::round_trip(&addresses));
-        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
         println!(
             "postino-torture: storm of {} connections in {:.1} s: server RSS {:.1} MiB before, {:.1} MiB at the peak, {:.1} MiB after; {}",
             storm.connections,
@@ -187,10 +199,7 @@ fn run(args: &Args) -> Result<u64> {
             mib(storm.baseline_rss),
             mib(storm.peak_rss),
             mib(storm.settled_rss),
-            match &alive {
-                Ok(()) => "still serving".to_owned(),
-                Err(error) => format!("NOT SERVING: {error:#}"),
-            }
+            serving(&alive)
         );
         storm_violations = u64::from(!storm.settled()) + u64::from(alive.is_err());
     }
@@ -203,7 +212,6 @@ fn run(args: &Args) -> Result<u64> {
             workload::round_trip(&addresses),
         ))?;
         let alive = runtime.block_on(workload::round_trip(&addresses));
-        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
         println!(
             "postino-torture: {} connections held at once: {} of {} AMQP connections opened, {} of {} silent sockets dropped by the server, {} while held; server RSS {:.1} MiB before, {:.1} MiB at the peak, {:.1} MiB after; {}",
             held.connections,
@@ -219,22 +227,27 @@ fn run(args: &Args) -> Result<u64> {
             mib(held.baseline_rss),
             mib(held.peak_rss),
             mib(held.settled_rss),
-            match &alive {
-                Ok(()) => "still serving".to_owned(),
-                Err(error) => format!("NOT SERVING: {error:#}"),
-            }
+            serving(&alive)
         );
         storm_violations += held.violations() + u64::from(alive.is_err());
     }
+    server.stop().context("the final clean stop")?;
+    let report = workload::lock(&ledger).report(&read);
+    let mut violations = report.violations() + storm_violations;
+    println!(
+        "postino-torture: seed {seed}, {} cycles in {:.1} s: {report}",
+        args.cycles,
+        began.elapsed().as_secs_f64()
+    );
     if args.backlog > 0 {
-        let pid = server.pid().context("the server's pid")?;
-        let backlog = runtime.block_on(backlog::run(
-            &addresses,
-            pid,
+        let backlog = backlog::run(
+            &args.binary,
+            &run_dir,
+            &runtime,
             args.backlog,
             args.message_bytes,
-        ))?;
-        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+        )
+        .context("the backlog test")?;
         println!(
             "postino-torture: backlog of {} messages (filled in {:.1} s) under three consumers that never read: server RSS {:.1} MiB empty, {:.1} MiB filled, {:.1} MiB at the peak, {:.1} MiB after; another queue's round trips {:.0}/s before, {:.0}/s during; {} messages back in the queue",
             backlog.messages,
@@ -247,16 +260,8 @@ fn run(args: &Args) -> Result<u64> {
             backlog.probe_during,
             backlog.ready_after
         );
-        storm_violations += backlog.violations();
+        violations += backlog.violations();
     }
-    server.stop().context("the final clean stop")?;
-    let report = workload::lock(&ledger).report(&read);
-    let mut violations = report.violations() + storm_violations;
-    println!(
-        "postino-torture: seed {seed}, {} cycles in {:.1} s: {report}",
-        args.cycles,
-        began.elapsed().as_secs_f64()
-    );
     if args.disk_full > 0 {
         let disk = disk::run(
             &args.binary,

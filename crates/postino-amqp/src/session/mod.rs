@@ -535,6 +535,10 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         let received = tokio::select! {
             received = frames.recv_many(&mut batch, 256) => received,
             () = tokio::time::sleep(every), if heartbeat_s > 0 => {
+                // Counted as if sent through `Out`, since writing it is counted back.
+                unwritten
+                    .bytes
+                    .fetch_add(queued_bytes(&AMQPFrame::Heartbeat), Ordering::Relaxed);
                 batch.push(AMQPFrame::Heartbeat);
                 1
             }
