@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 use crate::raw;
 use crate::server::Addresses;
 
+/// Connections a held storm opens at once (the rest of it stays open meanwhile).
+const HOLD_WAVE: usize = 100;
 /// Connections open at once.
 const WAVE: usize = 500;
 /// How long a storm connection waits for the server's answer.
@@ -214,8 +216,8 @@ where
     let baseline_rss = rss_of(pid)?;
     let mut held = Vec::with_capacity(count);
     let (mut amqp_tried, mut amqp_opened) = (0, 0);
-    for start in (0..count).step_by(WAVE) {
-        let opening: Vec<_> = (start..count.min(start + WAVE))
+    for start in (0..count).step_by(HOLD_WAVE) {
+        let opening: Vec<_> = (start..count.min(start + HOLD_WAVE))
             .map(|index| {
                 let addresses = addresses.clone();
                 tokio::spawn(async move { (index % 3, open_held(&addresses, index % 3).await) })
@@ -233,13 +235,25 @@ where
     }
     let peak_rss = rss_of(pid)?;
     let served_while_held = serve.await.is_ok();
-    // The silent ones: the server drops them once its handshake timeout has passed.
-    let silent = held.iter().filter(|(kind, _)| *kind == 1).count();
+    // The silent ones: the server drops them once its handshake timeout has passed. They are
+    // watched all at once, so the wait is one timeout, not one per socket.
+    let (silent_sockets, held): (Vec<_>, Vec<_>) =
+        held.into_iter().partition(|(kind, _)| *kind == 1);
+    let silent = silent_sockets.len();
+    let deadline = tokio::time::Instant::now() + SILENT_DROP_WAIT;
+    let watching: Vec<_> = silent_sockets
+        .into_iter()
+        .map(|(_, mut socket)| {
+            tokio::spawn(async move {
+                let mut byte = [0u8; 1];
+                let closed = tokio::time::timeout_at(deadline, socket.read(&mut byte)).await;
+                matches!(closed, Ok(Ok(0) | Err(_)))
+            })
+        })
+        .collect();
     let mut silent_dropped = 0;
-    for (_, socket) in held.iter_mut().filter(|(kind, _)| *kind == 1) {
-        let mut byte = [0u8; 1];
-        let closed = tokio::time::timeout(SILENT_DROP_WAIT, socket.read(&mut byte)).await;
-        silent_dropped += usize::from(matches!(closed, Ok(Ok(0)) | Ok(Err(_))));
+    for watch in watching {
+        silent_dropped += usize::from(watch.await.context("a silent socket's watch")?);
     }
     let peak_rss = peak_rss.max(rss_of(pid)?);
     drop(held);

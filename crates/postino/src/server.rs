@@ -238,18 +238,38 @@ async fn bound(
     Ok(Some(listener))
 }
 
+/// Connections the kernel may hold for a listener before the server accepts them (as nginx
+/// and tokio's own default; 128 made a burst of connects overflow it, and a client whose
+/// handshake the kernel dropped believes it is connected).
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Binds a listener; a port in use is named as such, with the setting (`key`) that chose it.
 async fn bind(address: &str, key: &str) -> Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|error| {
-            if error.kind() == std::io::ErrorKind::AddrInUse {
-                let port = address.rsplit(':').next().unwrap_or(address);
-                anyhow::anyhow!("port {port} is already in use ({key} = {address})")
-            } else {
-                anyhow::anyhow!("listen on {address} ({key}): {error}")
-            }
-        })
+    listen(address).await.map_err(|error| {
+        if error.kind() == std::io::ErrorKind::AddrInUse {
+            let port = address.rsplit(':').next().unwrap_or(address);
+            anyhow::anyhow!("port {port} is already in use ({key} = {address})")
+        } else {
+            anyhow::anyhow!("listen on {address} ({key}): {error}")
+        }
+    })
+}
+
+async fn listen(address: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let resolved = tokio::net::lookup_host(address)
+        .await?
+        .next()
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+        })?;
+    let socket = if resolved.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(resolved)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Creates the data directory if needed and locks it, so that two servers never share one.
