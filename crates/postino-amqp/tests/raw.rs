@@ -1,6 +1,6 @@
 //! The AMQP listener driven by hand-written frames, for what client libraries do not do:
-//! a wrong protocol header, a silent peer, a frame over frame-max, a client that vanishes in
-//! the middle of a publish.
+//! a wrong protocol header, a silent peer, a frame over frame-max, a prefetch size, a client
+//! that vanishes in the middle of a publish.
 
 #[expect(
     dead_code,
@@ -157,6 +157,38 @@ async fn a_frame_over_frame_max_closes_the_connection_with_501() {
     assert!(
         received.windows(close.len()).any(|window| window == close),
         "connection.close 501 was sent"
+    );
+}
+
+#[tokio::test]
+async fn a_prefetch_size_is_refused_with_540_as_rabbitmq_does() {
+    let mut socket = TcpStream::connect(start().await).await.expect("connect");
+    let mut bytes = handshake(0);
+    bytes.extend(frames(&[AMQPFrame::Method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    )]));
+    // basic.qos by hand, since amq-protocol cannot write a prefetch size: class 60, method
+    // 10, prefetch-size 4096, prefetch-count 10, global off.
+    bytes.extend([
+        1, 0, 1, 0, 0, 0, 11, 0, 60, 0, 10, 0, 0, 0x10, 0, 0, 10, 0, 0xCE,
+    ]);
+    socket.write_all(&bytes).await.expect("write");
+    let received = read_until_closed(&mut socket).await;
+    let close = frames(&[AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: 540,
+            reply_text: ShortString::from(
+                "prefetch_size!=0 (4096): prefetch is counted in messages only, as in RabbitMQ",
+            ),
+            class_id: 0,
+            method_id: 0,
+        })),
+    )]);
+    assert!(
+        received.windows(close.len()).any(|window| window == close),
+        "connection.close 540 was sent"
     );
 }
 

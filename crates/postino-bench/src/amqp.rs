@@ -10,7 +10,11 @@
 //! - `rpc`: one request at a time to a server that replies to `reply_to`; the figure counts
 //!   round trips and the latency is the round trip.
 //!
-//! Latency is publish → delivery (round trip for `rpc`). Broker CPU is read from
+//! Throughput and broker CPU come from an open-loop run (publish as fast as the window
+//! allows). Latency, publish → delivery, comes from a second run at a fixed rate both brokers
+//! sustain (`Scenario::pace`): in an open-loop run it measures only the backlog the client's
+//! publisher builds while its consumer, on the same two cores, falls behind. For `rpc` the
+//! latency is the round trip of the one run. Broker CPU is read from
 //! `/proc/<pid>/stat` of the broker process: postino is started by the benchmark (the same
 //! binary, `server` on a scratch directory); RabbitMQ's is the local `beam.smp`.
 
@@ -61,6 +65,7 @@ pub fn columns() -> Vec<&'static str> {
         "p50_us",
         "p99_us",
         "p999_us",
+        "latency_at_msgs_per_s",
         "broker_cpu_s_per_m",
         "ratio",
     ]
@@ -101,6 +106,21 @@ impl Scenario {
             Self::Rpc => messages(size) / 10,
         }
     }
+
+    /// The publishes per second of the latency run, and how many it publishes; `None` for
+    /// `rpc`, whose one run is paced by its round trips.
+    fn pace(self, size: Size) -> Option<(u64, u64)> {
+        let rate = match self {
+            Self::Confirms | Self::Transient => 5_000,
+            Self::Fanout => 5_000 / FANOUT_QUEUES as u64,
+            Self::Rpc => return None,
+        };
+        let seconds = match size {
+            Size::Quick => 1,
+            Size::Full => 5,
+        };
+        Some((rate, rate * seconds))
+    }
 }
 
 /// One broker under test: its URI and the process whose CPU it spends.
@@ -115,6 +135,8 @@ struct Measured {
     counted: u64,
     elapsed: Duration,
     latencies: Histogram<u64>,
+    /// The deliveries per second of the fixed-rate run the latencies come from, if any.
+    latency_rate: Option<f64>,
     broker_cpu: Option<Duration>,
 }
 
@@ -171,8 +193,10 @@ pub fn run(
                 continue;
             }
             let count = scenario.published(size);
+            let pace = scenario.pace(size);
             let reference = if peer_up {
-                let measured = runtime.block_on(measure(&peer, scenario, msg_size, count))?;
+                let measured =
+                    runtime.block_on(measure_both(&peer, scenario, msg_size, count, pace))?;
                 let row = row(scenario, &peer, msg_size, &measured);
                 printer.print(&row);
                 rows.push(row);
@@ -180,7 +204,8 @@ pub fn run(
             } else {
                 None
             };
-            let measured = runtime.block_on(measure(&postino, scenario, msg_size, count))?;
+            let measured =
+                runtime.block_on(measure_both(&postino, scenario, msg_size, count, pace))?;
             let mut row = row(scenario, &postino, msg_size, &measured);
             if let Some(reference) = reference {
                 row = row.with_rounded("ratio", measured.rate() / reference, 2);
@@ -199,6 +224,23 @@ impl Measured {
     }
 }
 
+/// The open-loop run, then (with `pace`) the fixed-rate run whose latencies replace its own.
+async fn measure_both(
+    target: &Target,
+    scenario: Scenario,
+    msg_size: usize,
+    count: u64,
+    pace: Option<(u64, u64)>,
+) -> Result<Measured> {
+    let mut measured = measure(target, scenario, msg_size, count, None).await?;
+    if let Some((rate, paced_count)) = pace {
+        let paced = measure(target, scenario, msg_size, paced_count, Some(rate)).await?;
+        measured.latency_rate = Some(paced.rate());
+        measured.latencies = paced.latencies;
+    }
+    Ok(measured)
+}
+
 fn row(scenario: Scenario, target: &Target, msg_size: usize, measured: &Measured) -> Row {
     let percentile = |quantile: f64| measured.latencies.value_at_quantile(quantile);
     let mut row = Row::new(scenario.name())
@@ -209,6 +251,9 @@ fn row(scenario: Scenario, target: &Target, msg_size: usize, measured: &Measured
         .with("p50_us", percentile(0.5))
         .with("p99_us", percentile(0.99))
         .with("p999_us", percentile(0.999));
+    if let Some(rate) = measured.latency_rate {
+        row = row.with_rounded("latency_at_msgs_per_s", rate, 0);
+    }
     if let Some(cpu) = measured.broker_cpu {
         let per_million = cpu.as_secs_f64() * 1e6 / measured.counted as f64;
         row = row.with_rounded("broker_cpu_s_per_m", per_million, 1);
@@ -248,12 +293,14 @@ async fn connect(uri: &str) -> Result<Connection> {
         .with_context(|| format!("connect to {uri}"))
 }
 
-/// Runs one scenario against `target`, each side on its own connection.
+/// Runs one scenario against `target`, each side on its own connection; with `pace`, the
+/// publisher sends that many messages per second.
 async fn measure(
     target: &Target,
     scenario: Scenario,
     msg_size: usize,
     count: u64,
+    pace: Option<u64>,
 ) -> Result<Measured> {
     let publisher = connect(&target.uri).await?;
     let consumer = connect(&target.uri).await?;
@@ -263,7 +310,15 @@ async fn measure(
     let started = Instant::now();
     let (counted, latencies) = match scenario {
         Scenario::Rpc => rpc(&publisher, &consumer, &queues[0], msg_size, count).await?,
-        _ => pipeline(&publisher, &consumer, scenario, &queues, msg_size, count).await?,
+        _ => {
+            let publishing = Publishing {
+                scenario,
+                msg_size,
+                count,
+                pace,
+            };
+            pipeline(&publisher, &consumer, &queues, &publishing).await?
+        }
     };
     let elapsed = started.elapsed();
     let broker_cpu = target
@@ -295,6 +350,7 @@ async fn measure(
         counted,
         elapsed,
         latencies,
+        latency_rate: None,
         broker_cpu,
     })
 }
@@ -362,16 +418,30 @@ async fn declare(channel: &Channel, scenario: Scenario, msg_size: usize) -> Resu
     Ok(names)
 }
 
-/// Publishes `count` messages while consumers on `queues` take them; returns the deliveries
-/// counted and their latencies.
+/// What a pipeline run publishes: `count` messages of `msg_size` bytes, as fast as the
+/// confirm window allows or `pace` per second.
+#[derive(Debug, Clone, Copy)]
+struct Publishing {
+    scenario: Scenario,
+    msg_size: usize,
+    count: u64,
+    pace: Option<u64>,
+}
+
+/// Publishes while consumers on `queues` take the messages; returns the deliveries counted
+/// and their latencies.
 async fn pipeline(
     publisher: &Connection,
     consumer: &Connection,
-    scenario: Scenario,
     queues: &[String],
-    msg_size: usize,
-    count: u64,
+    publishing: &Publishing,
 ) -> Result<(u64, Histogram<u64>)> {
+    let Publishing {
+        scenario,
+        msg_size,
+        count,
+        pace,
+    } = *publishing;
     let epoch = Instant::now();
     let manual_ack = scenario != Scenario::Transient;
     let mut consumers = Vec::new();
@@ -400,7 +470,12 @@ async fn pipeline(
     };
     let properties = BasicProperties::default().with_delivery_mode(if confirms { 2 } else { 1 });
     let mut pending = VecDeque::with_capacity(WINDOW);
-    for _ in 0..count {
+    let started = tokio::time::Instant::now();
+    for index in 0..count {
+        if let Some(rate) = pace {
+            let due = started + Duration::from_secs_f64(index as f64 / rate as f64);
+            tokio::time::sleep_until(due).await;
+        }
         let confirm = channel
             .basic_publish(
                 exchange.into(),

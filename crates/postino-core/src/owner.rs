@@ -138,6 +138,9 @@ pub struct QueueHandle {
     mailbox: mpsc::Sender<Command>,
 }
 
+/// A publish's message, receipt and reply, taken out of its command to join a run.
+type PublishRequest = (Box<Message>, Option<oneshot::Sender<()>>, Reply<Durable>);
+
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -578,14 +581,69 @@ impl<L: Log> Owner<L> {
             if received == 0 {
                 return;
             }
-            for command in batch.drain(..) {
-                if let Command::Close { reply } = command {
-                    let closed = self.engine.into_log().close().map_err(CoreError::from);
-                    let _ = reply.send(closed);
-                    return;
+            // The round's acks write one settlement record, at its end.
+            self.engine.hold_settlements();
+            let mut commands = batch.drain(..).peekable();
+            while let Some(command) = commands.next() {
+                match command {
+                    Command::Close { reply } => {
+                        self.release_settlements();
+                        let closed = self.engine.into_log().close().map_err(CoreError::from);
+                        let _ = reply.send(closed);
+                        return;
+                    }
+                    Command::Publish {
+                        message,
+                        receipt,
+                        reply,
+                    } => {
+                        // Consecutive publishes are appended together.
+                        let mut run = vec![(message, receipt, reply)];
+                        while let Some(Command::Publish { .. }) = commands.peek() {
+                            if let Some(Command::Publish {
+                                message,
+                                receipt,
+                                reply,
+                            }) = commands.next()
+                            {
+                                run.push((message, receipt, reply));
+                            }
+                        }
+                        self.on_publishes(run);
+                    }
+                    command => self.on_command(command),
                 }
-                self.on_command(command);
             }
+            self.release_settlements();
+        }
+    }
+
+    fn release_settlements(&mut self) {
+        let now = self.clock.now_ms();
+        if let Err(error) = self.engine.release_settlements(now) {
+            error!(queue = %self.engine.name(), %error, "queue could not persist settlements");
+        }
+    }
+
+    /// Publishes a run of messages, answering each as a single publish would be.
+    fn on_publishes(&mut self, run: Vec<PublishRequest>) {
+        let now = self.clock.now_ms();
+        let (messages, answers): (Vec<Message>, Vec<_>) = run
+            .into_iter()
+            .map(|(message, receipt, reply)| (*message, (receipt, reply)))
+            .unzip();
+        let outcomes = self.engine.publish_many(now, messages);
+        for ((receipt, reply), outcome) in answers.into_iter().zip(outcomes) {
+            let outcome = outcome.map(|published| {
+                if let Some(receipt) = receipt {
+                    // Receipts whose waiters left go first: the map holds live ones only.
+                    self.receipts.retain(|_, waiting| !waiting.is_closed());
+                    self.receipts.insert(published.id, receipt);
+                }
+                self.dispatch(Ok(published.pushes));
+                published.durable
+            });
+            let _ = reply.send(outcome);
         }
     }
 
@@ -665,18 +723,7 @@ impl<L: Log> Owner<L> {
                 message,
                 receipt,
                 reply,
-            } => {
-                let outcome = self.engine.publish(now, *message).map(|published| {
-                    if let Some(receipt) = receipt {
-                        // Receipts whose waiters left go first: the map holds live ones only.
-                        self.receipts.retain(|_, waiting| !waiting.is_closed());
-                        self.receipts.insert(published.id, receipt);
-                    }
-                    self.dispatch(Ok(published.pushes));
-                    published.durable
-                });
-                let _ = reply.send(outcome);
-            }
+            } => self.on_publishes(vec![(message, receipt, reply)]),
             Command::Consume {
                 consumer,
                 spec,

@@ -3,10 +3,10 @@
 mod support;
 
 use postino_core::{
-    ConsumerSpec, CoreError, GetOutcome, GetSpec, Outcome, Push, QueueEngine, QueueOptions,
-    QueueStore,
+    ConsumerSpec, CoreError, GetOutcome, GetSpec, Outcome, Overflow, Push, QueueEngine,
+    QueueOptions, QueueStore,
 };
-use postino_storage::{FileLog, Log, LogConfig, MemLog};
+use postino_storage::{FileLog, Log, LogConfig, MemLog, Offset};
 use postino_types::{HeaderValue, Message};
 
 fn memory_queue() -> QueueEngine<MemLog> {
@@ -44,14 +44,19 @@ fn prefetch(count: u32) -> ConsumerSpec {
     }
 }
 
-#[test]
-fn competing_consumers_take_turns_within_their_prefetch() {
-    let mut queue = memory_queue();
-    for index in 0..6 {
+/// Publishes `m0`, `m1`, … `m{count - 1}`.
+fn publish_numbered(queue: &mut QueueEngine<MemLog>, count: usize) {
+    for index in 0..count {
         queue
             .publish(0, message(&format!("m{index}")))
             .expect("publish");
     }
+}
+
+#[test]
+fn competing_consumers_take_turns_within_their_prefetch() {
+    let mut queue = memory_queue();
+    publish_numbered(&mut queue, 6);
     let first = queue.consume(0, 1, prefetch(2)).expect("consume");
     assert_eq!(first.iter().map(body).collect::<Vec<_>>(), ["m0", "m1"]);
     let second = queue.consume(0, 2, prefetch(2)).expect("consume");
@@ -528,4 +533,70 @@ fn a_window_bounds_what_a_consumer_holds_unwritten_whatever_its_prefetch() {
             .is_empty(),
         "a report for an unknown consumer changes nothing"
     );
+}
+
+#[test]
+fn a_run_of_publishes_is_one_append_with_an_outcome_for_each() {
+    let mut queue = memory_queue();
+    let consumed = queue.consume(0, 1, prefetch(10)).expect("consume");
+    assert!(consumed.is_empty());
+    let run = (0..5).map(|index| message(&format!("m{index}"))).collect();
+    let outcomes = queue.publish_many(0, run);
+    let ids: Vec<u64> = outcomes
+        .iter()
+        .map(|outcome| outcome.as_ref().expect("stored").id)
+        .collect();
+    assert_eq!(ids, [0, 1, 2, 3, 4]);
+    let batches = queue.log().read(Offset(0), usize::MAX).expect("read");
+    assert_eq!(batches.len(), 1, "the run is one batch");
+    assert_eq!(batches[0].records().expect("records").len(), 5);
+    let pushes: Vec<&Push> = outcomes
+        .iter()
+        .flat_map(|outcome| &outcome.as_ref().expect("stored").pushes)
+        .collect();
+    assert_eq!(
+        pushes.into_iter().map(body).collect::<Vec<_>>(),
+        ["m0", "m1", "m2", "m3", "m4"],
+        "the consumer got the run in order"
+    );
+    assert_eq!(queue.stats().published, 5);
+}
+
+#[test]
+fn a_run_of_publishes_to_a_queue_with_limits_is_checked_message_by_message() {
+    let mut queue = support::memory_queue(QueueOptions {
+        max_length: Some(2),
+        overflow: Overflow::RejectPublish,
+        ..QueueOptions::default()
+    });
+    let run = ["a", "b", "c"].into_iter().map(message).collect();
+    let outcomes = queue.publish_many(0, run);
+    assert!(outcomes[0].is_ok() && outcomes[1].is_ok());
+    assert!(
+        matches!(outcomes[2], Err(CoreError::PublishRejected { .. })),
+        "the third is over x-max-length"
+    );
+    assert_eq!(queue.stats().ready, 2);
+}
+
+#[test]
+fn held_settlements_are_written_as_one_record_when_released() {
+    let mut queue = memory_queue();
+    publish_numbered(&mut queue, 3);
+    let pushes = queue.consume(0, 1, prefetch(10)).expect("consume");
+    let before = queue.log().next_offset();
+    queue.hold_settlements();
+    for push in &pushes {
+        queue
+            .settle(0, &[id_of(push)], Outcome::Accept)
+            .expect("ack");
+    }
+    assert_eq!(queue.log().next_offset(), before, "nothing written yet");
+    queue.release_settlements(0).expect("release");
+    assert_eq!(
+        queue.log().next_offset().0,
+        before.0 + 1,
+        "one settlement record for the three acks"
+    );
+    assert_eq!(queue.stats().acknowledged, 3);
 }

@@ -35,12 +35,32 @@ pub struct Config {
 pub struct ServerSection {
     /// Where the broker keeps its data.
     pub data_dir: PathBuf,
+    /// Threads running connections and queues; 0 picks one fewer than the available cores
+    /// (at least one), leaving a core to the storage sync threads and the clients.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./postino-data"),
+            worker_threads: 0,
+        }
+    }
+}
+
+/// The most worker threads a server may be given.
+const WORKER_THREADS_MAX: usize = 1024;
+
+impl ServerSection {
+    /// The worker threads to start: `worker_threads`, or the automatic choice for 0.
+    #[must_use]
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |cores| cores.get().saturating_sub(1))
+                .max(1),
+            chosen => chosen,
         }
     }
 }
@@ -573,6 +593,15 @@ impl Loaded {
         tracing_subscriber::EnvFilter::try_new(&config.log.level).map_err(|error| {
             self.invalid("log.level", format!("{:?}: {error}", config.log.level))
         })?;
+        if config.server.worker_threads > WORKER_THREADS_MAX {
+            return Err(self.invalid(
+                "server.worker_threads",
+                format!(
+                    "{} is over {WORKER_THREADS_MAX}",
+                    config.server.worker_threads
+                ),
+            ));
+        }
         if config.auth.failed_logins_max > 0 && config.auth.failed_logins_window_ms == 0 {
             return Err(self.invalid(
                 "auth.failed_logins_window_ms",

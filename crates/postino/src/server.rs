@@ -123,6 +123,7 @@ fn init_tracing(log: &config::LogSection) {
 fn serve(loaded: &Loaded) -> Result<()> {
     let config = &loaded.config;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.workers())
         .enable_all()
         .build()
         .context("start the runtime")?;

@@ -543,6 +543,11 @@ fn amqp_bench_runs_every_scenario_against_the_server_it_starts() {
         ] {
             assert!(row[field].is_number(), "{field} missing in {row}");
         }
+        assert_eq!(
+            row["latency_at_msgs_per_s"].is_number(),
+            row["scenario"] != "rpc",
+            "latencies of a fixed-rate run, except rpc's round trips: {row}"
+        );
         let messages = row["messages"].as_u64().expect("messages");
         let expected = if row["scenario"] == "rpc" { 200 } else { 2_000 };
         assert_eq!(messages, expected, "every message arrived: {row}");

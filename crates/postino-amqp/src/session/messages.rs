@@ -9,9 +9,9 @@ use postino_core::{Action, ConsumerSpec, CoreError, GetSpec, Outcome, VirtualHos
 use postino_types::Message;
 
 use super::{
-    CHANNEL_ERROR, COMMAND_INVALID, CONTENT_TOO_LARGE, Channel, Consumer, FRAME_ERROR, Incoming,
-    NO_ROUTE, NOT_IMPLEMENTED, Next, Pending, Session, UNEXPECTED_FRAME, flow_allows, lock,
-    send_content, short,
+    CHANNEL_ERROR, COMMAND_INVALID, CONTENT_TOO_LARGE, Channel, Confirms, Consumer, FRAME_ERROR,
+    Incoming, NO_ROUTE, NOT_IMPLEMENTED, Next, Pending, Session, UNEXPECTED_FRAME, flow_allows,
+    lock, send_content, short,
 };
 use crate::convert::{headers_from_table, properties_from_amqp};
 
@@ -188,7 +188,7 @@ impl Session {
                     .channels
                     .get_mut(&id)
                     .expect("methods reach only open channels");
-                if channel.confirm {
+                if channel.confirms.is_some() {
                     return Err(CoreError::PreconditionFailed {
                         reason: "a channel in confirm mode cannot be made transactional".to_owned(),
                     });
@@ -277,6 +277,28 @@ impl Session {
         self.channels
             .get(&id)
             .expect("methods reach only open channels")
+    }
+
+    /// The prefetch size a `basic.qos` on an open channel asks for, when it is not 0 (RabbitMQ
+    /// answers one with 540 NOT_IMPLEMENTED, a connection error). `raw` is the whole frame.
+    pub(super) fn prefetch_size_asked(&self, frame: &AMQPFrame, raw: &[u8]) -> Option<u32> {
+        let AMQPFrame::Method(id, AMQPClass::Basic(basic::AMQPMethod::Qos(_))) = frame else {
+            return None;
+        };
+        if self.channels.get(id).is_none_or(|channel| channel.closing) {
+            return None;
+        }
+        // The header (7 bytes), class and method ids (4), then prefetch-size.
+        let size = u32::from_be_bytes(raw.get(11..15)?.try_into().ok()?);
+        (size != 0).then_some(size)
+    }
+
+    /// The confirm task of channel `id`, which is in confirm mode.
+    fn confirms(&self, id: u16) -> &Confirms {
+        self.channel(id)
+            .confirms
+            .as_ref()
+            .expect("sequences are numbered only in confirm mode")
     }
 
     /// The channel's shared prefetch (`basic.qos` with `global`), 0 for none.
@@ -530,10 +552,7 @@ impl Session {
         let Some(incoming) = channel.incoming.take() else {
             return Next::Continue;
         };
-        let sequence = channel.confirm.then(|| {
-            channel.published += 1;
-            channel.published
-        });
+        let sequence = channel.confirms.as_mut().map(Confirms::next_sequence);
         let Incoming {
             exchange,
             routing_key,
@@ -554,11 +573,7 @@ impl Session {
             Ok(None) => {
                 // A direct reply is delivered, not stored: confirmed at once.
                 if let Some(sequence) = sequence {
-                    let ack = basic::Ack {
-                        delivery_tag: sequence,
-                        multiple: false,
-                    };
-                    self.send(id, AMQPClass::Basic(basic::AMQPMethod::Ack(ack)));
+                    self.confirms(id).decided(sequence, true);
                 }
                 return Next::Continue;
             }
@@ -585,38 +600,13 @@ impl Session {
                     self.return_unroutable(id, &exchange, &routing_key, &message);
                 }
                 if let Some(sequence) = sequence {
-                    let out = self.out.clone();
-                    let broker = Arc::clone(&self.broker);
-                    tokio::spawn(async move {
-                        let confirmed = confirm.wait().await;
-                        broker
-                            .connections()
-                            .confirm_latency()
-                            .record(arrived.elapsed());
-                        let method = match confirmed {
-                            Ok(()) => basic::AMQPMethod::Ack(basic::Ack {
-                                delivery_tag: sequence,
-                                multiple: false,
-                            }),
-                            Err(_) => basic::AMQPMethod::Nack(basic::Nack {
-                                delivery_tag: sequence,
-                                multiple: false,
-                                requeue: false,
-                            }),
-                        };
-                        let _ = out.send(AMQPFrame::Method(id, AMQPClass::Basic(method)));
-                    });
+                    self.confirms(id).stored(sequence, confirm, arrived);
                 }
                 Next::Continue
             }
             Err(error) => match (sequence, &error) {
                 (Some(sequence), CoreError::PublishRejected { .. }) => {
-                    let nack = basic::Nack {
-                        delivery_tag: sequence,
-                        multiple: false,
-                        requeue: false,
-                    };
-                    self.send(id, AMQPClass::Basic(basic::AMQPMethod::Nack(nack)));
+                    self.confirms(id).decided(sequence, false);
                     Next::Continue
                 }
                 _ => self.fail(id, &error, 60, 40),

@@ -22,6 +22,7 @@ use postino_types::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+mod confirms;
 mod credit;
 mod declare;
 mod login;
@@ -33,6 +34,7 @@ pub(crate) use reply_to::ReplyConsumers;
 
 use crate::Limits;
 use crate::convert::properties_to_amqp;
+use confirms::Confirms;
 use credit::ChannelCredit;
 
 const PROTOCOL_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
@@ -310,8 +312,8 @@ impl Consumer {
 
 #[derive(Debug, Default)]
 struct Channel {
-    confirm: bool,
-    published: u64,
+    /// In confirm mode (`confirm.select`): the channel's confirm task.
+    confirms: Option<Confirms>,
     prefetch: u16,
     incoming: Option<Incoming>,
     tags: Arc<Mutex<Tags>>,
@@ -648,6 +650,17 @@ impl Session {
                         return Ok(());
                     }
                 };
+                if let Some(prefetch_size) = self.prefetch_size_asked(&frame, &buffer[..size]) {
+                    // amq-protocol drops the field, so it is read from the frame itself.
+                    self.close_connection(
+                        NOT_IMPLEMENTED,
+                        &format!(
+                            "prefetch_size!=0 ({prefetch_size}): prefetch is counted in \
+                             messages only, as in RabbitMQ"
+                        ),
+                    );
+                    return Ok(());
+                }
                 buffer.advance(size);
                 if let Next::Stop = self.on_frame(frame).await {
                     return Ok(());
@@ -870,7 +883,10 @@ impl Session {
                     });
                 }
                 if let Some(channel) = self.channels.get_mut(&id) {
-                    channel.confirm = true;
+                    let (out, broker) = (&self.out, &self.broker);
+                    channel.confirms.get_or_insert_with(|| {
+                        Confirms::start(id, out.clone(), Arc::clone(broker))
+                    });
                 }
                 self.listed
                     .describe_channel(id, |channel| channel.confirm = true);
@@ -905,78 +921,4 @@ fn frame_size(buffer: &[u8]) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_core_error_has_a_reply_code() {
-        let cases: Vec<(CoreError, u16)> = vec![
-            (
-                CoreError::NotFound {
-                    kind: "queue",
-                    name: "q".into(),
-                },
-                NOT_FOUND,
-            ),
-            (
-                CoreError::PreconditionFailed { reason: "x".into() },
-                PRECONDITION_FAILED,
-            ),
-            (
-                CoreError::AccessRefused { reason: "x".into() },
-                ACCESS_REFUSED,
-            ),
-            (
-                CoreError::ResourceLocked { queue: "q".into() },
-                RESOURCE_LOCKED,
-            ),
-            (
-                CoreError::UnknownDelivery { delivery: 1 },
-                PRECONDITION_FAILED,
-            ),
-            (
-                CoreError::UnknownPartition {
-                    stream: "s".into(),
-                    partition: 3,
-                    partitions: 1,
-                },
-                NOT_FOUND,
-            ),
-            (
-                CoreError::OffsetOutOfRange {
-                    stream: "s".into(),
-                    partition: 0,
-                    requested: 9,
-                    earliest: 0,
-                    latest: 1,
-                },
-                PRECONDITION_FAILED,
-            ),
-            (
-                CoreError::ProducerFenced {
-                    producer_id: 1,
-                    epoch: 0,
-                    current_epoch: 1,
-                },
-                PRECONDITION_FAILED,
-            ),
-        ];
-        for (error, code) in cases {
-            match reply_for(&error) {
-                Fault::Channel(found, _) => assert_eq!(found, code, "{error}"),
-                Fault::Connection(..) => panic!("{error} closes only its channel"),
-            }
-        }
-        let corrupt = CoreError::CorruptMessage { reason: "x" };
-        assert!(matches!(
-            reply_for(&corrupt),
-            Fault::Connection(INTERNAL_ERROR, _)
-        ));
-    }
-
-    #[test]
-    fn frame_sizes_are_read_from_the_header() {
-        assert_eq!(frame_size(&[1, 0, 1, 0, 0, 0, 4]), Some(12));
-        assert_eq!(frame_size(&[1, 0]), None);
-    }
-}
+mod tests;

@@ -25,6 +25,7 @@ mod dispatch;
 mod groups;
 mod ready;
 mod recovery;
+mod runs;
 mod store;
 mod transaction;
 mod types;
@@ -115,8 +116,10 @@ pub struct QueueEngine<L: Log> {
     waiters: VecDeque<(WaiterId, GetSpec)>,
     hot: HashMap<u64, Hot>,
     hot_bytes: usize,
-    /// Messages that left the queue for good during the current call; persisted at its end.
+    /// Messages that left the queue for good during the current call; persisted at its end,
+    /// or at the end of the owner's round while it holds them (`runs.rs`).
     settled: OffsetSet,
+    holding_settlements: bool,
     dead_letters: Vec<DeadLetter>,
     dedup: Option<dedup::Window>,
     /// The last append's ticket: a duplicate is confirmed when it resolves, since everything
@@ -206,6 +209,7 @@ impl<L: Log> QueueEngine<L> {
             hot: HashMap::new(),
             hot_bytes: 0,
             settled: OffsetSet::new(),
+            holding_settlements: false,
             dead_letters: Vec::new(),
             dedup,
             last_ticket: None,
@@ -833,7 +837,7 @@ impl<L: Log> QueueEngine<L> {
     /// redelivers them, as at-least-once allows), and the segments are deleted all the same,
     /// which is what frees space.
     fn flush(&mut self, now_ms: i64) -> Result<(), CoreError> {
-        if self.settled.is_empty() {
+        if self.settled.is_empty() || self.holding_settlements {
             return Ok(());
         }
         let settled = std::mem::take(&mut self.settled);

@@ -130,6 +130,11 @@ fn bad_values_are_named_with_their_source() {
             "1.5",
             "flow.memory_high_watermark",
         ),
+        (
+            "POSTINO_SERVER_WORKER_THREADS",
+            "100000",
+            "server.worker_threads",
+        ),
     ];
     for (name, value, key) in cases {
         let error = load_with(&Flags::default(), &[(name, value)]).expect_err(name);
@@ -185,4 +190,17 @@ fn settings_reach_the_components() {
     );
     assert_eq!(loaded.amqp_limits().heartbeat_s, 0);
     assert_eq!(loaded.flow_limits().check_every, Duration::from_millis(250));
+}
+
+#[test]
+fn worker_threads_default_to_one_fewer_than_the_cores() {
+    let loaded = load_with(&Flags::default(), &[]).expect("valid");
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    assert_eq!(
+        loaded.config.server.workers(),
+        cores.saturating_sub(1).max(1)
+    );
+    let loaded =
+        load_with(&Flags::default(), &[("POSTINO_SERVER_WORKER_THREADS", "3")]).expect("valid");
+    assert_eq!(loaded.config.server.workers(), 3);
 }
