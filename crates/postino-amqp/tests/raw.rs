@@ -1,6 +1,6 @@
 //! The AMQP listener driven by hand-written frames, for what client libraries do not do:
 //! a wrong protocol header, a silent peer, a frame over frame-max, a prefetch size, a client
-//! that vanishes in the middle of a publish.
+//! that vanishes in the middle of a publish, a burst of confirmed publishes.
 
 #[expect(
     dead_code,
@@ -11,8 +11,10 @@ mod support;
 use std::time::Duration;
 
 use amq_protocol::frame::AMQPContentHeader;
-use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame};
-use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel, connection};
+use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
+use amq_protocol::protocol::{
+    AMQPClass, BasicProperties, basic, channel, confirm, connection, queue,
+};
 use amq_protocol::types::{FieldTable, LongString, ShortString};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -373,4 +375,100 @@ async fn deliveries_go_on_after_the_server_sent_heartbeats_on_an_idle_connection
     .expect("a delivery")
     .expect("no error");
     assert_eq!(delivery.data, b"after the heartbeats");
+}
+
+#[tokio::test]
+async fn a_burst_of_confirmed_publishes_is_acked_once_each_in_order() {
+    const PUBLISHES: u64 = 200;
+    let dir = tempfile::tempdir().expect("dir");
+    let (address, _broker) = support::listen(Some(dir.path())).await;
+    let mut socket = TcpStream::connect(address).await.expect("connect");
+    let mut opening = vec![
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        ),
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: ShortString::from("burst"),
+                passive: false,
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        ),
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+                nowait: false,
+            })),
+        ),
+    ];
+    // Every publish in the same write, so that many become durable together.
+    for index in 0..PUBLISHES {
+        opening.extend([
+            AMQPFrame::Method(
+                1,
+                AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                    exchange: ShortString::from(""),
+                    routing_key: ShortString::from("burst"),
+                    mandatory: false,
+                    immediate: false,
+                })),
+            ),
+            AMQPFrame::Header(
+                1,
+                AMQPContentHeader {
+                    class_id: 60,
+                    body_size: 8,
+                    properties: BasicProperties::default().with_delivery_mode(2),
+                },
+            ),
+            AMQPFrame::Body(1, index.to_be_bytes().to_vec()),
+        ]);
+    }
+    let mut bytes = handshake(0);
+    bytes.extend(frames(&opening));
+    socket.write_all(&bytes).await.expect("publish");
+
+    let mut acks = Vec::new();
+    let mut buffer = Vec::new();
+    let confirmed = async {
+        while acks.last().is_none_or(|(tag, _)| *tag < PUBLISHES) {
+            let mut chunk = [0u8; 4096];
+            let read = socket.read(&mut chunk).await.expect("read");
+            assert!(read > 0, "the server closed the connection");
+            buffer.extend_from_slice(&chunk[..read]);
+            while let Ok((rest, frame)) = parse_frame(buffer.as_slice()) {
+                let consumed = buffer.len() - rest.len();
+                match frame {
+                    AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(ack))) => {
+                        acks.push((ack.delivery_tag, ack.multiple));
+                    }
+                    AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Nack(nack))) => {
+                        panic!("publish {} was nacked", nack.delivery_tag);
+                    }
+                    _ => {}
+                }
+                buffer.drain(..consumed);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), confirmed)
+        .await
+        .expect("every publish is confirmed");
+    let mut covered = 0;
+    for (tag, multiple) in &acks {
+        assert!(*tag > covered, "acks go forward: {acks:?}");
+        assert!(
+            *multiple || *tag == covered + 1,
+            "a single ack names the next publish: {acks:?}"
+        );
+        covered = *tag;
+    }
+    assert_eq!(covered, PUBLISHES, "every publish is acked, none twice");
+    eprintln!("{PUBLISHES} publishes confirmed by {} acks", acks.len());
 }
