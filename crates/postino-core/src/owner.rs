@@ -599,15 +599,13 @@ impl<L: Log> Owner<L> {
                     } => {
                         // Consecutive publishes are appended together.
                         let mut run = vec![(message, receipt, reply)];
-                        while let Some(Command::Publish { .. }) = commands.peek() {
-                            if let Some(Command::Publish {
-                                message,
-                                receipt,
-                                reply,
-                            }) = commands.next()
-                            {
-                                run.push((message, receipt, reply));
-                            }
+                        while let Some(Command::Publish {
+                            message,
+                            receipt,
+                            reply,
+                        }) = commands.next_if(|next| matches!(next, Command::Publish { .. }))
+                        {
+                            run.push((message, receipt, reply));
                         }
                         self.on_publishes(run);
                     }

@@ -2,14 +2,13 @@
 //! and coalesced into one `basic.ack` with `multiple` for every run of publishes that became
 //! durable together (a group commit confirms hundreds at once), as RabbitMQ does.
 
-use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Instant;
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, basic};
+use futures_lite::future::poll_once;
 use postino_core::{Broker, Confirm};
 use tokio::sync::mpsc;
 
@@ -128,14 +127,7 @@ async fn answer(
             Awaited::Decided(ack) => ack,
             Awaited::Stored(confirm, arrived) => {
                 let mut waiting = pin!(confirm.wait());
-                let ready = std::future::poll_fn(|context| {
-                    Poll::Ready(match waiting.as_mut().poll(context) {
-                        Poll::Ready(outcome) => Some(outcome),
-                        Poll::Pending => None,
-                    })
-                })
-                .await;
-                let outcome = match ready {
+                let outcome = match poll_once(waiting.as_mut()).await {
                     Some(outcome) => outcome,
                     None => {
                         run.flush(&out, channel);
