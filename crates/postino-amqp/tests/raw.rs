@@ -176,7 +176,6 @@ async fn a_prefetch_size_is_refused_with_540_as_rabbitmq_does() {
         1, 0, 1, 0, 0, 0, 11, 0, 60, 0, 10, 0, 0, 0x10, 0, 0, 10, 0, 0xCE,
     ]);
     socket.write_all(&bytes).await.expect("write");
-    let received = read_until_closed(&mut socket).await;
     let close = frames(&[AMQPFrame::Method(
         0,
         AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
@@ -188,10 +187,28 @@ async fn a_prefetch_size_is_refused_with_540_as_rabbitmq_does() {
             method_id: 0,
         })),
     )]);
-    assert!(
-        received.windows(close.len()).any(|window| window == close),
-        "connection.close 540 was sent"
-    );
+    let mut received = Vec::new();
+    let closed = async {
+        while !received.windows(close.len()).any(|window| window == close) {
+            let mut chunk = [0u8; 4096];
+            let read = socket.read(&mut chunk).await.expect("read");
+            assert!(
+                read > 0,
+                "the connection ended without connection.close 540"
+            );
+            received.extend_from_slice(&chunk[..read]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), closed)
+        .await
+        .expect("connection.close 540 is sent");
+    // Answered, the server closes at once instead of waiting for the close-ok.
+    let close_ok = frames(&[AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+    )]);
+    socket.write_all(&close_ok).await.expect("close-ok");
+    read_until_closed(&mut socket).await;
 }
 
 #[tokio::test]
