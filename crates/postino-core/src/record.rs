@@ -4,6 +4,8 @@
 //! its name (one that starts with `postino.` is stored as `postino.app.<name>`) and holds a typed
 //! value: a one-byte tag, then the payload.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use postino_storage::batch::{BatchBuilder, Record};
 use postino_types::{
@@ -13,8 +15,15 @@ use postino_types::{
 use crate::error::CoreError;
 use crate::stream::ProducerRecord;
 
-const PREFIX: &str = "postino.";
-const APP_ESCAPE: &str = "postino.app.";
+/// A property's record header name: `postino.<name>`.
+macro_rules! prefixed {
+    ($name:literal) => {
+        concat!("postino.", $name)
+    };
+}
+
+const PREFIX: &str = prefixed!("");
+const APP_ESCAPE: &str = prefixed!("app.");
 
 /// Appends `message` to `builder` as one record stamped `timestamp_ms`, without a key.
 pub fn push(builder: &mut BatchBuilder, message: &Message, timestamp_ms: i64) {
@@ -32,7 +41,7 @@ pub fn push_keyed(
     let headers = encoded_headers(message);
     let borrowed: Vec<(&[u8], Option<&[u8]>)> = headers
         .iter()
-        .map(|(name, value)| (name.as_slice(), Some(value.as_slice())))
+        .map(|(name, value)| (name.as_ref(), Some(value.as_ref())))
         .collect();
     builder.push(timestamp_ms, key, Some(&message.body), &borrowed);
 }
@@ -47,7 +56,12 @@ pub fn producer_record(
 ) -> ProducerRecord {
     let headers = encoded_headers(message)
         .into_iter()
-        .map(|(name, value)| (String::from_utf8_lossy(&name).into_owned(), value.into()))
+        .map(|(name, value)| {
+            (
+                String::from_utf8_lossy(&name).into_owned(),
+                value.into_owned().into(),
+            )
+        })
         .collect();
     ProducerRecord {
         key,
@@ -58,54 +72,87 @@ pub fn producer_record(
     }
 }
 
-/// The record headers of `message`'s properties, annotations and application headers.
-fn encoded_headers(message: &Message) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+/// A record header's name or value: borrowed from the message where it can be.
+type Part<'a> = Cow<'a, [u8]>;
+
+/// A text property's bytes, borrowed.
+fn borrowed(value: Option<&str>) -> Option<Part<'_>> {
+    value.map(|value| Cow::Borrowed(value.as_bytes()))
+}
+
+/// A number property as its decimal text.
+fn decimal(value: Option<impl ToString>) -> Option<Part<'static>> {
+    value.map(|value| Cow::Owned(value.to_string().into_bytes()))
+}
+
+/// The record headers of `message`'s properties, annotations and application headers. Names of
+/// properties are static and text values borrowed, so that a plain message costs few
+/// allocations (this runs for every publish).
+fn encoded_headers(message: &Message) -> Vec<(Part<'_>, Part<'_>)> {
     let properties = &message.properties;
-    let mut text = |name: &str, value: Option<String>| {
-        if let Some(value) = value {
-            headers.push((format!("{PREFIX}{name}").into_bytes(), value.into_bytes()));
-        }
-    };
-    text("content-type", properties.content_type.clone());
-    text("content-encoding", properties.content_encoding.clone());
-    let persistent = properties.delivery_mode == DeliveryMode::Persistent;
-    text("delivery-mode", persistent.then(|| "2".to_owned()));
-    text(
-        "priority",
-        properties.priority.map(|value| value.to_string()),
-    );
-    text("correlation-id", properties.correlation_id.clone());
-    text("reply-to", properties.reply_to.clone());
-    text(
-        "expiration",
-        properties.expiration_ms.map(|value| value.to_string()),
-    );
-    text("message-id", properties.message_id.clone());
-    text(
-        "timestamp",
-        properties.timestamp_ms.map(|value| value.to_string()),
-    );
-    text("type", properties.kind.clone());
-    text("user-id", properties.user_id.clone());
-    text("app-id", properties.app_id.clone());
     let annotations = &message.annotations;
-    text("exchange", Some(annotations.exchange.clone()));
-    text("routing-key", Some(annotations.routing_key.clone()));
+    let persistent = properties.delivery_mode == DeliveryMode::Persistent;
+    let named: [(&'static str, Option<Part<'_>>); 14] = [
+        (
+            prefixed!("content-type"),
+            borrowed(properties.content_type.as_deref()),
+        ),
+        (
+            prefixed!("content-encoding"),
+            borrowed(properties.content_encoding.as_deref()),
+        ),
+        (
+            prefixed!("delivery-mode"),
+            persistent.then_some(Cow::Borrowed(b"2")),
+        ),
+        (prefixed!("priority"), decimal(properties.priority)),
+        (
+            prefixed!("correlation-id"),
+            borrowed(properties.correlation_id.as_deref()),
+        ),
+        (
+            prefixed!("reply-to"),
+            borrowed(properties.reply_to.as_deref()),
+        ),
+        (prefixed!("expiration"), decimal(properties.expiration_ms)),
+        (
+            prefixed!("message-id"),
+            borrowed(properties.message_id.as_deref()),
+        ),
+        (prefixed!("timestamp"), decimal(properties.timestamp_ms)),
+        (prefixed!("type"), borrowed(properties.kind.as_deref())),
+        (
+            prefixed!("user-id"),
+            borrowed(properties.user_id.as_deref()),
+        ),
+        (prefixed!("app-id"), borrowed(properties.app_id.as_deref())),
+        (prefixed!("exchange"), borrowed(Some(&annotations.exchange))),
+        (
+            prefixed!("routing-key"),
+            borrowed(Some(&annotations.routing_key)),
+        ),
+    ];
+    let mut headers: Vec<(Part<'_>, Part<'_>)> =
+        Vec::with_capacity(named.len() + properties.headers.len());
+    for (name, value) in named {
+        if let Some(value) = value {
+            headers.push((Cow::Borrowed(name.as_bytes()), value));
+        }
+    }
     if !annotations.deaths.is_empty() {
         let deaths = deaths_value(&annotations.deaths);
         headers.push((
-            format!("{PREFIX}deaths").into_bytes(),
-            encode_value(&deaths),
+            Cow::Borrowed(prefixed!("deaths").as_bytes()),
+            Cow::Owned(encode_value(&deaths)),
         ));
     }
     for (name, value) in &properties.headers {
         let stored = if name.starts_with(PREFIX) {
-            format!("{APP_ESCAPE}{name}")
+            Cow::Owned(format!("{APP_ESCAPE}{name}").into_bytes())
         } else {
-            name.clone()
+            Cow::Borrowed(name.as_bytes())
         };
-        headers.push((stored.into_bytes(), encode_value(value)));
+        headers.push((stored, Cow::Owned(encode_value(value))));
     }
     headers
 }
